@@ -1,0 +1,94 @@
+"""Every error notebook_orch raises on purpose: an OrchError subclass whose message names what is wrong and the fix."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "OrchError",
+    "DefinitionError",
+    "CycleError",
+    "UnknownNameError",
+    "InvalidIdError",
+    "TaskFailedError",
+    "RunCancelledError",
+    "LoopError",
+    "closest",
+]
+
+
+def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """The up to `n` names of `choices` closest to `name` (for 'did you mean' hints)."""
+    return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
+
+
+class OrchError(Exception):
+    """Base class of every error notebook_orch raises on purpose. The message says the fix."""
+
+
+class DefinitionError(OrchError, ValueError):
+    """A workflow, task or agent definition is invalid (bad option, bad value, conflicting names)."""
+
+
+class InvalidIdError(DefinitionError):
+    """A task id or agent name is not a Python identifier."""
+
+    def __init__(self, kind: str, name: str):
+        self.kind, self.name = kind, name
+        super().__init__(
+            f"{kind} id {name!r} is not a Python identifier; task outputs are bound by id in other "
+            f"tasks' bodies, so use letters, digits and '_' (not starting with a digit), e.g. "
+            f"{_as_identifier(name)!r}"
+        )
+
+
+def _as_identifier(name: str) -> str:
+    out = "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "task"
+    return out if not out[0].isdigit() else "t_" + out
+
+
+class CycleError(DefinitionError):
+    """The dependencies form a cycle; `.cycle` holds it as data: [a, b, c, a]."""
+
+    def __init__(self, cycle: Sequence[str]):
+        self.cycle = list(cycle)
+        path = " → ".join(self.cycle)
+        super().__init__(
+            f"the workflow has a cycle: {path}. A task cannot depend on its own output; "
+            f"remove one of these dependencies (a parameter, a placeholder or an `after` entry)."
+        )
+
+
+class UnknownNameError(DefinitionError, KeyError):
+    """A task refers to a task, agent, resource or input that does not exist; `.choices` has the closest."""
+
+    def __init__(self, kind: str, name: str, referrer: str, choices: Iterable[str], hint: str = ""):
+        choices = list(choices)
+        self.kind, self.name, self.referrer = kind, name, referrer
+        self.choices = closest(name, choices)
+        msg = f"{referrer} refers to unknown {kind} {name!r}"
+        if self.choices:
+            msg += "; did you mean " + " or ".join(repr(c) for c in self.choices) + "?"
+        elif choices:
+            shown = ", ".join(repr(c) for c in sorted(choices)[:10])
+            msg += f"; known {kind}s: {shown}" + (" …" if len(choices) > 10 else "")
+        else:
+            msg += f"; no {kind} is defined yet"
+        if hint:
+            msg += f" {hint}"
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would add quotes around the message
+        return str(self.args[0])
+
+
+class TaskFailedError(OrchError):
+    """Raised by `run[task_id]` / `run.result()` when the task has no output because it failed."""
+
+
+class RunCancelledError(OrchError):
+    """The run was cancelled before the requested output existed."""
+
+
+class LoopError(OrchError, RuntimeError):
+    """An entry point was used where it cannot work (e.g. `start()` with no running event loop)."""

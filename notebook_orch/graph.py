@@ -1,0 +1,201 @@
+"""The DAG of a workflow: build and validate it, order it, and measure its longest paths. Pure, no I/O.
+
+Nodes are numbered by definition order; every list below is indexed by that number.
+Edges come from four places: parameters or placeholders named after tasks (data),
+`after` (ordering only), `map_over` (data), and `routes` (a router precedes its branches).
+"""
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .errors import CycleError, DefinitionError, UnknownNameError
+from .model import Agent, Task
+
+__all__ = ["Graph", "build_graph"]
+
+_MISSING = object()
+
+
+class Graph:
+    """An immutable, validated DAG over `ids` (definition order)."""
+
+    __slots__ = ("ids", "index", "deps", "inputs", "children", "order", "fallback_only", "routers")
+
+    def __init__(self, ids: list[str], deps: list[tuple[int, ...]], inputs: list[tuple[str, ...]],
+                 fallback_only: frozenset[str], routers: dict[int, dict[str, list[int]]]):
+        self.ids = ids                                  # task ids, definition order
+        self.index = {t: i for i, t in enumerate(ids)}  # id -> node number
+        self.deps = deps                                # node -> upstream nodes (data + ordering), sorted
+        self.inputs = inputs                            # node -> parameter names that are task ids (data deps)
+        self.fallback_only = fallback_only              # ids used only as another task's fallback: not scheduled
+        self.routers = routers                          # router node -> label -> branch nodes
+        children: list[list[int]] = [[] for _ in ids]
+        for i, ds in enumerate(deps):
+            for d in ds:
+                children[d].append(i)
+        self.children = children                       # node -> downstream nodes, ascending
+        self.order = _toposort(ids, deps, children)     # deterministic: definition order breaks ties
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def upstream(self, task: str) -> list[str]:
+        return [self.ids[d] for d in self.deps[self.index[task]]]
+
+    def downstream(self, task: str) -> list[str]:
+        return [self.ids[c] for c in self.children[self.index[task]]]
+
+    def descendants(self, tasks: Sequence[str]) -> set[str]:
+        """The given tasks and everything that depends on them, transitively."""
+        seen = {self.index[t] for t in tasks if t in self.index}
+        stack = list(seen)
+        while stack:
+            for c in self.children[stack.pop()]:
+                if c not in seen:
+                    seen.add(c)
+                    stack.append(c)
+        return {self.ids[i] for i in seen}
+
+    def ancestors(self, tasks: Sequence[str]) -> set[str]:
+        """The given tasks and everything they depend on, transitively."""
+        seen = {self.index[t] for t in tasks if t in self.index}
+        stack = list(seen)
+        while stack:
+            for d in self.deps[stack.pop()]:
+                if d not in seen:
+                    seen.add(d)
+                    stack.append(d)
+        return {self.ids[i] for i in seen}
+
+    def remaining(self, durations: Sequence[float]) -> list[float]:
+        """For each node: the longest path from its start to the end of the DAG (its own duration included)."""
+        rem = [0.0] * len(self.ids)
+        for i in reversed(self.order):
+            best = 0.0
+            for c in self.children[i]:
+                if rem[c] > best:
+                    best = rem[c]
+            rem[i] = durations[i] + best
+        return rem
+
+    def critical_path(self, durations: Sequence[float]) -> tuple[list[str], float]:
+        """The longest path (ids, first to last) under the given per-node durations, and its length."""
+        if not self.ids:
+            return [], 0.0
+        rem = self.remaining(durations)
+        roots = [i for i in self.order if not self.deps[i]]
+        node = max(roots, key=lambda i: (rem[i], -i))
+        path = [node]
+        while self.children[node]:
+            node = max(self.children[node], key=lambda c: (rem[c], -c))
+            path.append(node)
+        return [self.ids[i] for i in path], rem[path[0]]
+
+
+def _toposort(ids: list[str], deps: list[tuple[int, ...]], children: list[list[int]]) -> list[int]:
+    missing = [len(d) for d in deps]
+    heap = [i for i, m in enumerate(missing) if m == 0]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        i = heapq.heappop(heap)
+        order.append(i)
+        for c in children[i]:
+            missing[c] -= 1
+            if missing[c] == 0:
+                heapq.heappush(heap, c)
+    if len(order) != len(ids):
+        raise CycleError(_find_cycle(ids, deps, {i for i, m in enumerate(missing) if m > 0}))
+    return order
+
+
+def _find_cycle(ids: list[str], deps: list[tuple[int, ...]], left: set[int]) -> list[str]:
+    """A cycle among the nodes Kahn's algorithm could not order, as ids [a, b, ..., a] in data-flow order."""
+    start = min(left)
+    path, pos, node = [], {}, start
+    while node not in pos:  # every leftover node has a leftover upstream: walk upstream until we repeat
+        pos[node] = len(path)
+        path.append(node)
+        node = next(d for d in deps[node] if d in left)
+    cycle = path[pos[node]:] + [node]
+    return [ids[i] for i in reversed(cycle)]
+
+
+def build_graph(tasks: Mapping[str, Task], agents: Mapping[str, Agent],
+                resources: Mapping[str, int] | None = None) -> Graph:
+    """Validate the definitions and return their DAG; raises DefinitionError subclasses with the fix."""
+    ids = list(tasks)
+    index = {t: i for i, t in enumerate(ids)}
+    resources = resources or {}
+    fallback_only = frozenset(
+        t.fallback for t in tasks.values()
+        if isinstance(t.fallback, str) and t.fallback in tasks and t.fallback not in agents)
+    deps: list[tuple[int, ...]] = []
+    inputs: list[tuple[str, ...]] = []
+    routers: dict[int, dict[str, list[int]]] = {}
+    route_parent: dict[int, set[int]] = {}
+    for i, (tid, task) in enumerate(tasks.items()):
+        if task.agent is not None and task.agent not in agents:
+            raise UnknownNameError("agent", task.agent, f"task {tid!r}", agents,
+                                   hint="Define it first with wf.agent(...) or %%agent.")
+        for r in task.resources:
+            if r not in resources:
+                raise UnknownNameError("resource pool", r, f"task {tid!r}", resources,
+                                       hint="Declare pools with Workflow(resources={'name': capacity}).")
+        for r, n in task.resources.items():
+            if n > resources[r]:
+                raise DefinitionError(
+                    f"task {tid!r} needs {n} of resource {r!r} but the pool holds only {resources[r]}; "
+                    f"it could never start. Lower the request or enlarge the pool.")
+        if isinstance(task.fallback, str) and task.fallback not in tasks and task.fallback not in agents:
+            raise UnknownNameError("task or agent", task.fallback, f"fallback of task {tid!r}",
+                                   list(tasks) + list(agents))
+        if task.fallback == tid:
+            raise DefinitionError(f"task {tid!r} names itself as its fallback; name another task or agent")
+        data = [p for p in task.params if p in index and not (p == "item" and task.map_over)]
+        if tid in data:
+            raise CycleError([tid, tid])
+        ds = {index[p] for p in data}
+        if task.map_over is not None:
+            if task.map_over not in index:
+                raise UnknownNameError("task", task.map_over, f"map_over of task {tid!r}", ids)
+            ds.add(index[task.map_over])
+        for a in task.after:
+            if a not in index:
+                raise UnknownNameError("task", a, f"`after` of task {tid!r}", ids)
+            ds.add(index[a])
+        if task.routes:
+            table = {}
+            for label, targets in task.routes.items():
+                for tgt in targets:
+                    if tgt not in index:
+                        raise UnknownNameError("task", tgt, f"route {label!r} of task {tid!r}", ids)
+                    route_parent.setdefault(index[tgt], set()).add(i)
+                table[label] = [index[t] for t in targets]
+            routers[i] = table
+        deps.append(tuple(ds))
+        inputs.append(tuple(data))
+    for tgt, parents in route_parent.items():  # a branch runs after the router that picks it
+        deps[tgt] = tuple(set(deps[tgt]) | parents)
+    for i, ds in enumerate(deps):
+        if i in ds:
+            raise CycleError([ids[i], ids[i]])
+        deps[i] = tuple(sorted(ds))
+    return Graph(ids, deps, inputs, fallback_only, routers)
+
+
+def unresolved_params(task: Task, graph: Graph, params: Mapping[str, Any],
+                      namespace: Mapping[str, Any] | None) -> list[str]:
+    """Parameters of `task` that are neither tasks, params, namespace names nor defaulted."""
+    out = []
+    for p in task.params:
+        if p in graph.index or p in params or p in task.optional_params:
+            continue
+        if p == "item" and task.map_over:
+            continue
+        if namespace is not None and p in namespace:
+            continue
+        out.append(p)
+    return out

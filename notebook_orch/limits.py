@@ -1,0 +1,125 @@
+"""What may start now: global concurrency, per-agent slots, resource pools, rate windows and circuit breakers.
+
+Every check is synchronous and answers at once (the scheduler never parks a coroutine
+per waiting task): `blocker()` says which limit holds a task back and, for a rate
+limit, when it will let the next start through.
+
+Rate limits are sliding windows: with '60/min', no 60-second window ever holds more
+than 60 starts. That exact, per-instant guarantee is what the scheduler promises, and a
+non-blocking 'when is the next slot' question is what it needs; token-bucket libraries
+such as aiolimiter answer only by awaiting, so this small window is written here.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+
+__all__ = ["Limits", "Breaker"]
+
+
+class Breaker:
+    """Per-agent circuit breaker: opens after `failures` consecutive failed attempts, for `cooldown` seconds.
+
+    While open, the agent's queued tasks fail fast. After the cooldown one attempt is let
+    through (half-open): its success closes the breaker, its failure opens it again.
+    """
+
+    __slots__ = ("failures", "cooldown", "consecutive", "open_until", "probing")
+
+    def __init__(self, failures: int, cooldown: float):
+        self.failures, self.cooldown = failures, cooldown
+        self.consecutive = 0          # failed attempts in a row
+        self.open_until = 0.0         # perf-counter time the breaker stays open until (0: closed)
+        self.probing = False          # half-open: one attempt is out, the others wait
+
+    def is_open(self, now: float) -> bool:
+        return self.open_until > now
+
+    def record(self, ok: bool, now: float) -> bool:
+        """Count an attempt's outcome; True when this failure just opened the breaker."""
+        self.probing = False
+        if ok:
+            self.consecutive, self.open_until = 0, 0.0
+            return False
+        self.consecutive += 1
+        if self.consecutive >= self.failures and self.open_until <= now:
+            self.open_until = now + self.cooldown
+            return True
+        return False
+
+
+class Limits:
+    """Counters for every limit of one run. Capacities may change while it runs (`set_*`)."""
+
+    def __init__(self, concurrency: int | None, agent_caps: Mapping[str, int | None],
+                 agent_rates: Mapping[str, tuple[int, float] | None], pools: Mapping[str, int]):
+        self.concurrency = concurrency                                   # None: unlimited
+        self.running = 0                                                 # slots in use, <= concurrency
+        self.agent_caps = {a: c for a, c in agent_caps.items() if c}    # agent -> max running
+        self.agent_running: dict[str, int] = {a: 0 for a in agent_caps}  # agent -> running now
+        self.rates = {a: r for a, r in agent_rates.items() if r}         # agent -> (count, period_s)
+        self.starts: dict[str, deque[float]] = {a: deque(maxlen=r[0]) for a, r in self.rates.items()}
+        self.pools = dict(pools)                                         # pool -> capacity
+        self.pool_used: dict[str, int] = {p: 0 for p in pools}          # pool -> units held now
+        self.peak_running = 0
+
+    def full(self) -> bool:
+        """True when the global concurrency is used up: nothing may start."""
+        return self.concurrency is not None and self.running >= self.concurrency
+
+    def blocker(self, agent: str | None, resources: Mapping[str, int], now: float) -> tuple[str, float] | None:
+        """Which limit holds back a task of `agent` needing `resources`: ('agent:A' | 'resource:R' |
+        'rate:A', wake_at) or None when it may start now. wake_at is 0 except for rate limits."""
+        if agent is not None:
+            cap = self.agent_caps.get(agent)
+            if cap is not None and self.agent_running[agent] >= cap:
+                return "agent:" + agent, 0.0
+        for r, n in resources.items():
+            if self.pool_used[r] + n > self.pools[r]:
+                return "resource:" + r, 0.0
+        if agent is not None and agent in self.rates:
+            count, period = self.rates[agent]
+            window = self.starts[agent]
+            if len(window) >= count and now - window[0] < period:
+                return "rate:" + agent, window[0] + period
+        return None
+
+    def acquire(self, agent: str | None, resources: Mapping[str, int], now: float) -> None:
+        self.running += 1
+        if self.running > self.peak_running:
+            self.peak_running = self.running
+        if agent is not None:
+            self.agent_running[agent] += 1
+            if agent in self.starts:
+                self.starts[agent].append(now)
+        for r, n in resources.items():
+            self.pool_used[r] += n
+
+    def release(self, agent: str | None, resources: Mapping[str, int]) -> None:
+        self.running -= 1
+        if agent is not None:
+            self.agent_running[agent] -= 1
+        for r, n in resources.items():
+            self.pool_used[r] -= n
+
+    def agent_free(self, agent: str) -> int:
+        cap = self.agent_caps.get(agent)
+        return 1 << 30 if cap is None else cap - self.agent_running[agent]
+
+    def pool_free(self, pool: str) -> int:
+        return self.pools[pool] - self.pool_used[pool]
+
+    def set_agent_cap(self, agent: str, cap: int | None) -> None:
+        if cap:
+            self.agent_caps[agent] = cap
+        else:
+            self.agent_caps.pop(agent, None)
+
+    def set_rate(self, agent: str, rate: tuple[int, float] | None) -> None:
+        if rate:
+            old = self.starts.get(agent, ())
+            self.rates[agent] = rate
+            self.starts[agent] = deque(old, maxlen=rate[0])
+        else:
+            self.rates.pop(agent, None)
+            self.starts.pop(agent, None)

@@ -1,0 +1,230 @@
+"""The only definitions: Agent and Task as Pydantic models, validated on creation, never executed here."""
+from __future__ import annotations
+
+import inspect
+import re
+import string
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from .errors import DefinitionError, InvalidIdError
+
+__all__ = ["Agent", "Task", "Trigger", "Executor", "parse_rate", "parse_ttl", "TRIGGERS", "EXECUTORS"]
+
+Trigger = Literal["all_success", "none_failed", "all_done", "one_failed"]
+Executor = Literal["auto", "loop", "thread", "process", "dask"]
+TRIGGERS: tuple[str, ...] = ("all_success", "none_failed", "all_done", "one_failed")
+EXECUTORS: tuple[str, ...] = ("auto", "loop", "thread", "process", "dask")
+
+_PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+            "h": 3600.0, "hour": 3600.0, "d": 86400.0, "day": 86400.0}
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+?)s?\s*$")
+_TTL_RE = re.compile(r"^\s*(\d+\.?\d*)\s*([a-z]+?)s?\s*$")
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """'60/min' -> (60, 60.0): at most 60 starts in any 60-second window. Also '5/s', '100/2h'."""
+    m = _RATE_RE.match(text.lower())
+    if not m or m.group(3) not in _PERIODS or int(m.group(1)) < 1:
+        raise DefinitionError(
+            f"rate limit {text!r} is not understood; write COUNT/PERIOD such as '60/min', '5/s', "
+            f"'1000/h' or '10/30s' (periods: s, min, h, day)")
+    mult = float(m.group(2)) if m.group(2) else 1.0
+    return int(m.group(1)), mult * _PERIODS[m.group(3)]
+
+
+def parse_ttl(value: bool | str | float | int | None) -> float | None:
+    """A cache setting -> its time to live in seconds (None: forever). '1h' -> 3600.0."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _TTL_RE.match(value.lower())
+    if not m or m.group(2) not in _PERIODS:
+        raise DefinitionError(
+            f"cache time to live {value!r} is not understood; write e.g. '30s', '10min', '1h', '2day', "
+            f"or use cache=True (forever) / cache=False (never)")
+    return float(m.group(1)) * _PERIODS[m.group(2)]
+
+
+def _check_identifier(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("__"):
+        raise InvalidIdError(kind, str(name))
+    return name
+
+
+class Agent(BaseModel):
+    """Who does the work: an LLM persona or a plain worker, with its own limits."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True, extra="forbid")
+
+    name: str = Field(description="Identifier the tasks use in `agent=`.")
+    role: str = Field("", description="One line: what this agent is (used in LLM prompts).")
+    goal: str = Field("", description="What this agent tries to achieve (used in LLM prompts).")
+    instructions: str = Field("", description="Extra instructions, e.g. style or sources.")
+    llm: Any = Field(None, description="Provider string ('openai:gpt-4o-mini', 'demo'), a model object or an async callable.")
+    base_url: str | None = Field(None, description="Base URL of an OpenAI-compatible server (Ollama, vLLM, …).")
+    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key; the key itself is never stored.")
+    tools: list[Any] = Field(default_factory=list, description="Tools the agent may call (functions with typed parameters).")
+    max_concurrency: int | None = Field(None, ge=1, description="At most this many of the agent's tasks run at once (None: no agent limit).")
+    rate_limit: str | None = Field(None, description="At most COUNT task starts per PERIOD, e.g. '60/min'.")
+    retries: int | None = Field(None, ge=0, description="Default `retries` for the agent's tasks.")
+    timeout: float | None = Field(None, gt=0, description="Default per-attempt `timeout` (seconds) for the agent's tasks.")
+    breaker_failures: int | None = Field(None, ge=1, description="Open the circuit breaker after this many consecutive failed attempts (None: no breaker).")
+    breaker_cooldown: float = Field(30.0, gt=0, description="Seconds an open breaker fails queued tasks fast before it lets one through again.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, v: str) -> str:
+        return _check_identifier("agent", v)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_parses(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_rate(v)
+        return v
+
+    @property
+    def rate(self) -> tuple[int, float] | None:
+        """The rate limit as (count, period_seconds), or None."""
+        return parse_rate(self.rate_limit) if self.rate_limit else None
+
+
+class Task(BaseModel):
+    """One node of the DAG: a Python body (`fn`) or an LLM prompt (`prompt`) plus how to run it."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    id: str = Field(description="Identifier; other tasks read this task's output under this name.")
+    fn: Callable[..., Any] | None = Field(None, description="The body: a function or coroutine function. Parameters named after tasks are inputs.")
+    prompt: str | None = Field(None, description="An LLM prompt template; `{task_id}` placeholders are inputs.")
+    agent: str | None = Field(None, description="Name of the agent that does this task.")
+    after: list[str] = Field(default_factory=list, description="Ordering-only dependencies (no data passed).")
+    output_model: Any = Field(None, description="A Pydantic model the output must validate against.")
+    guardrails: list[Callable[[Any], Any]] = Field(default_factory=list, description="Checks on the output; one that raises or returns False fails the attempt.")
+    retries: int | None = Field(None, ge=0, description="Extra attempts after a failure (None: the agent's default, else 0).")
+    retry_backoff: float = Field(0.5, ge=0, description="First retry delay in seconds; doubles each attempt (plus jitter), capped at 60 s.")
+    timeout: float | None = Field(None, gt=0, description="Per-attempt time limit in seconds (None: the agent's default, else none).")
+    fallback: str | Callable[..., Any] | None = Field(None, description="Tried after the last retry fails: an agent name (re-run under it), a task id (its body, same inputs) or a callable.")
+    trigger: Trigger = Field("all_success", description="When the task may run given its upstream outcomes.")
+    routes: dict[str, list[str]] = Field(default_factory=dict, description="Routing: output label -> tasks run on that branch; the branches not picked are skipped.")
+    map_over: str | None = Field(None, description="Run the body once per item of this task's output (bound as `item`).")
+    resources: dict[str, int] = Field(default_factory=dict, description="Units held from the workflow's resource pools while running, e.g. {'gpu': 1}.")
+    priority: int = Field(0, description="Higher runs first among ready tasks.")
+    cache: bool | str | float = Field(True, description="Reuse a stored result with the same fingerprint (False: never; '1h': time to live).")
+    tags: list[str] = Field(default_factory=list, description="Free labels for filtering and display.")
+    executor: Executor = Field("auto", description="Where the body runs: auto (async on the loop, sync in a thread), loop, thread, process, dask.")
+    source: str | None = Field(None, description="The body's source text (a %%task cell); used for fingerprints and display.")
+    description: str = Field("", description="One line shown in the DAG tooltip and listings.")
+
+    _params: tuple[str, ...] = PrivateAttr(default=())
+    _defaults: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_identifier(cls, v: str) -> str:
+        return _check_identifier("task", v)
+
+    @field_validator("after", "tags", mode="before")
+    @classmethod
+    def _split_commas(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes_lists(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): ([t] if isinstance(t, str) else list(t)) for k, t in v.items()}
+        return v
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_parses(cls, v: Any) -> Any:
+        parse_ttl(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_body(self) -> "Task":
+        if self.fn is None and self.prompt is None:
+            raise DefinitionError(f"task {self.id!r} has no body: give a function (fn=...) or a prompt (prompt=...)")
+        if self.fn is not None and self.prompt is not None:
+            raise DefinitionError(f"task {self.id!r} has both a function and a prompt; give one of them")
+        if self.fn is not None:
+            if not callable(self.fn):
+                raise DefinitionError(f"task {self.id!r}: fn must be callable, got {type(self.fn).__name__}")
+            self._params, self._defaults = _signature(self.id, self.fn)
+        else:
+            self._params, self._defaults = _placeholders(self.id, self.prompt or ""), frozenset()
+        if self.map_over is not None and self.fn is not None and "item" not in self._params:
+            raise DefinitionError(
+                f"task {self.id!r} maps over {self.map_over!r}, so its body needs a parameter named `item` "
+                f"(each element of {self.map_over!r}'s output is passed as `item`)")
+        return self
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """Names the body reads: task ids among them are inputs; the rest come from params / namespace."""
+        return self._params
+
+    @property
+    def optional_params(self) -> frozenset[str]:
+        """Parameters with a default value (may stay unresolved)."""
+        return self._defaults
+
+    @property
+    def is_async(self) -> bool:
+        """True when the body is a coroutine function (it then runs on the event loop)."""
+        return self.fn is not None and _is_coroutine_function(self.fn)
+
+    @property
+    def route_targets(self) -> list[str]:
+        """Every task named in `routes`, in order, without repeats."""
+        return list(dict.fromkeys(t for targets in self.routes.values() for t in targets))
+
+
+def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
+    while hasattr(fn, "func") and not inspect.isfunction(fn):  # functools.partial
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+def _signature(task_id: str, fn: Callable[..., Any]) -> tuple[tuple[str, ...], frozenset[str]]:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: called with no arguments
+        return (), frozenset()
+    names, defaults = [], set()
+    for p in sig.parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.kind is p.POSITIONAL_ONLY:
+            raise DefinitionError(
+                f"task {task_id!r}: parameter {p.name!r} is positional-only; inputs are passed by name, "
+                f"so remove the '/' from the signature")
+        names.append(p.name)
+        if p.default is not p.empty:
+            defaults.add(p.name)
+    return tuple(names), frozenset(defaults)
+
+
+def _placeholders(task_id: str, template: str) -> tuple[str, ...]:
+    names = []
+    try:
+        for _, field, _, _ in string.Formatter().parse(template):
+            if field is None:
+                continue
+            root = re.split(r"[.\[]", field, maxsplit=1)[0]
+            if not root.isidentifier():
+                raise DefinitionError(
+                    f"prompt of task {task_id!r}: placeholder {{{field}}} must start with a task or "
+                    f"parameter name; write a literal brace as '{{{{' or '}}}}'")
+            names.append(root)
+    except ValueError as exc:
+        raise DefinitionError(f"prompt of task {task_id!r} is not a valid template: {exc}; "
+                              f"write a literal brace as '{{{{' or '}}}}'") from None
+    return tuple(dict.fromkeys(names))

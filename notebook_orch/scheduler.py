@@ -1,0 +1,684 @@
+"""The run loop: readiness by trigger rules, dispatch under limits, retries, timeouts, fallbacks and cancel.
+
+Design note (in the manner of dask's local scheduler):
+
+* State is kept in flat lists indexed by node number (definition order): `status`,
+  `npend` (upstream tasks not yet terminal), `attempts`. No coroutine exists for a task
+  that is not running: waiting is a counter, not an awaiting Task.
+* A task whose upstream are all terminal is *evaluated*: its trigger rule (and the
+  routes of its routers) decide `ready`, `skipped`, `upstream_failed` or `cancelled`.
+  Terminal outcomes propagate through a work list, never by recursion.
+* Ready work sits in one heap ordered by (-priority, -longest remaining path, node).
+  `_dispatch` pops from it while the global concurrency allows; an entry held back by
+  an agent slot, a resource pool or a rate window is *parked* under that limit and put
+  back when the limit frees, so a blocked agent never stalls the others.
+* A running attempt is one asyncio.Task; its end (success, exception, timeout, cancel)
+  is handled synchronously on the loop, which updates counters and dispatches again.
+* Every change is an immutable `Event` appended to `events` and published on the bus.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+import traceback
+from collections.abc import Callable, Mapping
+from time import perf_counter
+from typing import Any
+
+from . import capture
+from .errors import DefinitionError, OrchError, UnknownNameError
+from .events import TERMINAL, Bus, Event
+from .executors import Executors
+from .graph import Graph, unresolved_params
+from .limits import Breaker, Limits
+from .model import Agent, Task
+
+__all__ = ["Scheduler", "AttemptError", "OutputInvalidError", "BreakerOpenError"]
+
+_FAILED = frozenset({"failed", "upstream_failed"})
+_DONE_OK = frozenset({"succeeded", "cached"})
+_NO_RES: dict[str, int] = {}
+_MAX_BACKOFF = 60.0
+
+
+class AttemptError(OrchError):
+    """An attempt did not produce a usable output (timeout, invalid output, missing input)."""
+
+
+class OutputInvalidError(AttemptError):
+    """The output failed its `output_model`, a guardrail, or names an unknown route."""
+
+
+class BreakerOpenError(AttemptError):
+    """The agent's circuit breaker is open; the task failed fast without running."""
+
+
+def _route_label(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and "route" in value:
+        return value["route"]
+    return getattr(value, "route", value)
+
+
+def _error_text(exc: BaseException) -> str:
+    msg = str(exc)
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+class Scheduler:
+    """Executes one run of a validated graph. Not reusable: a new run makes a new Scheduler."""
+
+    def __init__(self, graph: Graph, tasks: Mapping[str, Task], agents: Mapping[str, Agent], *,
+                 concurrency: int | None, resources: Mapping[str, int], params: Mapping[str, Any],
+                 namespace: Mapping[str, Any] | None, fail_fast: bool, estimates: list[float],
+                 reuse: Mapping[str, tuple[Any, str]] | None = None,
+                 cache_lookup: Callable[[str, Task, dict[str, Any]], tuple[bool, Any, str]] | None = None,
+                 run: Any = None):
+        self.g = graph
+        self.ids = graph.ids
+        n = len(graph.ids)
+        self.tasks = [tasks[t] for t in graph.ids]
+        self.agents = dict(agents)
+        self.params = params
+        self.namespace = namespace
+        self.fail_fast = fail_fast
+        self.reuse = dict(reuse or {})
+        self.cache_lookup = cache_lookup
+        self.run = run                                            # the Run handle, passed to the LLM layer
+        self.limits = Limits(
+            concurrency,
+            {a: ag.max_concurrency for a, ag in agents.items()},
+            {a: ag.rate for a, ag in agents.items()},
+            resources)
+        self.breakers = {a: Breaker(ag.breaker_failures, ag.breaker_cooldown)
+                         for a, ag in agents.items() if ag.breaker_failures}
+        self.executors = Executors(concurrency or 64)
+
+        # invariant: status[i] is one of events.STATUSES; once in TERMINAL it never changes
+        self.status = ["pending"] * n
+        self.npend = [len(d) for d in graph.deps]                 # upstream not yet terminal
+        self.attempts = [0] * n                                   # attempts started (map: max per item)
+        self.results: dict[str, Any] = {}                         # id -> output (succeeded / cached only)
+        self.errors: dict[str, BaseException] = {}                # id -> last exception
+        self.outputs: dict[str, list[str]] = {}                   # id -> printed text chunks
+        self.events: list[Event] = []
+        self.bus = Bus()
+        rem = graph.remaining(estimates)
+        self.key = [(-t.priority, -rem[i], i) for i, t in enumerate(self.tasks)]  # heap order of a node
+        self.retries = [t.retries if t.retries is not None else
+                        (agents[t.agent].retries or 0) if t.agent else 0 for t in self.tasks]
+        self.timeout = [t.timeout if t.timeout is not None else
+                        agents[t.agent].timeout if t.agent else None for t in self.tasks]
+        self.heap: list[tuple[int, float, int, int]] = []        # (-priority, -remaining, node, item or -1)
+        self.parked: dict[str, list[tuple[int, float, int, int]]] = {}   # limit key -> heap of held entries
+        self.rate_timers: dict[str, asyncio.TimerHandle] = {}
+        self.retry_timers: set[asyncio.TimerHandle] = set()
+        self.active: dict[tuple[int, int], asyncio.Task[Any]] = {}       # running attempts
+        self.route_skip: dict[int, str] = {}                      # node -> why its route was not taken
+        self.items: dict[int, list[Any]] = {}                     # map node -> its items
+        self.item_out: dict[int, list[Any]] = {}                  # map node -> outputs by item
+        self.item_att: dict[int, list[int]] = {}                  # map node -> attempts by item
+        self.items_left: dict[int, int] = {}
+        self.item_failed: dict[int, BaseException] = {}
+        self.fb_used: set[tuple[int, int]] = set()                # entries now running their fallback
+        self.blocked_seen: set[tuple[int, int, str]] = set()     # (node, attempt, limit) already noted
+        self.left = n                                             # nodes not yet terminal
+        self.paused = False
+        self.cancelling = False
+        self.finished = False
+        self.run_status = "pending"
+        self.t0 = 0.0
+        self.done: asyncio.Future[str] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.finish_hooks: list[Callable[[], Any]] = []          # called once when the run ends
+
+    # ------------------------------------------------------------------ events
+    def emit(self, i: int, kind: str, attempt: int = 0, info: Any = None) -> None:
+        ev = Event(perf_counter() - self.t0, self.ids[i] if i >= 0 else "", kind, attempt, info)
+        self.events.append(ev)
+        if self.bus:
+            self.bus.publish(ev)
+
+    # ------------------------------------------------------------------ start
+    def begin(self) -> asyncio.Future[str]:
+        """Check inputs, then start on the running loop; returns a future that resolves when the run ends."""
+        self.loop = asyncio.get_running_loop()
+        self._check_inputs()
+        self.done = self.loop.create_future()
+        self.t0 = perf_counter()
+        self.run_status = "running"
+        capture.install()
+        self.emit(-1, "run_started", 0, len(self.ids))
+        work = []
+        for i in self.g.order:
+            if self.ids[i] in self.g.fallback_only:
+                work.append((i, "skipped", "used only as a fallback"))
+            elif self.npend[i] == 0:
+                work.append((i, None, None))
+        self._settle(work)
+        if self.left == 0:
+            self._finish()
+        else:
+            self._dispatch()
+        return self.done
+
+    def _check_inputs(self) -> None:
+        for i, task in enumerate(self.tasks):
+            missing = unresolved_params(task, self.g, self.params, self.namespace)
+            if missing and self.ids[i] not in self.g.fallback_only:
+                known = list(self.ids) + list(self.params) + (list(self.namespace) if self.namespace else [])
+                what = "prompt placeholder" if task.prompt is not None else "parameter"
+                raise UnknownNameError(
+                    "input", missing[0], f"{what} {missing[0]!r} of task {self.ids[i]!r}", known,
+                    hint="It is not a task, not in wf.params and not a notebook global; define it, "
+                         "pass params={...}, or give the parameter a default.")
+
+    # ------------------------------------------------------------------ readiness
+    def _settle(self, work: list[tuple[int, str | None, Any]]) -> None:
+        """Process a work list of (node, terminal status or None to evaluate, info) until it is empty."""
+        status, npend, children = self.status, self.npend, self.g.children
+        any_failed = False
+        while work:
+            i, outcome, info = work.pop()
+            if status[i] in TERMINAL:
+                continue
+            if outcome is None:
+                outcome, info = self._evaluate(i)
+                if outcome is None:
+                    done = self._make_ready(i)
+                    if done is None:
+                        continue
+                    outcome, info = done
+            status[i] = outcome
+            self.emit(i, outcome, self.attempts[i], info)
+            self.left -= 1
+            failed = outcome in _FAILED
+            any_failed = any_failed or outcome == "failed"
+            for c in children[i]:
+                if status[c] != "pending":
+                    continue
+                npend[c] -= 1
+                if npend[c] == 0 or (failed and self.tasks[c].trigger == "one_failed"):
+                    work.append((c, None, None))
+        if any_failed and self.fail_fast and not self.cancelling and not self.finished:
+            self.cancel("fail_fast: a task failed")
+        elif self.left == 0 and not self.finished and self.done is not None:
+            self._finish()
+
+    def _evaluate(self, i: int) -> tuple[str | None, Any]:
+        """Given upstream outcomes: (None, None) to run, or (terminal status, info)."""
+        if self.cancelling:
+            return "cancelled", "run cancelled"
+        if i in self.route_skip:
+            return "skipped", self.route_skip[i]
+        trig = self.tasks[i].trigger
+        up_failed = up_skipped = up_cancelled = None
+        for d in self.g.deps[i]:
+            s = self.status[d]
+            if s in _DONE_OK:
+                continue
+            if s in _FAILED:
+                up_failed = up_failed or self.ids[d]
+            elif s == "skipped":
+                up_skipped = up_skipped or self.ids[d]
+            elif s == "cancelled":
+                up_cancelled = up_cancelled or self.ids[d]
+            elif trig == "one_failed":  # fired early: a failure arrived, others still running
+                continue
+        if trig == "all_success":
+            if up_failed:
+                return "upstream_failed", up_failed
+            if up_cancelled:
+                return "cancelled", f"upstream {up_cancelled} cancelled"
+            if up_skipped:
+                return "skipped", f"upstream {up_skipped} skipped"
+        elif trig == "none_failed":
+            if up_failed:
+                return "upstream_failed", up_failed
+            if up_cancelled:
+                return "cancelled", f"upstream {up_cancelled} cancelled"
+        elif trig == "one_failed":
+            if not up_failed:
+                return "skipped", "no upstream failed"
+        return None, None
+
+    def _make_ready(self, i: int) -> tuple[str, Any] | None:
+        """Queue node i; or return the terminal (status, info) it ends in right away (cached, empty map)."""
+        tid = self.ids[i]
+        if tid in self.reuse:
+            value, where = self.reuse[tid]
+            return self._cached(i, value, where)
+        task = self.tasks[i]
+        if self.cache_lookup is not None and task.cache is not False:
+            try:
+                hit, value, where = self.cache_lookup(tid, task, self._input_values(i))
+            except Exception as exc:  # a broken store never stops a run; the task just runs
+                hit, value, where = False, None, ""
+                self.emit(i, "cache_error", 0, _error_text(exc))
+            if hit:
+                return self._cached(i, value, where)
+        self.status[i] = "ready"
+        self.emit(i, "ready")
+        if task.map_over is None:
+            heapq.heappush(self.heap, (*self.key[i], -1))
+            return None
+        try:
+            items = list(self.results.get(task.map_over) or ())
+        except TypeError:
+            got = type(self.results.get(task.map_over)).__name__
+            self.errors[tid] = AttemptError(
+                f"task {tid!r} maps over {task.map_over!r}, whose output ({got}) is not iterable; "
+                f"return a list from {task.map_over!r}")
+            return "failed", f"map_over {task.map_over!r} returned a {got}, not an iterable"
+        self.items[i] = items
+        self.item_out[i] = [None] * len(items)
+        self.item_att[i] = [0] * len(items)
+        self.items_left[i] = len(items)
+        if not items:
+            self.results[tid] = []
+            return "succeeded", "no items"
+        p, r, _ = self.key[i]
+        for k in range(len(items)):
+            heapq.heappush(self.heap, (p, r, i, k))
+        return None
+
+    def _cached(self, i: int, value: Any, where: str) -> tuple[str, Any]:
+        self.results[self.ids[i]] = value
+        self._after_output(i, value)
+        return "cached", where
+
+    def _terminal(self, i: int, status: str, info: Any = None, exc: BaseException | None = None) -> None:
+        if exc is not None:
+            self.errors[self.ids[i]] = exc
+        self._settle([(i, status, info)])
+
+    # ------------------------------------------------------------------ dispatch
+    def _dispatch(self) -> None:
+        if self.paused or self.cancelling or self.finished:
+            return
+        heap, limits = self.heap, self.limits
+        now = perf_counter()
+        while heap and not limits.full():
+            entry = heapq.heappop(heap)
+            i, k = entry[2], entry[3]
+            if self.status[i] in TERMINAL:  # e.g. a map task already failed
+                continue
+            agent = self._agent_of(i, k)
+            if agent is not None and agent in self.breakers:
+                br = self.breakers[agent]
+                if br.is_open(now):
+                    self._fail_fast_breaker(i, k, agent, br, now)
+                    continue
+            res = self.tasks[i].resources or _NO_RES
+            held = limits.blocker(agent, res, now)
+            if held is not None:
+                self._park(held[0], entry, held[1])
+                continue
+            limits.acquire(agent, res, now)
+            self._start(i, k, agent, res)
+
+    def _agent_of(self, i: int, k: int) -> str | None:
+        fb = self.tasks[i].fallback
+        if (i, k) in self.fb_used and isinstance(fb, str) and fb in self.agents:
+            return fb
+        return self.tasks[i].agent
+
+    def _park(self, why: str, entry: tuple[int, float, int, int], wake_at: float) -> None:
+        heapq.heappush(self.parked.setdefault(why, []), entry)
+        i = entry[2]
+        seen = (i, self.attempts[i], why)   # one note per task, attempt and limit: bounded event count
+        if seen not in self.blocked_seen:
+            self.blocked_seen.add(seen)
+            self.emit(i, "blocked", self.attempts[i], why)
+        if why.startswith("rate:") and why not in self.rate_timers:
+            delay = max(0.0, wake_at - perf_counter())
+            self.rate_timers[why] = self.loop.call_later(delay, self._rate_wake, why)  # type: ignore[union-attr]
+
+    def _unpark(self, why: str, count: int) -> None:
+        held = self.parked.get(why)
+        while held and count > 0:
+            heapq.heappush(self.heap, heapq.heappop(held))
+            count -= 1
+
+    def _rate_wake(self, why: str) -> None:
+        self.rate_timers.pop(why, None)
+        self._unpark(why, 1)
+        self._dispatch()
+        if self.parked.get(why) and why not in self.rate_timers and not self.finished:
+            # the entry we put back may have started: arm the timer for the next one
+            held = self.limits.blocker(why[5:], _NO_RES, perf_counter())
+            wake = held[1] if held and held[0] == why else perf_counter()
+            self.rate_timers[why] = self.loop.call_later(max(0.0, wake - perf_counter()),  # type: ignore[union-attr]
+                                                         self._rate_wake, why)
+
+    def _release(self, i: int, k: int) -> None:
+        agent = self._agent_of(i, k)
+        res = self.tasks[i].resources or _NO_RES
+        self.limits.release(agent, res)
+        if agent is not None and self.parked.get("agent:" + agent):
+            self._unpark("agent:" + agent, 1)
+        for r in res:
+            if self.parked.get("resource:" + r):
+                self._unpark("resource:" + r, self.limits.pool_free(r))
+
+    # ------------------------------------------------------------------ attempts
+    def _start(self, i: int, k: int, agent: str | None, res: Mapping[str, int]) -> None:
+        if k < 0:
+            self.attempts[i] += 1
+            attempt = self.attempts[i]
+        else:
+            att = self.item_att[i]
+            att[k] += 1
+            attempt = att[k]
+            if attempt > self.attempts[i]:
+                self.attempts[i] = attempt
+        if self.status[i] != "running":
+            self.status[i] = "running"
+            self.emit(i, "running", attempt, agent)
+        if agent is not None and agent in self.breakers:
+            self.breakers[agent].probing = True
+        self.active[(i, k)] = self.loop.create_task(self._attempt(i, k, attempt))  # type: ignore[union-attr]
+
+    async def _attempt(self, i: int, k: int, attempt: int) -> None:
+        tid = self.ids[i]
+        buf = self.outputs.get(tid)
+        if buf is None:
+            buf = self.outputs[tid] = []
+        capture.current_buffer.set(buf)
+        t_start = perf_counter() - self.t0
+        try:
+            value = await self._call(i, k)
+            value = self._check_output(i, value)
+        except asyncio.CancelledError:
+            if self.cancelling or self.finished:
+                return  # the cancel already recorded every status
+            raise
+        except BaseException as exc:  # noqa: BLE001 - any body failure is recorded, never lost
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            self.active.pop((i, k), None)
+            if not self.finished:
+                self._release(i, k)
+                self._attempt_failed(i, k, attempt, exc)
+                self._dispatch()
+            return
+        self.active.pop((i, k), None)
+        if self.finished or self.status[i] in TERMINAL:
+            return
+        self._release(i, k)
+        self._record_breaker(i, k, True)
+        if k < 0:
+            self._succeed(i, value)
+        else:
+            self._item_done(i, k, True, value, None, t_start)
+        self._dispatch()
+
+    async def _call(self, i: int, k: int) -> Any:
+        task = self.tasks[i]
+        kwargs = self._input_values(i, k)
+        timeout = self.timeout[i]
+        fb = task.fallback if (i, k) in self.fb_used else None
+        if fb is not None and callable(fb):
+            aw = self.executors.submit("thread" if not _is_async(fb) else "loop", fb, _fit(fb, kwargs))
+        elif isinstance(fb, str) and fb in self.g.index:
+            other = self.g.index[fb]
+            fkw = self._input_values(other, k)
+            fkw.update({p: v for p, v in kwargs.items() if p in self.tasks[other].params})
+            aw = self._submit_body(self.tasks[other], fkw, self.tasks[other].agent)
+        else:
+            agent = fb if isinstance(fb, str) else task.agent
+            aw = self._submit_body(task, kwargs, agent)
+        if timeout is None:
+            return await aw
+        try:
+            return await asyncio.wait_for(aw, timeout)
+        except asyncio.TimeoutError:
+            raise AttemptError(f"timed out after {timeout:g} s (per-attempt timeout of task {self.ids[i]!r})") from None
+
+    def _submit_body(self, task: Task, kwargs: dict[str, Any], agent_name: str | None) -> Any:
+        if task.prompt is not None:
+            from .llm import run_prompt
+            agent = self.agents.get(agent_name) if agent_name else None
+            return run_prompt(task, agent, kwargs, self.run)
+        kind = task.executor
+        if kind == "auto":
+            kind = "loop" if task.is_async else "thread"
+        return self.executors.submit(kind, task.fn, kwargs)  # type: ignore[arg-type]
+
+    def _input_values(self, i: int, k: int = -1) -> dict[str, Any]:
+        task = self.tasks[i]
+        index, results, params, ns = self.g.index, self.results, self.params, self.namespace
+        kw: dict[str, Any] = {}
+        for p in task.params:
+            if p == "item" and task.map_over is not None:
+                if k >= 0:
+                    kw[p] = self.items[i][k]
+            elif p in index:
+                kw[p] = results.get(p)
+            elif p in params:
+                kw[p] = params[p]
+            elif ns is not None and p in ns:
+                kw[p] = ns[p]
+        return kw
+
+    def _check_output(self, i: int, value: Any) -> Any:
+        task = self.tasks[i]
+        model = task.output_model
+        if model is not None and not isinstance(value, model):
+            from pydantic import ValidationError
+            try:
+                if isinstance(value, (str, bytes)) and hasattr(model, "model_validate_json"):
+                    value = model.model_validate_json(value)
+                else:
+                    value = model.model_validate(value)
+            except ValidationError as exc:
+                raise OutputInvalidError(
+                    f"output of task {self.ids[i]!r} does not validate against {model.__name__}: "
+                    f"{exc.error_count()} error(s): " + "; ".join(
+                        f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors()[:5])
+                ) from exc
+        for guard in task.guardrails:
+            verdict = guard(value)
+            if verdict is False:
+                name = getattr(guard, "__name__", repr(guard))
+                raise OutputInvalidError(f"guardrail {name} rejected the output of task {self.ids[i]!r}")
+        if task.routes:
+            label = _route_label(value)
+            if label not in task.routes:
+                raise OutputInvalidError(
+                    f"router {self.ids[i]!r} returned route {label!r}; its routes are "
+                    + ", ".join(repr(r) for r in task.routes)
+                    + ". Return one of these labels (or an object whose .route is one).")
+        return value
+
+    def _attempt_failed(self, i: int, k: int, attempt: int, exc: BaseException) -> None:
+        text = _error_text(exc)
+        self.emit(i, "attempt_failed", attempt, text if k < 0 else (k, text))
+        self._record_breaker(i, k, False)
+        task = self.tasks[i]
+        if attempt <= self.retries[i] and (i, k) not in self.fb_used:
+            delay = min(_MAX_BACKOFF, task.retry_backoff * 2 ** (attempt - 1))
+            delay += random.uniform(0, delay * 0.25)  # jitter: retries of many tasks do not align
+            if k < 0:
+                self.status[i] = "retrying"
+                self.emit(i, "retrying", attempt, (text, delay))
+            self._requeue_later((*self.key[i], k), delay)
+            return
+        if task.fallback is not None and (i, k) not in self.fb_used:
+            self.fb_used.add((i, k))
+            fb = task.fallback
+            self.emit(i, "fallback", attempt, fb if isinstance(fb, str) else getattr(fb, "__name__", repr(fb)))
+            heapq.heappush(self.heap, (*self.key[i], k))
+            return
+        exc.__notebook_orch_traceback__ = traceback.format_exception(exc)  # type: ignore[attr-defined]
+        if k < 0:
+            self._terminal(i, "failed", text, exc)
+        else:
+            self._item_done(i, k, False, None, exc, None)
+
+    def _requeue_later(self, entry: tuple[int, float, int, int], delay: float) -> None:
+        def put_back() -> None:
+            self.retry_timers.discard(handle)
+            if not self.finished and self.status[entry[2]] not in TERMINAL:
+                heapq.heappush(self.heap, entry)
+                self._dispatch()
+        handle = self.loop.call_later(delay, put_back)  # type: ignore[union-attr]
+        self.retry_timers.add(handle)
+
+    def _record_breaker(self, i: int, k: int, ok: bool) -> None:
+        agent = self._agent_of(i, k)
+        br = self.breakers.get(agent) if agent is not None else None
+        if br is not None and br.record(ok, perf_counter()):
+            self.emit(i, "breaker_open", self.attempts[i], (agent, br.consecutive))
+
+    def _fail_fast_breaker(self, i: int, k: int, agent: str, br: Breaker, now: float) -> None:
+        exc = BreakerOpenError(
+            f"circuit breaker of agent {agent!r} is open after {br.consecutive} consecutive failures; "
+            f"its tasks fail fast for another {br.open_until - now:.1f} s. Fix the cause and re-run, or "
+            f"raise Agent.breaker_failures / lower breaker_cooldown.")
+        if k < 0:
+            self._terminal(i, "failed", _error_text(exc), exc)
+        else:
+            self._item_done(i, k, False, None, exc, None)
+
+    def _item_done(self, i: int, k: int, ok: bool, value: Any, exc: BaseException | None,
+                   t_start: float | None) -> None:
+        n = len(self.items[i])
+        if ok:
+            self.item_out[i][k] = value
+        else:
+            self.item_failed.setdefault(i, exc)  # type: ignore[arg-type]
+        self.items_left[i] -= 1
+        self.emit(i, "item_done", self.item_att[i][k], (k, n, ok, t_start))
+        if self.items_left[i] == 0:
+            if i in self.item_failed:
+                err = self.item_failed[i]
+                bad = sum(1 for ev in self.events if ev.task == self.ids[i] and ev.kind == "item_done" and not ev.info[2])
+                self._terminal(i, "failed", f"{bad} of {n} items failed; first: {_error_text(err)}", err)
+            else:
+                self._succeed(i, self.item_out.pop(i))
+
+    def _succeed(self, i: int, value: Any) -> None:
+        self.results[self.ids[i]] = value
+        self._after_output(i, value)
+        self._settle([(i, "succeeded", None)])
+
+    def _after_output(self, i: int, value: Any) -> None:
+        """A router's output decides which of its branches are skipped (before they are evaluated)."""
+        table = self.g.routers.get(i)
+        if not table:
+            return
+        label = _route_label(value)
+        picked = set(table.get(label, ()))
+        self.emit(i, "routed", self.attempts[i], label)
+        for targets in table.values():
+            for t in targets:
+                if t not in picked:
+                    self.route_skip[t] = f"route {label!r} of {self.ids[i]} picked"
+
+    # ------------------------------------------------------------------ controls
+    def pause(self) -> None:
+        if not self.finished and not self.paused:
+            self.paused = True
+            self.run_status = "paused"
+            self.emit(-1, "run_paused")
+
+    def resume(self) -> None:
+        if not self.finished and self.paused:
+            self.paused = False
+            self.run_status = "running"
+            self.emit(-1, "run_resumed")
+            self._dispatch()
+
+    def set_concurrency(self, n: int | None) -> None:
+        if n is not None and n < 1:
+            raise DefinitionError(f"concurrency must be at least 1 (or None for no limit), got {n}")
+        self.limits.concurrency = n
+        self.emit(-1, "limit_changed", 0, ("concurrency", n))
+        self._dispatch()
+
+    def set_agent_limit(self, agent: str, max_concurrency: int | None = None, rate_limit: str | None = None,
+                        *, change_rate: bool = False) -> None:
+        if agent not in self.agents:
+            raise UnknownNameError("agent", agent, "set_limit", self.agents)
+        from .model import parse_rate
+        if max_concurrency is not None and max_concurrency < 1:
+            raise DefinitionError(f"max_concurrency must be at least 1 (or None), got {max_concurrency}")
+        self.limits.set_agent_cap(agent, max_concurrency)
+        self.emit(-1, "limit_changed", 0, (f"agent:{agent}", max_concurrency))
+        self._unpark("agent:" + agent, 1 << 30)
+        if change_rate:
+            self.limits.set_rate(agent, parse_rate(rate_limit) if rate_limit else None)
+            self.emit(-1, "limit_changed", 0, (f"rate:{agent}", rate_limit))
+            self._unpark("rate:" + agent, 1 << 30)
+        self._dispatch()
+
+    def set_pool(self, pool: str, capacity: int) -> None:
+        if pool not in self.limits.pools:
+            raise UnknownNameError("resource pool", pool, "set_pool", self.limits.pools)
+        self.limits.pools[pool] = capacity
+        self.emit(-1, "limit_changed", 0, (f"resource:{pool}", capacity))
+        self._unpark("resource:" + pool, 1 << 30)
+        self._dispatch()
+
+    def cancel(self, reason: str = "cancelled by user") -> bool:
+        """Cancel running attempts at once and mark every unfinished task cancelled; False if already over."""
+        if self.finished:
+            return False
+        self.cancelling = True
+        for t in self.active.values():
+            t.cancel()
+        self.active.clear()
+        for h in (*self.rate_timers.values(), *self.retry_timers):
+            h.cancel()
+        self.rate_timers.clear()
+        self.retry_timers.clear()
+        self.heap.clear()
+        self.parked.clear()
+        for i in self.g.order:
+            if self.status[i] not in TERMINAL:
+                self.status[i] = "cancelled"
+                self.emit(i, "cancelled", self.attempts[i], reason)
+                self.left -= 1
+        self._finish()
+        return True
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.cancelling:
+            self.run_status = "cancelled"
+        elif any(s in _FAILED for s in self.status):
+            self.run_status = "failed"
+        else:
+            self.run_status = "succeeded"
+        self.emit(-1, "run_finished", 0, self.run_status)
+        self.executors.shutdown()
+        capture.uninstall()
+        for hook in self.finish_hooks:
+            try:
+                hook()
+            except Exception as exc:  # bookkeeping must never turn a finished run into an error
+                self.bus.errors.append((hook, exc))
+        if self.done is not None and not self.done.done():
+            self.done.set_result(self.run_status)
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    import inspect
+    return inspect.iscoroutinefunction(fn)
+
+
+def _fit(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The subset of kwargs that fn accepts (all of them if it takes **kwargs)."""
+    import inspect
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in sig.parameters}

@@ -1,0 +1,235 @@
+"""Workflow: holds agents, tasks, pools and settings, and builds Runs from them."""
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ._loop import running_loop
+from .errors import DefinitionError, LoopError, UnknownNameError
+from .graph import Graph, build_graph
+from .model import Agent, Task
+from .run import Run
+from .scheduler import Scheduler
+
+__all__ = ["Workflow"]
+
+_RUN_OPTIONS = ("concurrency", "only", "from_", "cache", "fail_fast", "mode", "params", "dask_client")
+
+
+class Workflow:
+    """A set of agents and tasks forming a DAG, plus how to run it.
+
+    >>> wf = Workflow("report", concurrency=8)
+    >>> @wf.task
+    ... def numbers():
+    ...     return [1, 2, 3]
+    >>> @wf.task
+    ... def total(numbers):
+    ...     return sum(numbers)
+    >>> wf.run()["total"]
+    6
+    """
+
+    def __init__(self, name: str = "workflow", *, concurrency: int | None = 16,
+                 resources: Mapping[str, int] | None = None, params: Mapping[str, Any] | None = None,
+                 fail_fast: bool = False, namespace: Mapping[str, Any] | None = None):
+        if concurrency is not None and concurrency < 1:
+            raise DefinitionError(f"concurrency must be at least 1 (or None for no limit), got {concurrency}")
+        self.name = name
+        self.concurrency = concurrency                      # global limit of running tasks (None: none)
+        self.resources: dict[str, int] = dict(resources or {})   # pool name -> capacity
+        self.params: dict[str, Any] = dict(params or {})     # values for non-task parameters
+        self.fail_fast = fail_fast
+        self.namespace = namespace                           # fallback lookup for names (a notebook's globals)
+        self.agents: dict[str, Agent] = {}
+        self.tasks: dict[str, Task] = {}
+        self.stale: set[str] = set()                         # tasks redefined (or downstream of one) since they last ran
+        self.runs: list[Run] = []                            # runs of this workflow in this session, oldest first
+        self.cache_lookup: Callable[..., Any] | None = None  # set by the store: (id, task, inputs) -> (hit, value, where)
+        self._durations: dict[str, float] = {}               # id -> last measured run time (priority estimates)
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.name!r}: {len(self.tasks)} tasks, {len(self.agents)} agents>"
+
+    # ---------------------------------------------------------------- definitions
+    def agent(self, name: str | Agent, **fields: Any) -> Agent:
+        """Define (or redefine) an agent; returns it."""
+        agent = name if isinstance(name, Agent) else Agent(name=name, **fields)
+        if agent.name in self.agents and self.agents[agent.name] != agent:
+            self._mark_stale([t for t, task in self.tasks.items() if task.agent == agent.name])
+        self.agents[agent.name] = agent
+        return agent
+
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Define a task from a function: `@wf.task`, `@wf.task(retries=2)` or `wf.task(fn, id="x", ...)`.
+
+        Used as a decorator it returns the function unchanged; called directly it returns the Task.
+        """
+        if fn is None:
+            def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+                self.add(self._make_task(f, options))
+                return f
+            return decorate
+        return self.add(self._make_task(fn, options))
+
+    def prompt(self, id: str, template: str, **options: Any) -> Task:
+        """Define an LLM task: `template` is sent to the task's agent; `{task_id}` inserts that output."""
+        return self.add(Task(id=id, prompt=template, **options))
+
+    def add(self, task: Task) -> Task:
+        """Add (or replace) a Task; a replaced task and everything downstream become stale."""
+        old = self.tasks.get(task.id)
+        self.tasks[task.id] = task
+        if old is not None and not _same_definition(old, task):
+            self._mark_stale([task.id])
+        elif old is None:
+            self.stale.add(task.id)
+        return task
+
+    def _make_task(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task:
+        opts = dict(options)
+        tid = opts.pop("id", None) or getattr(fn, "__name__", None)
+        if not tid or tid == "<lambda>":
+            raise DefinitionError("a lambda has no name: give the task an id, e.g. wf.task(fn, id='clean')")
+        return Task(id=tid, fn=fn, **opts)
+
+    def drop(self, task_id: str) -> Task:
+        """Remove a task; tasks that read it will fail validation until fixed."""
+        if task_id not in self.tasks:
+            raise UnknownNameError("task", task_id, f"workflow {self.name!r}", self.tasks)
+        self._mark_stale([task_id])
+        self.stale.discard(task_id)
+        return self.tasks.pop(task_id)
+
+    def clear(self) -> None:
+        """Remove every task and agent (settings and past runs stay)."""
+        self.tasks.clear()
+        self.agents.clear()
+        self.stale.clear()
+
+    def _mark_stale(self, ids: Iterable[str]) -> None:
+        ids = [t for t in ids if t in self.tasks]
+        try:
+            self.stale |= self.validate().descendants(ids)
+        except DefinitionError:
+            self.stale |= set(ids)
+
+    # ---------------------------------------------------------------- graph
+    def validate(self) -> Graph:
+        """Check every definition and return the DAG; raises a DefinitionError that says the fix."""
+        return build_graph(self.tasks, self.agents, self.resources)
+
+    def estimates(self, graph: Graph | None = None) -> list[float]:
+        """Expected duration per node: the last measured one, else the mean of the known ones, else 1 s."""
+        g = graph or self.validate()
+        known = [self._durations[t] for t in g.ids if t in self._durations]
+        default = statistics.fmean(known) if known else 1.0
+        return [self._durations.get(t, default) for t in g.ids]
+
+    def critical_path(self) -> list[str]:
+        """The longest chain of tasks by expected duration (measured durations after a run)."""
+        g = self.validate()
+        return g.critical_path(self.estimates(g))[0]
+
+    def graph(self, **kw: Any) -> Any:
+        """The DAG as a graphviz.Digraph, coloured by the last run if there is one."""
+        from .render import render
+        return render(self, run=self.runs[-1] if self.runs else None, **kw)
+
+    @property
+    def last_run(self) -> Run | None:
+        return self.runs[-1] if self.runs else None
+
+    # ---------------------------------------------------------------- running
+    def run(self, **options: Any) -> Run:
+        """Run to the end and return the Run. Works in scripts, in pytest and inside a running loop."""
+        loop = running_loop()
+        if loop is None:
+            return asyncio.run(self.arun(**options))
+        run = self.start(**options)
+        return run.wait()
+
+    async def arun(self, **options: Any) -> Run:
+        """`run = await wf.arun()`: run on the current loop and return the Run when it ends."""
+        run = self._launch(options)
+        return await run
+
+    def start(self, **options: Any) -> Run:
+        """Start on the running loop and return the Run at once (in a notebook: the kernel's loop)."""
+        if running_loop() is None:
+            raise LoopError("wf.start() needs a running event loop (a notebook cell or a coroutine); "
+                            "in a script use wf.run() (blocks) or `await wf.arun()`")
+        return self._launch(options)
+
+    def _launch(self, options: dict[str, Any], reuse: dict[str, tuple[Any, str]] | None = None,
+                wait: Any = None) -> Run:
+        unknown = set(options) - set(_RUN_OPTIONS)
+        if unknown:
+            bad = sorted(unknown)[0]
+            raise UnknownNameError("run option", bad, "run()", _RUN_OPTIONS)
+        graph = self.validate()
+        if not graph.ids:
+            raise DefinitionError(f"workflow {self.name!r} has no tasks yet; define some with @wf.task or %%task")
+        concurrency = options.get("concurrency", self.concurrency)
+        mode = options.get("mode", "workflow")
+        if mode == "sequential":
+            concurrency = 1
+        elif mode != "workflow":
+            raise DefinitionError(f"mode {mode!r} is not available; choose 'workflow' or 'sequential'")
+        reuse = dict(reuse or {})
+        reuse.update(self._selection_reuse(graph, options))
+        params = {**self.params, **(options.get("params") or {})}
+        sched = Scheduler(
+            graph, self.tasks, self.agents, concurrency=concurrency, resources=self.resources,
+            params=params, namespace=self.namespace, fail_fast=options.get("fail_fast", self.fail_fast),
+            estimates=self.estimates(graph), reuse=reuse,
+            cache_lookup=self.cache_lookup if options.get("cache", True) else None)
+        sched.executors.dask_client = options.get("dask_client")
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run = Run(self, sched, f"{self.name}-{stamp}-{os.urandom(2).hex()}", dict(options))
+        sched.run = run
+        sched.finish_hooks.append(lambda: self._learn(run))
+        sched.begin()
+        run.started_wall = time.time() - (sched.events[0].t if sched.events else 0.0)
+        self.runs.append(run)
+        return run
+
+    def _selection_reuse(self, graph: Graph, options: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+        """For only= / from_=: outputs of the last runs reused for every task outside the selection."""
+        only, start = options.get("only"), options.get("from_")
+        if not only and not start:
+            return {}
+        for t in (list(only or []) + ([start] if start else [])):
+            if t not in graph.index:
+                raise UnknownNameError("task", t, "only/from_", graph.ids)
+        selected = set(only or []) if only else set()
+        if start:
+            selected |= graph.descendants([start])
+        known: dict[str, tuple[Any, str]] = {}
+        for past in self.runs:  # newer runs win
+            for t, v in past._s.results.items():
+                known[t] = (v, f"reused from run {past.id}")
+        return {t: known[t] for t in graph.ids if t not in selected and t in known}
+
+    def _learn(self, run: Run) -> None:
+        """After a run: keep measured durations (for priorities) and clear staleness of what succeeded."""
+        started: dict[str, float] = {}
+        for ev in run.events:
+            if ev.kind == "running":
+                started[ev.task] = ev.t
+            elif ev.kind == "succeeded":
+                if ev.task in started:
+                    self._durations[ev.task] = ev.t - started.pop(ev.task)
+                if run.tasks.get(ev.task) is self.tasks.get(ev.task):
+                    self.stale.discard(ev.task)
+
+
+def _same_definition(a: Task, b: Task) -> bool:
+    if a.source is not None or b.source is not None:
+        return a.model_dump(exclude={"fn"}) == b.model_dump(exclude={"fn"})
+    return a == b
