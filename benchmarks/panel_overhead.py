@@ -1,0 +1,114 @@
+"""Benchmark: what the live run panel costs a 10,000-task run, and how many widget messages it sends.
+
+A layered DAG (100 layers x 100 tasks, each task after one task of the layer above) of
+no-op async bodies is run alternately without and with a RunPanel attached, on a fresh
+event loop each time. The panel runs headless: ipywidgets 8 on a dummy comm that counts
+the messages a frontend would receive. Reported: median run time of each, their ratio
+(the overhead), redraws and comm messages per run, and the time to build the DOT source
+of the same 10,000-node graph (render.build, i.e. render() after validation). The
+workflow has no store (`store=False`): the engine alone, and no cache hits between runs.
+
+    .venv/bin/python benchmarks/panel_overhead.py [--repeat 5] [--width 100] [--depth 100]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+import comm
+
+from notebook_orch import Workflow
+from notebook_orch.model import Task
+from notebook_orch.render import build
+
+_sent: list[str] = []
+
+
+class _CountingComm(comm.DummyComm):
+    """A comm with no frontend that counts what would be sent to it."""
+
+    def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):  # type: ignore[no-untyped-def]
+        _sent.append(msg_type)
+
+
+def layered(width: int, depth: int) -> Workflow:
+    wf = Workflow("bench", concurrency=64, store=False)   # the engine alone: no SQLite, no cache hits
+
+    async def noop() -> None:
+        return None
+
+    for layer in range(depth):
+        for k in range(width):
+            wf.add(Task(id=f"t{layer}_{k}", fn=noop, after=[f"t{layer - 1}_{k}"] if layer else []))
+    return wf
+
+
+def once(wf: Workflow, panel: bool) -> tuple[float, float, float, int, int]:
+    """(wall s, CPU s of this process, s spent building the panel, redraws, comm messages): one run."""
+    from notebook_orch.ipython.panel import RunPanel
+
+    async def main() -> tuple[float, float, float, int, int]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        run = wf.start()
+        t1 = time.perf_counter()
+        p = RunPanel(run) if panel else None
+        setup = time.perf_counter() - t1
+        before = len(_sent)
+        await run
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
+        assert run.status == "succeeded", run
+        return took, cpu, setup, (p.redraws if p else 0), len(_sent) - before
+    return asyncio.run(main())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--width", type=int, default=100)
+    ap.add_argument("--depth", type=int, default=100)
+    args = ap.parse_args()
+    comm.create_comm = lambda *a, **kw: _CountingComm(*a, **kw)
+
+    wf = layered(args.width, args.depth)
+    n = args.width * args.depth
+    graph = wf.validate()
+    t = time.perf_counter()
+    src = build(graph, wf.tasks).source                         # render() = validate() + this
+    dot_s = time.perf_counter() - t
+    done = wf.run()
+    t = time.perf_counter()
+    src_run = build(done.graph_, done.tasks, done).source       # coloured, durations, critical path
+    dot_run_s = time.perf_counter() - t
+    once(wf, False)                                             # warm up: imports, executors, caches
+    once(wf, True)
+    bare, with_panel, bare_cpu, panel_cpu, builds, redraws, messages = [], [], [], [], [], [], []
+    for _ in range(args.repeat):                                # interleaved: drift hits both alike
+        took, cpu, _, _, _ = once(wf, False)
+        bare.append(took)
+        bare_cpu.append(cpu)
+        took, cpu, setup, r, m = once(wf, True)
+        with_panel.append(took)
+        panel_cpu.append(cpu)
+        builds.append(setup)
+        redraws.append(r)
+        messages.append(m)
+    b, p = statistics.median(bare), statistics.median(with_panel)
+    bc, pc = statistics.median(bare_cpu), statistics.median(panel_cpu)
+    events = 3 * n + 2
+    print(f"tasks: {n}  (events per run: about {events})")
+    print(f"DOT source for {n} nodes: {dot_s * 1000:.0f} ms ({len(src) / 1e6:.1f} MB); after a run "
+          f"(statuses, durations, critical path): {dot_run_s * 1000:.0f} ms ({len(src_run) / 1e6:.1f} MB)")
+    print(f"run without panel: median {b:.3f} s   with panel: median {p:.3f} s")
+    print(f"panel overhead ratio (wall): {p / b:.3f}  ({(p / b - 1) * 100:+.1f} %)")
+    print(f"panel overhead ratio (CPU time of this process): {pc / bc:.3f}  ({(pc / bc - 1) * 100:+.1f} %)")
+    bs = statistics.median(builds)
+    print(f"of which building the panel's widgets once: {bs * 1000:.1f} ms; overhead without it "
+          f"(wall): {(p - bs) / b:.3f}")
+    print(f"redraws per run: {statistics.median(redraws):.0f}   comm messages per run: "
+          f"{statistics.median(messages):.0f} (max {max(messages)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""Draw a workflow as a graphviz Digraph, coloured by a run's statuses, with the run's critical path in bold.
+
+The DOT source is written as text lines (one per node, edge and cluster) and handed
+to `graphviz.Digraph(body=...)`; this keeps 10,000 nodes well under a second, where
+calling `Digraph.node()` per node would quote every attribute through graphviz's helpers.
+
+Reading the picture:
+
+* fill colour = status (`PALETTE`): pending grey, ready white, running blue, retrying
+  yellow, succeeded green, cached light green, failed red, upstream_failed orange,
+  skipped light grey with a dashed border, cancelled dark grey (white text);
+* shape: box = Python task, note = prompt (LLM) task, box3d = map task (label shows
+  `map done/total` items); a thick border and thick edges = the run's critical path
+  (longest chain by measured durations of the tasks that ran; none for a cancelled run);
+  "(changed)" = the task was redefined after that run;
+* edges: solid = data, dashed = ordering only (`after`), labelled = route of a router;
+* `group="agent"` draws one cluster per agent; graphs whose widest layer has more than
+  6 tasks and more tasks than there are layers are laid out left to right; above
+  `COMPACT_ABOVE` nodes labels shrink to the task id (details stay in the tooltip).
+"""
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import graphviz
+
+from .errors import DefinitionError
+from .events import TERMINAL
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .graph import Graph
+    from .model import Task
+    from .run import Run
+    from .workflow import Workflow
+
+__all__ = ["render", "build", "svg_html", "DagGraph", "Timings", "PALETTE", "GROUPS", "FORMATS", "RANKDIRS",
+           "INSTALL_HINT"]
+
+# status -> (fill colour, font colour, extra style). Fixed: docs, panel and tests rely on it.
+PALETTE: dict[str, tuple[str, str, str]] = {
+    "pending": ("#d9d9d9", "#000000", ""),
+    "ready": ("#ffffff", "#000000", ""),
+    "running": ("#6fa8dc", "#000000", ""),
+    "retrying": ("#ffe066", "#000000", ""),
+    "succeeded": ("#57bb6b", "#000000", ""),
+    "cached": ("#c6efce", "#000000", ""),
+    "failed": ("#e06666", "#000000", ""),
+    "upstream_failed": ("#f6b26b", "#000000", ""),
+    "skipped": ("#f3f3f3", "#666666", "dashed"),
+    "cancelled": ("#666666", "#ffffff", ""),
+}
+GROUPS = (None, "agent")
+FORMATS = ("svg", "png", "dot")
+RANKDIRS = ("TB", "LR", "BT", "RL")
+COMPACT_ABOVE = 100          # more nodes than this: labels are just the task id
+INSTALL_HINT = ("Graphviz's `dot` program was not found, so this is the DOT source. To see the picture, "
+                "install Graphviz: `apt-get install graphviz` (Debian/Ubuntu), "
+                "`conda install -c conda-forge graphviz` or `brew install graphviz` (macOS), "
+                "then make sure `dot` is on PATH.")
+
+
+class DagGraph(graphviz.Digraph):
+    """A graphviz.Digraph that displays as `format` and, where `dot` is missing, as its source plus a hint."""
+
+    _orch_format = "svg"   # how the notebook shows it: svg, png or dot (source text)
+
+    def _repr_mimebundle_(self, include: Iterable[str] | None = None, exclude: Iterable[str] | None = None,
+                          **kw: Any) -> dict[str, Any]:
+        if self._orch_format == "dot":
+            return {"text/plain": self.source}
+        try:
+            return super()._repr_mimebundle_(include, exclude, **kw)
+        except graphviz.ExecutableNotFound:
+            return _source_bundle(self.source, INSTALL_HINT)
+        except graphviz.CalledProcessError as exc:  # a broken Graphviz install: still show something
+            return _source_bundle(self.source, f"Graphviz failed ({exc}); this is the DOT source.")
+
+
+def _source_bundle(source: str, hint: str) -> dict[str, str]:
+    return {"text/plain": f"{hint}\n\n{source}",
+            "text/html": f"<p>{html.escape(hint)}</p><pre>{html.escape(source)}</pre>"}
+
+
+def svg_html(g: graphviz.Digraph) -> str:
+    """The graph as inline HTML: the <svg> element itself, or the DOT source with the install hint."""
+    try:
+        svg = g.pipe(format="svg", encoding="utf-8")
+    except graphviz.ExecutableNotFound:
+        return _source_bundle(g.source, INSTALL_HINT)["text/html"]
+    except graphviz.CalledProcessError as exc:
+        return _source_bundle(g.source, f"Graphviz failed ({exc}); this is the DOT source.")["text/html"]
+    start = svg.find("<svg")
+    return svg[start:] if start >= 0 else svg
+
+
+def render(workflow: "Workflow | None", run: "Run | None" = None, *, group: str | None = None,
+           format: str = "svg", rankdir: str | None = None) -> DagGraph:
+    """The workflow's DAG as a graphviz Digraph; with a run: coloured by status, durations and critical path.
+
+    `group="agent"` clusters tasks by agent; `format` is how a notebook shows it (svg, png or
+    dot for the source text); `rankdir` forces a direction (TB, LR, BT, RL; default: LR when
+    the graph is wider than deep). The workflow's current definitions are drawn; tasks that
+    changed since the run are marked "changed".
+    """
+    if workflow is None:
+        if run is None:
+            raise DefinitionError("render() needs a workflow or a run: render(wf) or render(wf, run=run)")
+        workflow = run.workflow
+    try:
+        graph, tasks = workflow.validate(), workflow.tasks
+    except DefinitionError:
+        if run is None:
+            raise
+        graph, tasks = run.graph_, run.tasks    # the definitions are mid-edit: draw what the run executed
+    changed = [t for t in graph.ids if run is not None and t in run.tasks and run.tasks[t] is not tasks[t]]
+    return build(graph, tasks, run, group=group, format=format, rankdir=rankdir, changed=changed,
+                 name=workflow.name)
+
+
+def build(graph: "Graph", tasks: Mapping[str, "Task"], run: "Run | None" = None, *, group: str | None = None,
+          format: str = "svg", rankdir: str | None = None, changed: Iterable[str] = (),
+          name: str = "workflow") -> DagGraph:
+    """The DAG of `graph` (task definitions in `tasks`) coloured by `run`; see `render` for the options."""
+    if group not in GROUPS:
+        raise DefinitionError(f"group={group!r} is not available; choose None or 'agent'")
+    if format not in FORMATS:
+        raise DefinitionError(f"format={format!r} is not available; choose one of {', '.join(FORMATS)}")
+    if rankdir is not None and rankdir not in RANKDIRS:
+        raise DefinitionError(f"rankdir={rankdir!r} is not available; choose one of {', '.join(RANKDIRS)}")
+    ids, n = graph.ids, len(graph.ids)
+    compact = n > COMPACT_ABOVE
+    if run is not None:
+        statuses = run.statuses
+        times = Timings()
+        times.feed(run.events)
+        crit_nodes, crit_edges = (_critical_path(graph, times, statuses) if run.done and run.status != "cancelled"
+                                  else (set(), set()))
+    else:
+        statuses, times, crit_nodes, crit_edges = {}, None, set(), set()
+    changed = set(changed)
+
+    node_lines: dict[str | None, list[str]] = {}
+    for i, tid in enumerate(ids):
+        task = tasks[tid]
+        st = statuses.get(tid, "pending")
+        line = _node_line(tid, task, st, times, compact, tid in crit_nodes,
+                          changed=tid in changed)
+        node_lines.setdefault(task.agent if group == "agent" else None, []).append(line)
+
+    body: list[str] = []
+    for agent, lines in node_lines.items():
+        if agent is None:
+            body += lines
+            continue
+        body.append(f"\tsubgraph {_q('cluster_' + agent)} {{\n")
+        body.append(f"\t\tlabel={_q('agent: ' + agent)} style=\"rounded,dashed\" color=\"#888888\" "
+                    f"fontcolor=\"#444444\"\n")
+        body += ["\t" + ln for ln in lines]
+        body.append("\t}\n")
+    body += _edge_lines(graph, tasks, crit_edges)
+
+    g = DagGraph(name=name, body=body, format="png" if format == "png" else "svg",
+                 graph_attr=_graph_attr(graph, rankdir, compact),
+                 node_attr={"shape": "box", "style": "filled,rounded", "fontname": "Helvetica",
+                            "fontsize": "9" if compact else "10", "margin": "0.08,0.04"},
+                 edge_attr={"color": "#555555", "arrowsize": "0.6", "fontname": "Helvetica",
+                            "fontsize": "8"})
+    g._orch_format = format
+    if format == "png":
+        g._jupyter_mimetype = "image/png"
+    return g
+
+
+# ---------------------------------------------------------------------------- timings
+
+
+class Timings:
+    """Per-task times read from run events, fed incrementally: ready, first start, end, map items, limits."""
+
+    __slots__ = ("ready", "start", "end", "items", "blocked", "seen")
+
+    def __init__(self) -> None:
+        self.ready: dict[str, float] = {}               # task -> first `ready` (or `cached`) time
+        self.start: dict[str, float] = {}               # task -> first `running` time
+        self.end: dict[str, float] = {}                 # task -> terminal status time
+        self.items: dict[str, list[int]] = {}           # map task -> [items done, items total]
+        self.blocked: dict[str, str] = {}               # queued task -> the limit holding it ('agent:NAME', ...)
+        self.seen = 0                                   # events consumed so far
+
+    def feed(self, events: list[Any]) -> None:
+        """Consume the events not seen yet (the list only grows)."""
+        ready, start, end, items, blocked = self.ready, self.start, self.end, self.items, self.blocked
+        terminal = TERMINAL
+        n = len(events)
+        for k in range(self.seen, n):
+            t, tid, kind, _, info = events[k]
+            if kind == "running":
+                if tid not in start:
+                    start[tid] = t
+                blocked.pop(tid, None)
+            elif kind == "ready":
+                if tid not in ready:
+                    ready[tid] = t
+            elif kind in terminal:
+                end[tid] = t
+                blocked.pop(tid, None)
+            elif kind == "blocked":
+                blocked[tid] = info
+            elif kind == "item_done":
+                done = items.get(tid)
+                if done is None:
+                    done = items[tid] = [0, info[1]]
+                done[0] += 1
+        self.seen = n
+
+    def duration(self, tid: str, now: float | None = None) -> float | None:
+        """Seconds from first start to the end (to `now` while running); None if it never started."""
+        s = self.start.get(tid)
+        if s is None:
+            return None
+        e = self.end.get(tid, now)
+        return None if e is None else max(0.0, e - s)
+
+    def wait(self, tid: str, now: float | None = None) -> float | None:
+        """Seconds from ready to first start (to `now` while still queued); None if never ready."""
+        r = self.ready.get(tid)
+        if r is None:
+            return None
+        s = self.start.get(tid, self.end.get(tid) if tid in self.end else now)
+        return None if s is None else max(0.0, s - r)
+
+
+def _critical_path(graph: "Graph", times: Timings, statuses: Mapping[str, str]
+                   ) -> tuple[set[str], set[tuple[str, str]]]:
+    """The longest path through the DAG under the measured durations of the tasks that ran to the end.
+
+    Tasks that did not finish an attempt (skipped, cancelled, cached...) count 0 and are
+    trimmed from the ends of the path; a path of length 0 is no path.
+    """
+    durations = [(times.duration(t) or 0.0) if statuses.get(t) in ("succeeded", "failed") else 0.0
+                 for t in graph.ids]
+    path, length = graph.critical_path(durations)
+    if length <= 0.0:
+        return set(), set()
+    ran = [durations[graph.index[t]] > 0.0 for t in path]
+    first, last = ran.index(True), len(ran) - 1 - ran[::-1].index(True)
+    path = path[first:last + 1]
+    return set(path), set(zip(path, path[1:]))
+
+
+# ---------------------------------------------------------------------------- DOT text
+
+
+def _q(s: str) -> str:
+    """A DOT double-quoted string (newlines become centred line breaks)."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _secs(x: float | None) -> str:
+    if x is None:
+        return ""
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.1f} s" if x < 100 else f"{x / 60:.1f} min"
+
+
+def _node_line(tid: str, task: "Task", status: str, times: Timings | None, compact: bool,
+               critical: bool, changed: bool) -> str:
+    fill, font, extra = PALETTE.get(status, PALETTE["pending"])
+    kind = "prompt" if task.prompt else "map" if task.map_over is not None else "task"
+    shape = {"prompt": "note", "map": "box3d"}.get(kind)
+    style = "filled" if shape else "filled,rounded"
+    if extra:
+        style += "," + extra
+    dur = times.duration(tid) if times is not None else None
+    map_text = ""
+    if kind == "map":
+        got = times.items.get(tid) if times is not None else None
+        map_text = f"map {got[0]}/{got[1]} items" if got else f"map over {task.map_over}"
+    tip = [tid, f"agent: {task.agent or '-'}", f"status: {status}" + (" (changed since this run)" if changed else "")]
+    if dur is not None:
+        tip.append(f"duration: {_secs(dur)}")
+    if map_text:
+        tip.append(map_text)
+    if kind == "prompt":
+        tip.append("prompt (LLM) task")
+    if task.description:
+        tip.append(task.description)
+    if compact:
+        label = tid
+    else:
+        lines = [tid, (task.agent or "") + (" · prompt" if kind == "prompt" else "")]
+        if map_text:
+            lines.append(map_text)
+        if times is not None:
+            lines.append(status + (f" · {_secs(dur)}" if dur is not None and status in TERMINAL else ""))
+        if changed:
+            lines.append("(changed)")
+        label = "\n".join(ln for ln in lines if ln)
+    attrs = f"label={_q(label)} fillcolor=\"{fill}\" tooltip={_q(chr(10).join(tip))}"
+    if font != "#000000":
+        attrs += f" fontcolor=\"{font}\""
+    if style != "filled,rounded":
+        attrs += f" style=\"{style}\""
+    if shape:
+        attrs += f" shape={shape}"
+    if critical:
+        attrs += " penwidth=3"
+    return f"\t{_q(tid)} [{attrs}]\n"
+
+
+def _edge_lines(graph: "Graph", tasks: Mapping[str, "Task"], crit: set[tuple[str, str]]) -> list[str]:
+    ids = graph.ids
+    labels: dict[tuple[int, int], list[str]] = {}
+    for r, table in graph.routers.items():
+        for label, targets in table.items():
+            for t in targets:
+                labels.setdefault((r, t), []).append(label)
+    out = []
+    for i, deps in enumerate(graph.deps):
+        head = ids[i]
+        task = tasks[head]
+        data = graph.inputs[i]
+        for d in deps:
+            tail = ids[d]
+            attrs = []
+            route = labels.get((d, i))
+            if route:
+                attrs.append(f"label={_q(', '.join(route))}")
+            elif tail not in data and tail != task.map_over:
+                attrs.append('style="dashed"')        # ordering only (`after`)
+            if (tail, head) in crit:
+                attrs.append("penwidth=3")
+            out.append(f"\t{_q(tail)} -> {_q(head)}" + (f" [{' '.join(attrs)}]\n" if attrs else "\n"))
+    return out
+
+
+def _graph_attr(graph: "Graph", rankdir: str | None, compact: bool) -> dict[str, str]:
+    if rankdir is None:
+        depth = [0] * len(graph.ids)
+        for i in graph.order:
+            for d in graph.deps[i]:
+                if depth[d] + 1 > depth[i]:
+                    depth[i] = depth[d] + 1
+        width: dict[int, int] = {}
+        for d in depth:
+            width[d] = width.get(d, 0) + 1
+        widest = max(width.values(), default=0)
+        rankdir = "LR" if widest > 6 and widest > len(width) else "TB"
+    attr = {"rankdir": rankdir, "fontname": "Helvetica", "fontsize": "10"}
+    if compact:
+        attr.update(nodesep="0.12", ranksep="0.3")
+    else:
+        attr.update(nodesep="0.3", ranksep="0.35")
+    return attr

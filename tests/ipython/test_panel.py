@@ -1,0 +1,371 @@
+"""The run panel driven by its methods (no browser, no kernel: ipywidgets 8 with comm's dummy comm)."""
+import asyncio
+import re
+
+import comm
+import pytest
+
+from notebook_orch import Workflow
+from notebook_orch.ipython import display as disp
+from notebook_orch.ipython.panel import RunPanel
+from notebook_orch.model import Task
+
+
+def _wf(gate: asyncio.Event | None = None, fail: bool = True) -> Workflow:
+    """one -> two (fails if `fail`) -> three; one -> four (waits for `gate` when given)."""
+    wf = Workflow("panel", concurrency=3)
+    wf.agent("analyst")
+
+    @wf.task(agent="analyst")
+    async def one():
+        print("hello from one")
+        return 1
+
+    @wf.task(agent="analyst")
+    async def two(one):
+        if fail:
+            raise ValueError("boom in two")
+        return 2
+
+    @wf.task
+    async def three(two):
+        return 3
+
+    @wf.task
+    async def four(one):
+        if gate is not None:
+            await gate.wait()
+        return 4
+
+    return wf
+
+
+def _rows(panel: RunPanel) -> dict[str, str]:
+    """task -> status, as the task table shows them."""
+    return dict(re.findall(r'<tr data-task="(\w+)" data-status="(\w+)">', panel._table.value))
+
+
+def _title_status(panel: RunPanel) -> str:
+    return re.search(r'data-run-status="(\w+)"', panel._title.value).group(1)
+
+
+def test_finished_failed_run_counts_table_and_buttons():
+    async def main():
+        run = _wf().start()
+        panel = RunPanel(run)
+        await run
+        return run, panel
+    run, panel = asyncio.run(main())
+    assert run.status == "failed"
+    assert _rows(panel) == run.statuses
+    for st, n in run.counts().items():
+        assert f">{n} {st}<" in panel._counts.value
+    assert panel._bar.value == panel._bar.max == 4
+    assert _title_status(panel) == "failed"
+    assert panel.buttons == {"pause": False, "resume": False, "cancel": False, "retry_failed": True,
+                             "rerun": True, "concurrency": False}
+    assert "boom in two" in panel._table.value
+    panel.show_output("one")
+    assert "hello from one" in panel._output.value
+    panel._pick.value = "four"                               # the dropdown does the same
+    assert "(nothing printed)" in panel._output.value
+
+
+def test_live_run_pause_resume_cancel():
+    async def main():
+        gate = asyncio.Event()
+        run = _wf(gate, fail=False).start()
+        panel = RunPanel(run)
+        for _ in range(200):                                  # until `four` waits on the gate
+            await asyncio.sleep(0.01)
+            if run.statuses["four"] == "running" and run.statuses["three"] == "succeeded":
+                break
+        panel.refresh()
+        live = panel.buttons
+        panel.pause()
+        paused = (run.status, panel.buttons, _title_status(panel))
+        panel.resume()
+        resumed = (run.status, panel.buttons)
+        panel._cancel_b.click()                               # the button calls panel.cancel()
+        await asyncio.sleep(0)
+        return run, panel, live, paused, resumed
+    run, panel, live, paused, resumed = asyncio.run(main())
+    assert live == {"pause": True, "resume": False, "cancel": True, "retry_failed": False, "rerun": False,
+                    "concurrency": True}
+    assert paused[0] == "paused" and paused[2] == "paused"
+    assert paused[1]["pause"] is False and paused[1]["resume"] is True and paused[1]["cancel"] is True
+    assert resumed == ("running", live)
+    assert run.status == "cancelled" and run.statuses["four"] == "cancelled"
+    assert _rows(panel)["four"] == "cancelled"
+    assert panel.buttons["cancel"] is False and panel.buttons["retry_failed"] is True
+
+
+def test_retry_failed_and_rerun_switch_the_panel_to_the_new_run():
+    state = {"fail": True}
+    wf = Workflow("switch", concurrency=2)
+
+    @wf.task
+    async def a():
+        return 1
+
+    @wf.task
+    async def b(a):
+        if state["fail"]:
+            raise RuntimeError("not yet")
+        return 2
+
+    async def main():
+        first = wf.start(concurrency=2)
+        panel = RunPanel(first)
+        await first
+        state["fail"] = False
+        second = panel.retry_failed()
+        assert panel.run is second and second is not first
+        await second
+        third = panel.rerun()
+        await third
+        return panel, first, second, third
+    panel, first, second, third = asyncio.run(main())
+    assert panel.runs == [first, second, third] and panel.run is third
+    assert second.statuses == {"a": "cached", "b": "succeeded"}
+    assert third.options == first.options and third.concurrency == 2
+    assert _rows(panel) == third.statuses and third.id in panel._title.value
+    assert panel.buttons["retry_failed"] is False and panel.buttons["rerun"] is True
+    assert third._display is panel and first._display is None
+
+
+def test_queued_tasks_say_which_limit_holds_them():
+    wf = Workflow("held")
+    wf.agent("solo", max_concurrency=1)
+    gate = asyncio.Event()
+
+    @wf.task(agent="solo")
+    async def first():
+        await gate.wait()
+
+    @wf.task(agent="solo")
+    async def second():
+        return 2
+
+    async def main():
+        run = wf.start()
+        panel = RunPanel(run)
+        await asyncio.sleep(0.05)
+        panel.refresh(dag=False)
+        table = panel._table.value
+        gate.set()
+        await run
+        return table, panel._table.value
+    live, final = asyncio.run(main())
+    row = re.search(r'<tr data-task="second" data-status="ready">.*?</tr>', live).group(0)
+    assert "waiting for agent solo" in row
+    assert "waiting for" not in final
+
+
+def test_set_concurrency_moves_the_slider_and_the_run_limit():
+    async def main():
+        gate = asyncio.Event()
+        run = _wf(gate, fail=False).start()
+        panel = RunPanel(run)
+        panel.set_concurrency(1)
+        after_method = (run.concurrency, panel._slider.value)
+        panel._slider.value = 5                               # dragging the slider does the same
+        after_slider = run.concurrency
+        gate.set()
+        await run
+        return after_method, after_slider, panel
+    after_method, after_slider, panel = asyncio.run(main())
+    assert after_method == (1, 1)
+    assert after_slider == 5
+    assert panel.buttons["concurrency"] is False
+
+
+def test_a_failing_control_shows_its_error_in_the_panel():
+    async def main():
+        run = _wf(fail=False).start()
+        panel = RunPanel(run)
+        panel._slider.value = panel._slider.min               # fine
+        panel._safely(panel.set_concurrency, 0)               # invalid: message, no exception
+        await run
+        return panel
+    panel = asyncio.run(main())
+    assert "at least 1" in panel._message.value
+
+
+def test_redraws_are_coalesced_during_a_5000_task_run():
+    sent = []
+
+    class CountingComm(comm.DummyComm):
+        def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):
+            sent.append(msg_type)
+
+    wf = Workflow("many", concurrency=50, store=False)
+
+    async def noop():
+        await asyncio.sleep(0.005)      # 100 waves of 50: the run lasts at least 0.5 s
+
+
+    for layer in range(50):
+        for k in range(100):
+            after = [f"t{layer - 1}_{k}"] if layer else []
+            wf.add(Task(id=f"t{layer}_{k}", fn=noop, after=after))
+
+    async def main():
+        run = wf.start()
+        panel = RunPanel(run)
+        before = len(sent)
+        await run
+        return run, panel, len(sent) - before
+
+    original = comm.create_comm
+    comm.create_comm = lambda *a, **kw: CountingComm(*a, **kw)
+    try:
+        run, panel, messages = asyncio.run(main())
+    finally:
+        comm.create_comm = original
+    events = len(run.events)
+    assert run.status == "succeeded" and events > 15_000
+    assert 3 <= panel.redraws <= run.elapsed() * RunPanel.MAX_REDRAWS_PER_S + 3   # live, but coalesced
+    assert panel.redraws * 50 < events
+    assert 0 < messages < events / 20                          # the browser is not flooded
+    assert _rows(panel) and set(_rows(panel).values()) == {"succeeded"}
+    assert not panel.live_dag
+
+
+def test_large_graph_dag_only_on_demand():
+    wf = Workflow("wide")
+
+    async def noop():
+        return None
+
+    for k in range(RunPanel.LIVE_DAG_MAX + 1):
+        wf.add(Task(id=f"t{k}", fn=noop))
+    run = wf.run()
+    panel = RunPanel(run)
+    assert not panel.live_dag and panel._dag.value == ""
+    assert panel._dag_b in panel._dag_box.children
+    panel.show_dag()
+    assert "t0" in panel._dag.value
+
+
+@pytest.mark.needs_dot
+def test_live_dag_is_inline_svg_with_every_task():
+    async def main():
+        run = _wf().start()
+        panel = RunPanel(run)
+        await run
+        panel.refresh()
+        return run, panel
+    run, panel = asyncio.run(main())
+    html = panel._dag.value
+    assert "<svg" in html and "<?xml" not in html
+    assert set(re.findall(r'class="node">\s*<title>(\w+)</title>', html)) == set(run.statuses)
+
+
+@pytest.mark.needs_dot
+def test_dag_is_recoloured_live_while_the_run_goes_on():
+    from notebook_orch.render import PALETTE
+
+    def fill_of(html, task):
+        m = re.search(rf"<title>{task}</title>.*?<path fill=\"([^\"]+)\"", html, flags=re.S)
+        return m and m.group(1)
+
+    async def main():
+        gate = asyncio.Event()
+        run = _wf(gate, fail=False).start()
+        panel = RunPanel(run)
+        seen = []
+        for _ in range(100):                                  # up to 10 s: the live DAG follows the run
+            await asyncio.sleep(0.1)
+            seen.append(fill_of(panel._dag.value, "four"))
+            if seen[-1] == PALETTE["running"][0] and fill_of(panel._dag.value, "three") == PALETTE["succeeded"][0]:
+                break
+        gate.set()
+        await run
+        await asyncio.sleep(0.5)                              # the final picture is drawn in a worker thread
+        for _ in range(50):
+            if fill_of(panel._dag.value, "four") == PALETTE["succeeded"][0]:
+                break
+            await asyncio.sleep(0.1)
+        return seen, panel
+    seen, panel = asyncio.run(main())
+    assert seen[-1] == PALETTE["running"][0]
+    assert fill_of(panel._dag.value, "four") == PALETTE["succeeded"][0]
+
+
+# ---------------------------------------------------------------------------- display_run
+
+
+class _FakeKernelShell:
+    kernel = object()
+
+    def __init__(self):
+        self.execution_count = 1
+
+
+def test_display_once_per_cell_and_static_part(monkeypatch):
+    shown = []
+
+    def fake_display(*objs, raw=False, display_id=None, **kw):
+        shown.append(objs[0])
+
+    shell = _FakeKernelShell()
+    monkeypatch.setattr(disp, "_shell", lambda: shell)
+    monkeypatch.setattr("IPython.display.display", fake_display)
+    run = _wf().run()
+    disp.display_run(run)
+    disp.display_run(run)                                     # same cell (`%orch run` displays and returns it)
+    assert len(shown) == 1
+    bundle = shown[0]
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert 'data-task="two" data-status="failed"' in bundle["text/html"]
+    assert bundle["text/plain"].startswith(f"Run {run.id}: failed")
+    shell.execution_count = 2
+    disp.display_run(run)                                     # a later cell shows it again, same panel
+    assert len(shown) == 2 and shown[1]["application/vnd.jupyter.widget-view+json"] == \
+        bundle["application/vnd.jupyter.widget-view+json"]
+
+
+def test_without_a_kernel_the_summary_is_shown(monkeypatch, capsys):
+    monkeypatch.setattr(disp, "_shell", lambda: None)
+    run = _wf().run()
+    run._ipython_display_()
+    out = capsys.readouterr().out
+    assert f"Run {run.id}: failed" in out and "two: failed (ValueError: boom in two)" in out
+    assert run._display is None                               # no widgets were made
+
+
+def test_display_never_raises(monkeypatch):
+    shown = []
+    monkeypatch.setattr(disp, "_shell", lambda: _FakeKernelShell())
+    monkeypatch.setattr("IPython.display.display", lambda *o, **kw: shown.append(o[0]))
+
+    def broken(self, run):
+        raise RuntimeError("widget trouble")
+    monkeypatch.setattr(RunPanel, "__init__", broken)
+    run = _wf().run()
+    disp.display_run(run)
+    assert "widget trouble" in shown[-1]["text/plain"]
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(180)
+def test_real_kernel_shows_one_panel_per_cell_and_a_final_static_summary():
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    cells = ["%load_ext notebook_orch\nimport asyncio",
+             "%%task slow_step\nawait asyncio.sleep(0.5)\n41",
+             "%%task next_step\nslow_step + 1",
+             "r = %orch run\nr",                                  # the magic displays it, then `r` again
+             "r.wait();\nprint(r.status, r['next_step'])"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    shown = [o for o in nb.cells[3].outputs if o.output_type == "display_data"]
+    assert len(shown) == 1, nb.cells[3].outputs
+    data = shown[0].data
+    assert "application/vnd.jupyter.widget-view+json" in data
+    # the static part (for frontends without widgets) was replaced by the final state when the run ended
+    assert "succeeded" in data["text/plain"].splitlines()[0]
+    assert 'data-task="next_step" data-status="succeeded"' in data["text/html"]
+    assert nb.cells[4].outputs[0].text.strip() == "succeeded 42"
