@@ -1,0 +1,87 @@
+"""`make demo`: execute notebooks/01_quickstart.ipynb headless in a fresh kernel and write it as HTML under ./artifacts/.
+
+Usage: python -m notebook_orch.demo [NOTEBOOK] [--out DIR] [--timeout SECONDS]
+
+Needs no API key and no network: the quickstart's LLM agents use the offline `demo` model.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "execute_notebook", "QUICKSTART"]
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "notebooks" / "01_quickstart.ipynb"
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def execute_notebook(path: Path, workdir: Path, timeout: float = 120) -> tuple[Any, BaseException | None]:
+    """Run every cell of `path` in a fresh kernel started in `workdir`; returns (notebook, error or None)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    kernel = nb.metadata.get("kernelspec", {}).get("name", "python3")
+    client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, allow_errors=False,
+                            resources={"metadata": {"path": str(workdir)}})
+    try:
+        client.execute()
+    except Exception as exc:  # CellExecutionError, a timeout or a dead kernel: keep what ran
+        return nb, exc
+    return nb, None
+
+
+def _static_outputs(nb: Any) -> None:
+    """Drop live-widget views that have a static fallback, so the HTML reads well offline."""
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data")
+            if data and _WIDGET_VIEW in data and len(data) > 1:
+                del data[_WIDGET_VIEW]
+    nb.metadata.pop("widgets", None)
+
+
+def write_html(nb: Any, target: Path) -> Path:
+    from nbconvert import HTMLExporter
+
+    _static_outputs(nb)
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m notebook_orch.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("notebook", nargs="?", type=Path, default=QUICKSTART, help="the notebook to execute")
+    parser.add_argument("--out", type=Path, default=Path("artifacts"), help="output directory (default: ./artifacts)")
+    parser.add_argument("--timeout", type=float, default=180, help="seconds allowed per cell (default: 180)")
+    args = parser.parse_args(argv)
+    if not args.notebook.exists():
+        print(f"error: notebook {args.notebook} not found; pass its path, e.g. "
+              f"python -m notebook_orch.demo notebooks/01_quickstart.ipynb", file=sys.stderr)
+        return 2
+    out = args.out.resolve()
+    workdir = out / "workdir"          # the kernel's working directory (the run store goes here)
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"executing {args.notebook} in a fresh kernel ...", flush=True)
+    t0 = time.perf_counter()
+    nb, error = execute_notebook(args.notebook, workdir, args.timeout)
+    took = time.perf_counter() - t0
+    import nbformat
+
+    stem = args.notebook.stem
+    nbformat.write(nb, out / f"{stem}.ipynb")
+    html = write_html(nb, out / f"{stem}.html")
+    if error is not None:
+        print(f"error: the notebook failed after {took:.1f} s:\n{error}", file=sys.stderr)
+        print(f"partial result written to {html}")
+        return 1
+    print(f"executed in {took:.1f} s; the executed notebook is at {html}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

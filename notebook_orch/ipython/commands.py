@@ -1,0 +1,340 @@
+"""The %orch subcommands: one small function each, registered by name with `@command`.
+
+Adding a subcommand is one function plus its decorators:
+
+    @command("summary")
+    @magic_arguments(name="orch summary")
+    def _summary(m, args):
+        '''Makespan, critical path and parallelism of the last run.'''
+        return _last_run(m).summary()
+
+`m` is the OrchMagics instance (`m.wf` is the active workflow, `m.shell` the shell);
+`args` the parsed options. Return a value to show it (DataFrames display as tables);
+raise an OrchError for a message without a traceback.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from ..errors import OrchError, closest
+from ..run import Run
+
+__all__ = ["COMMANDS", "command", "dispatch", "overview"]
+
+COMMANDS: dict[str, Callable[..., Any]] = {}
+
+
+def command(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a %orch subcommand (put it above @magic_arguments(name="orch NAME"))."""
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if not hasattr(fn, "parser"):
+            raise TypeError(f"%orch {name}: decorate the function with @magic_arguments(name='orch {name}') first")
+        COMMANDS[name] = fn
+        _refresh_doc()
+        return fn
+    return register
+
+
+def overview() -> str:
+    """The %orch help: every subcommand's usage line and first doc line."""
+    lines = ["%orch COMMAND [options]: run and inspect the active workflow (`%orch COMMAND --help` for details).", ""]
+    from .magics import usage_line
+    for name, fn in COMMANDS.items():
+        usage = usage_line(fn.parser)
+        doc = (fn.parser.description or "").strip().splitlines()
+        lines.append(f"  {usage}")
+        if doc:
+            lines.append(f"      {doc[0]}")
+    return "\n".join(lines)
+
+
+def _refresh_doc() -> None:
+    from .magics import OrchMagics
+    OrchMagics.orch.__doc__ = overview()
+
+
+def dispatch(m: Any, line: str) -> Any:
+    """Run `%orch LINE`: find the subcommand, parse its options, call it."""
+    words = line.strip().split(None, 1)
+    if not words or words[0] in ("help", "-h", "--help"):
+        print(overview())
+        return None
+    name, rest = words[0], (words[1] if len(words) > 1 else "")
+    fn = COMMANDS.get(name)
+    if fn is None:
+        near = closest(name, COMMANDS)
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        raise UsageError(f"%orch: unknown command {name!r}; {hint}commands: {', '.join(COMMANDS)}\n"
+                         f"usage: %orch COMMAND [options]  (`%orch?` lists them)")
+    from .magics import _parse
+    args = _parse(fn, rest)
+    if args is None:   # --help was printed
+        return None
+    return m._call(lambda: fn(m, args))
+
+
+# ---------------------------------------------------------------- shared helpers
+def _split(text: str | None) -> list[str]:
+    return [s.strip() for s in (text or "").split(",") if s.strip()]
+
+
+def _last_run(m: Any) -> Run:
+    run = m.wf.last_run
+    if run is None:
+        raise OrchError(f"workflow {m.wf.name!r} has not run yet in this session; start it with `%orch run`")
+    return run
+
+
+def _refuse_if_live(wf: Any) -> None:
+    """One live run per workflow from the magics: the panel and %orch status/cancel mean 'the last run'."""
+    last = wf.last_run
+    if last is not None and not last.done:
+        raise OrchError(f"run {last.id} of workflow {wf.name!r} is still {last.status}; wait for it "
+                        f"(`await run`), or stop it with `%orch cancel`, before starting another")
+
+
+def _show(run: Run) -> Run:
+    from IPython.display import display
+    display(run)
+    return run
+
+
+def _start(m: Any, launch: Callable[[], Run], wait: bool) -> Run:
+    run = launch()
+    _show(run)
+    if wait:
+        try:
+            run.wait()
+        except KeyboardInterrupt as exc:  # the kernel's stop button: run.wait() has cancelled the run
+            text = f"KeyboardInterrupt: run {run.id} cancelled ({_counts(run)}); it can run again with %orch run"
+            exc._render_traceback_ = lambda: [text]  # type: ignore[attr-defined]
+            raise
+    return run
+
+
+# ---------------------------------------------------------------- running
+@command("run")
+@magic_arguments(name="orch run")
+@argument("--concurrency", type=int, metavar="N", help="at most N tasks run at once (default: the workflow's)")
+@argument("--only", metavar="A,B", help="run only these tasks (the others reuse earlier outputs)")
+@argument("--from", dest="from_", metavar="TASK", help="run TASK and everything downstream of it")
+@argument("--no-cache", action="store_true", help="do not reuse stored results")
+@argument("--mode", choices=("workflow", "sequential"), help="workflow: as the DAG allows; sequential: one at a time")
+@argument("--wait", action="store_true", help="block until the run ends (interrupt the kernel to cancel it)")
+def _run(m: Any, args: Any) -> Run:
+    """Start a run of the active workflow on the kernel's loop and return it at once (--wait: block)."""
+    opts: dict[str, Any] = {}
+    if args.concurrency is not None:
+        opts["concurrency"] = args.concurrency
+    if args.only:
+        opts["only"] = _split(args.only)
+    if args.from_:
+        opts["from_"] = args.from_
+    if args.no_cache:
+        opts["cache"] = False
+    if args.mode:
+        opts["mode"] = args.mode
+    wf = m.wf
+    _refuse_if_live(wf)
+    wf.namespace = m.shell.user_ns
+    from .._loop import running_loop
+    if running_loop() is None:  # terminal IPython: no loop runs between cells, so the run blocks
+        return _show(wf.run(**opts))
+    return _start(m, lambda: wf.start(**opts), args.wait)
+
+
+@command("retry")
+@magic_arguments(name="orch retry")
+@argument("--wait", action="store_true", help="block until the new run ends")
+def _retry(m: Any, args: Any) -> Run:
+    """A new run that reuses the last run's outputs and re-runs what failed, was cancelled or skipped."""
+    last = _last_run(m)
+    _refuse_if_live(m.wf)
+    from .._loop import running_loop
+    if running_loop() is None:  # terminal IPython: run the new run to its end on a fresh loop
+        async def rerun() -> Run:
+            return await last.retry_failed()
+        import asyncio
+        return _show(asyncio.run(rerun()))
+    return _start(m, last.retry_failed, args.wait)
+
+
+@command("cancel")
+@magic_arguments(name="orch cancel")
+def _cancel(m: Any, args: Any) -> None:
+    """Cancel the active run: running tasks are interrupted, unstarted ones become cancelled."""
+    run = _last_run(m)
+    if run.cancel("cancelled with %orch cancel"):
+        print(f"cancelled run {run.id}: {_counts(run)}")
+    else:
+        print(f"run {run.id} already finished ({run.status}); nothing to cancel")
+
+
+@command("pause")
+@magic_arguments(name="orch pause")
+def _pause(m: Any, args: Any) -> None:
+    """Stop starting tasks in the active run; the running ones finish (`%orch resume` goes on)."""
+    run = _last_run(m)
+    if run.done:
+        print(f"run {run.id} already finished ({run.status}); nothing to pause")
+        return
+    run.pause()
+    print(f"paused run {run.id}: {_counts(run)}")
+
+
+@command("resume")
+@magic_arguments(name="orch resume")
+def _resume(m: Any, args: Any) -> None:
+    """Start dispatching tasks of the paused run again."""
+    run = _last_run(m)
+    if run.done:
+        print(f"run {run.id} already finished ({run.status}); nothing to resume")
+        return
+    run.resume()
+    print(f"resumed run {run.id}: {_counts(run)}")
+
+
+def _counts(run: Run) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted(run.counts().items()))
+
+
+# ---------------------------------------------------------------- inspecting
+@command("status")
+@magic_arguments(name="orch status")
+def _status(m: Any, args: Any) -> Any:
+    """One row per task of the last run: status, agent, attempts, seconds running, error."""
+    import pandas as pd
+    run = _last_run(m)
+    began: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    for ev in run.events:
+        if ev.kind == "running":
+            began.setdefault(ev.task, ev.t)
+        elif ev.kind in ("succeeded", "failed", "cancelled", "cached", "skipped", "upstream_failed"):
+            ended[ev.task] = ev.t
+    now = run.elapsed()
+    rows = []
+    for t, st in run.statuses.items():
+        err = run.errors.get(t)
+        took = (ended.get(t, now) - began[t]) if t in began else None
+        rows.append({"task": t, "status": st, "agent": run.tasks[t].agent, "attempts": run.attempts[t],
+                     "elapsed_s": None if took is None else round(took, 3),
+                     "error": None if err is None else f"{type(err).__name__}: {err}"})
+    return pd.DataFrame(rows).set_index("task")
+
+
+@command("results")
+@magic_arguments(name="orch results")
+def _results(m: Any, args: Any) -> Any:
+    """One row per task of the last run: status, output type and a short preview (`%orch result ID` for the object)."""
+    import pandas as pd
+    run = _last_run(m)
+    rows = []
+    for t, st in run.statuses.items():
+        has = t in run.results
+        value = run.results.get(t)
+        rows.append({"task": t, "status": st, "type": type(value).__name__ if has else None,
+                     "output": _preview(value) if has else None})
+    return pd.DataFrame(rows).set_index("task")
+
+
+def _preview(value: Any, width: int = 80) -> str:
+    shape = getattr(value, "shape", None)
+    columns = getattr(value, "columns", None)
+    if isinstance(shape, tuple) and len(shape) == 2 and columns is not None:   # a DataFrame
+        text = f"{shape[0]} rows × {shape[1]} columns: " + ", ".join(map(str, list(columns)[:8]))
+    elif isinstance(shape, tuple) and shape:
+        text = f"{type(value).__name__} of shape {shape}"
+    else:
+        text = " ".join(repr(value).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@command("result")
+@magic_arguments(name="orch result")
+@argument("id", help="the task id")
+def _result(m: Any, args: Any) -> Any:
+    """The output object of one task of the last run."""
+    return _last_run(m)[args.id]
+
+
+@command("metrics")
+@magic_arguments(name="orch metrics")
+def _metrics(m: Any, args: Any) -> Any:
+    """Per-task metrics of the last run (run.metrics()): timings, waits, attempts, errors."""
+    return _last_run(m).metrics()
+
+
+@command("show")
+@magic_arguments(name="orch show")
+@argument("--group", choices=("agent",), help="cluster the tasks by agent")
+@argument("--format", choices=("svg", "png", "dot"), default="svg", help="output format (default: svg)")
+def _show_graph(m: Any, args: Any) -> Any:
+    """The DAG, coloured by the last run's statuses, critical path marked (wf.graph())."""
+    kw: dict[str, Any] = {"format": args.format}
+    if args.group:
+        kw["group"] = args.group
+    return m.wf.graph(**kw)
+
+
+# ---------------------------------------------------------------- managing tasks
+@command("list")
+@magic_arguments(name="orch list")
+def _list(m: Any, args: Any) -> Any:
+    """The tasks of the active workflow: kind, agent, inputs, after, stale, last status."""
+    import pandas as pd
+    wf = m.wf
+    last = wf.last_run
+    statuses = last.statuses if last is not None else {}
+    rows = []
+    for t, task in wf.tasks.items():
+        rows.append({"task": t, "kind": "prompt" if task.prompt is not None else ("async" if task.is_async else "python"),
+                     "agent": task.agent,
+                     "inputs": ", ".join(p for p in task.params if p in wf.tasks and p != t),
+                     "after": ", ".join(task.after), "stale": t in wf.stale,
+                     "last_status": statuses.get(t)})
+    cols = ["kind", "agent", "inputs", "after", "stale", "last_status"]
+    return pd.DataFrame(rows, columns=["task", *cols]).set_index("task")
+
+
+@command("drop")
+@magic_arguments(name="orch drop")
+@argument("id", help="the task id")
+def _drop(m: Any, args: Any) -> None:
+    """Remove a task from the active workflow (tasks that read it will fail validation until fixed)."""
+    m.wf.drop(args.id)
+    readers = [t for t, task in m.wf.tasks.items() if args.id in task.params or args.id in task.after]
+    print(f"dropped task {args.id}" + (f"; still read by: {', '.join(readers)}" if readers else ""))
+
+
+@command("clear")
+@magic_arguments(name="orch clear")
+def _clear(m: Any, args: Any) -> None:
+    """Remove every task and agent of the active workflow (its past runs stay)."""
+    n, a = len(m.wf.tasks), len(m.wf.agents)
+    m.wf.clear()
+    print(f"cleared workflow {m.wf.name!r}: removed {n} tasks and {a} agents")
+
+
+@command("use")
+@magic_arguments(name="orch use")
+@argument("name", help="the workflow name (created if new)")
+def _use(m: Any, args: Any) -> Any:
+    """Make workflow NAME the one the magics act on (created if new); returns it."""
+    wf, created = m.registry.use(args.name)
+    print(f"{'created and ' if created else ''}using workflow {wf.name!r} ({len(wf.tasks)} tasks, {len(wf.agents)} agents)")
+    return wf
+
+
+@command("export")
+@magic_arguments(name="orch export")
+@argument("path", help="where to write the script, e.g. report.py")
+def _export(m: Any, args: Any) -> None:
+    """Write the active workflow as a standalone script that runs with `python PATH`."""
+    from .export import export_script
+    path = export_script(m.wf, args.path, m.shell.user_ns)
+    print(f"wrote {path} ({len(m.wf.tasks)} tasks); run it with: python {path}")
