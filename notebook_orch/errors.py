@@ -35,15 +35,18 @@ class InvalidIdError(DefinitionError):
 
     def __init__(self, kind: str, name: str):
         self.kind, self.name = kind, name
+        what = "a Python identifier" + (" we accept (names starting with '__' are reserved)" if name.startswith("__") else "")
+        why = ("task outputs are bound by id in other tasks' bodies" if kind == "task"
+               else f"{kind} names are written as plain words in `{kind}=` and `--{kind} NAME`")
         super().__init__(
-            f"{kind} id {name!r} is not a Python identifier; task outputs are bound by id in other "
-            f"tasks' bodies, so use letters, digits and '_' (not starting with a digit), e.g. "
-            f"{_as_identifier(name)!r}"
+            f"{kind} id {name!r} is not {what}; {why}, so use letters, "
+            f"digits and '_' (not starting with a digit), e.g. {_as_identifier(name)!r}"
         )
 
 
 def _as_identifier(name: str) -> str:
-    out = "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "task"
+    out = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    out = (out.lstrip("_") if out.startswith("__") else out) or "task"
     return out if not out[0].isdigit() else "t_" + out
 
 
@@ -75,7 +78,7 @@ class UnknownNameError(DefinitionError, KeyError):
         else:
             msg += f"; no {kind} is defined yet"
         if hint:
-            msg += f" {hint}"
+            msg += ("" if msg.endswith(("?", ".", "…")) else ".") + f" {hint}"
         super().__init__(msg)
 
     def __str__(self) -> str:  # KeyError would add quotes around the message

@@ -177,9 +177,12 @@ class OrchMagics(Magics):
         try:
             data = yaml.safe_load(cell) if cell.strip() else {}
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
+            # an unclosed quote or bracket is only noticed at the end of the cell: point at where it opened
+            mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 2} of the %%agent cell" if mark is not None else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            if getattr(exc, "context", None) and getattr(exc, "context_mark", None) is not None:
+                problem = f"{exc.context}, {problem}"  # type: ignore[attr-defined]
             raise DefinitionError(f"agent {args.name!r}: the body is not valid YAML{where}: {problem}. "
                                   f"Write one `field: value` per line, e.g. `role: Market researcher`") from None
         if data is None:
@@ -314,6 +317,11 @@ class OrchMagics(Magics):
         if task.agent is not None and task.agent not in wf.agents:
             raise UnknownNameError("agent", task.agent, f"task {task.id!r}", wf.agents,
                                    hint="Define it first with %%agent (and run that cell).")
+        for pool in task.resources:
+            if pool not in wf.resources:
+                raise UnknownNameError("resource pool", pool, f"task {task.id!r}", wf.resources,
+                                       hint=f"Declare it in a cell first: `from notebook_orch.ipython import "
+                                            f"current; current().resources[{pool!r}] = 1` (its capacity).")
         wf.add(task)
         pruned, pending = _without_forward_refs(wf, task.id)
         try:
@@ -397,11 +405,23 @@ def _confirmation(wf: Workflow, task: Task, pending: list[str], ns: Any, redefin
     if redefined and down:
         text += f"\n  now stale downstream: {', '.join(down)}"
     if pending:
-        text += f"\n  note: {', '.join(repr(p) for p in pending)} is not defined yet; define it before running"
+        text += (f"\n  note: {', '.join(repr(p) for p in pending)} {'are' if len(pending) > 1 else 'is'} not defined "
+                 f"yet; define {'them' if len(pending) > 1 else 'it'} before running")
+        text += _did_you_mean(pending, [t for t in wf.tasks if t != task.id])
     if unknown:
         text += (f"\n  note: reads {', '.join(repr(u) for u in unknown)}, not a task nor a notebook global yet; "
                  f"define it before running")
+        text += _did_you_mean(unknown, [t for t in wf.tasks if t != task.id] + [n for n in ns if not n.startswith("_")])
     return text
+
+
+def _did_you_mean(names: list[str], choices: list[str]) -> str:
+    """' (did you mean 'numbers'?)' for the first of `names` with a close choice, else ''."""
+    for name in names:
+        near = closest(name, choices, n=1)
+        if near:
+            return f" (did you mean {near[0]!r} for {name!r}?)"
+    return ""
 
 
 def _agent_fields() -> list[str]:
