@@ -269,6 +269,43 @@ def _metrics(m: Any, args: Any) -> Any:
     return _last_run(m).metrics()
 
 
+@command("summary")
+@magic_arguments(name="orch summary")
+def _summary(m: Any, args: Any) -> Any:
+    """Makespan, critical path, parallelism, efficiency and counts of the last run (run.summary())."""
+    return _last_run(m).summary()
+
+
+@command("bottlenecks")
+@magic_arguments(name="orch bottlenecks")
+@argument("--top", type=int, default=None, help="replay at most this many candidate tasks (default: automatic)")
+def _bottlenecks(m: Any, args: Any) -> Any:
+    """Tasks ranked by how much sooner the last run would end without them, and why they were slow."""
+    return _last_run(m).bottlenecks(top=args.top)
+
+
+@command("utilization")
+@magic_arguments(name="orch utilization")
+def _utilization(m: Any, args: Any) -> Any:
+    """Capacity, busy time, waits and longest queue per agent, resource pool and the global limit."""
+    return _last_run(m).utilization()
+
+
+@command("timeline")
+@magic_arguments(name="orch timeline")
+def _timeline(m: Any, args: Any) -> Any:
+    """Running and ready task counts over the last run."""
+    return _last_run(m).timeline()
+
+
+@command("gantt")
+@magic_arguments(name="orch gantt")
+@argument("--max-rows", type=int, default=60, help="at most this many task rows (default 60)")
+def _gantt(m: Any, args: Any) -> Any:
+    """A Gantt chart of the last run: waits, attempts, the critical path highlighted."""
+    return _last_run(m).gantt(max_rows=args.max_rows)
+
+
 @command("show")
 @magic_arguments(name="orch show")
 @argument("--group", choices=("agent",), help="cluster the tasks by agent")

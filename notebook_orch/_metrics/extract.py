@@ -1,0 +1,309 @@
+"""One pass over a run's events -> per-task times, per-attempt intervals and attributed waits (cached per run).
+
+Everything the metrics frames show is derived here from `run.events` alone (plus the run's
+definitions for agents and resources); the scheduler knows nothing of it.
+
+Intervals, in seconds since the run started (event `t`):
+
+* an *attempt* of a unit (a task, or one item of a map task) runs from its start event
+  ('running' for a plain task's attempts, 'attempt_started' for map items and fallback attempts)
+  to 'attempt_failed', 'item_done', or the task's terminal event ('succeeded', 'failed', 'cancelled').
+* a *wait* is the time a unit was queued for a slot: from 'ready' (first attempt), from the end
+  of the retry backoff ('retrying' t + delay), or from 'fallback', until its attempt started.
+  Map items retried after a failure have no backoff event; their queue time starts after the
+  nominal backoff (retry_backoff * 2**(attempt-1) * 1.125, the mean jitter), clipped to the start.
+* a wait is split into *segments* by the 'blocked' events of its task: before the first one the unit
+  waited for the global concurrency (heap entries are only examined while a global slot is free);
+  from a 'blocked' event on, it waited for that limit ('agent:X', 'resource:Y', 'rate:X') until the next
+  'blocked' event or its start. Items of a map task share their task's 'blocked' events (one per
+  limit and attempt), so an item's wait starts under the blocker last reported for its task.
+"""
+from __future__ import annotations
+
+import bisect
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..run import Run
+
+NAN = float("nan")
+# attempt outcome codes (Facts.att_ok)
+OK, FAILED, CANCELLED, OPEN = 1, 0, -1, 2
+UNLIMITED = ""          # wait segment label when no limit explains the wait (no global concurrency limit)
+_STATUS_OK = {"succeeded": OK, "failed": FAILED, "cancelled": CANCELLED}
+_RESOLVING = frozenset({"cached", "skipped", "upstream_failed"})
+
+_cache: "weakref.WeakKeyDictionary[Any, tuple[tuple[int, bool], Facts]]" = weakref.WeakKeyDictionary()
+
+
+class Facts:
+    """Arrays indexed by node number (the run's definition order) and flat attempt / wait tables."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.n = 0
+        self.status: list[str] = []            # final (or current) status per node
+        self.agent: list[str | None] = []      # the task's agent (None: no agent)
+        self.is_map: np.ndarray = np.zeros(0, bool)
+        self.attempts: np.ndarray = np.zeros(0, int)
+        self.ready = self.start = self.end = self.resolved = np.zeros(0)  # seconds; NaN when it did not happen
+        self.items: np.ndarray = np.zeros(0, int)        # number of items of a map task (0 otherwise)
+        self.now = 0.0                          # makespan when finished, else seconds elapsed so far
+        self.finished = False
+        # attempts (one row per attempt of a unit), in start order
+        self.att_node = np.zeros(0, int)
+        self.att_item = np.zeros(0, int)       # item index of a map task; -1 for a plain task
+        self.att_no = np.zeros(0, int)         # attempt number (1-based, per unit)
+        self.att_agent: list[str | None] = []  # the agent it ran under (a fallback agent may differ)
+        self.att_t0 = self.att_t1 = self.att_queued = np.zeros(0)
+        self.att_ok = np.zeros(0, int)         # OK, FAILED, CANCELLED or OPEN (still running)
+        # wait segments (a unit queued for a slot), attributed to one limit each
+        self.seg_node = np.zeros(0, int)
+        self.seg_limit: list[str] = []         # 'concurrency', 'agent:X', 'resource:Y', 'rate:X' or UNLIMITED
+        self.seg_t0 = self.seg_t1 = np.zeros(0)
+        self.tokens_in = self.tokens_out = self.cost = np.zeros(0)
+        self.tool_rows: list[dict[str, Any]] = []
+        self.limit_changes: list[tuple[float, str, Any]] = []   # (t, 'concurrency' | 'agent:X' | ..., value)
+        self.pauses: list[tuple[float, bool]] = []              # (t, paused?)
+        self.errors: list[str | None] = []
+
+
+def facts(run: "Run") -> Facts:
+    """The Facts of `run`, recomputed only when new events arrived."""
+    key = (len(run.events), bool(run.done))
+    hit = _cache.get(run)
+    if hit is not None and hit[0] == key and run.done:
+        return hit[1]
+    f = _extract(run)
+    _cache[run] = (key, f)
+    return f
+
+
+def _nominal_backoff(task: Any, attempt: int) -> float:
+    return min(60.0, task.retry_backoff * 2 ** (attempt - 1)) * 1.125
+
+
+def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events, by kind
+    s = run._s
+    g = run.graph_
+    ids = g.ids
+    idx = g.index
+    n = len(ids)
+    tasks = [run.tasks[t] for t in ids]
+    is_map = [t.map_over is not None for t in tasks]
+    ready, start, end, resolved = [NAN] * n, [NAN] * n, [NAN] * n, [NAN] * n
+    n_items = [0] * n
+    tok_in, tok_out, cost = [0.0] * n, [0.0] * n, [0.0] * n
+    cost_known = [True] * n
+    open_: dict[tuple[int, int], tuple[float, int, Any, float]] = {}   # (node, item) -> (t0, attempt, agent, queued)
+    map_open: dict[int, set[int]] = {}
+    next_q: dict[tuple[int, int], float] = {}                        # when the next attempt was queued
+    blocked: dict[int, list[tuple[float, str]]] = {}
+    att_rows: list[tuple[int, int, int, Any, float, float, float, int]] = []   # node, item, no, agent, t0, t1, queued, ok
+    add_att = att_rows.append
+    waits: list[tuple[int, float, float]] = []                        # (node, queued, started)
+    tool_rows: list[dict[str, Any]] = []
+    limit_changes: list[tuple[float, str, Any]] = []
+    pauses: list[tuple[float, bool]] = []
+    finished_t: float | None = None
+
+    def close(key: tuple[int, int], t: float, ok: int) -> None:
+        t0, att, ag, q = open_.pop(key)
+        add_att((key[0], key[1], att, ag, t0, t, q, ok))
+
+    def opened(i: int, k: int, t: float, att: int, ag: Any) -> None:
+        q = next_q.pop((i, k), ready[i])
+        if q != q:  # no ready event (cannot happen in a well-formed run): no wait
+            q = t
+        q = min(q, t)
+        open_[(i, k)] = (t, att, ag, q)
+        if t > q:
+            waits.append((i, q, t))
+
+    for t, task, kind, att, info in run.events:
+        if kind == "ready":
+            i = idx[task]
+            ready[i] = t
+            if resolved[i] != resolved[i]:
+                resolved[i] = t
+        elif kind == "running":
+            i = idx[task]
+            if start[i] != start[i]:
+                start[i] = t
+            if not is_map[i]:  # inline opened(i, -1, ...): the hot path
+                q = next_q.pop((i, -1), NAN) if next_q else NAN
+                if q != q:
+                    q = ready[i]
+                if q != q or q > t:
+                    q = t
+                open_[(i, -1)] = (t, att, info, q)
+                if t > q:
+                    waits.append((i, q, t))
+        elif kind == "succeeded" and (task_i := idx[task]) is not None and not is_map[task_i]:
+            i = task_i   # the usual end of a plain task: its open attempt succeeded
+            end[i] = t
+            if (i, -1) in open_:
+                t0, a0, ag, q = open_.pop((i, -1))
+                add_att((i, -1, a0, ag, t0, t, q, OK))
+        elif kind == "attempt_started":
+            i = idx[task]
+            k, ag = info
+            if start[i] != start[i]:
+                start[i] = t
+            if k >= 0:
+                map_open.setdefault(i, set()).add(k)
+            opened(i, k, t, att, ag)
+        elif kind == "item_done":
+            i = idx[task]
+            k = info[0]
+            n_items[i] = info[1]
+            if (i, k) in open_:
+                close((i, k), t, OK if info[2] else FAILED)
+                map_open[i].discard(k)
+        elif kind in _STATUS_OK or kind in _RESOLVING:
+            i = idx[task]
+            end[i] = t
+            if resolved[i] != resolved[i]:
+                resolved[i] = t
+            if kind == "cached":
+                ready[i] = t
+            code = _STATUS_OK.get(kind, CANCELLED)
+            if (i, -1) in open_:
+                close((i, -1), t, code)
+            for k in map_open.pop(i, ()):
+                if (i, k) in open_:
+                    close((i, k), t, code)
+            if kind == "cancelled" and start[i] != start[i] and ready[i] == ready[i]:
+                waits.append((i, ready[i], t))   # queued until the cancel
+        elif kind == "blocked":
+            blocked.setdefault(idx[task], []).append((t, info))
+        elif kind == "attempt_failed":
+            i = idx[task]
+            k = info[0] if isinstance(info, tuple) else -1
+            if (i, k) in open_:
+                close((i, k), t, FAILED)
+                if k >= 0:
+                    map_open[i].discard(k)
+                    next_q[(i, k)] = t + _nominal_backoff(tasks[i], att)
+        elif kind == "retrying":
+            next_q[(idx[task], -1)] = t + float(info[1])
+        elif kind == "fallback":
+            i = idx[task]
+            if not is_map[i]:
+                next_q[(i, -1)] = t
+        elif kind == "usage":
+            i = idx[task]
+            u = info if isinstance(info, dict) else {}
+            tok_in[i] += float(u.get("tokens_in") or 0)
+            tok_out[i] += float(u.get("tokens_out") or 0)
+            c = u.get("cost_usd")
+            if c is None:
+                cost_known[i] = False
+            else:
+                cost[i] += float(c)
+        elif kind == "tool_call":
+            info = info if isinstance(info, dict) else {"tool": str(info)}
+            tool_rows.append({"t": t, "task": task, **info})
+        elif kind == "run_finished":
+            finished_t = t
+        elif kind == "limit_changed":
+            limit_changes.append((t, info[0], info[1]))
+        elif kind == "run_paused":
+            pauses.append((t, True))
+        elif kind == "run_resumed":
+            pauses.append((t, False))
+
+    f = Facts()
+    f.finished = finished_t is not None
+    last_t = run.events[-1].t if run.events else 0.0
+    if f.finished:
+        now = float(finished_t)  # type: ignore[arg-type]
+    else:
+        wall = time.time() - run.started_wall if run.started_wall else 0.0
+        now = max(last_t, wall)
+    f.now = now
+    for key in list(open_):   # attempts still running (a live run)
+        close(key, now, OPEN if not f.finished else CANCELLED)
+    if not f.finished:
+        for i in range(n):    # units still queued
+            if ready[i] == ready[i] and start[i] != start[i] and end[i] != end[i]:
+                waits.append((i, ready[i], now))
+
+    f.ids, f.n = ids, n
+    f.status = list(s.status)
+    f.agent = [t.agent for t in tasks]
+    f.is_map = np.array(is_map, bool)
+    f.attempts = np.array(s.attempts, int)
+    f.ready, f.start, f.end, f.resolved = (np.array(x, float) for x in (ready, start, end, resolved))
+    f.items = np.array(n_items, int)
+    att_rows.sort(key=lambda r: r[4])   # start order
+    cols: list[Any] = list(zip(*att_rows)) if att_rows else [()] * 8
+    f.att_node = np.array(cols[0], int)
+    f.att_item = np.array(cols[1], int)
+    f.att_no = np.array(cols[2], int)
+    f.att_agent = list(cols[3])
+    f.att_t0 = np.array(cols[4], float)
+    f.att_t1 = np.array(cols[5], float)
+    f.att_queued = np.array(cols[6], float)
+    f.att_ok = np.array(cols[7], int)
+    f.tokens_in, f.tokens_out = np.array(tok_in), np.array(tok_out)
+    f.cost = np.array([c if known else NAN for c, known in zip(cost, cost_known)])
+    f.tool_rows = tool_rows
+    f.limit_changes = limit_changes
+    f.pauses = pauses
+    errs = run.errors
+    f.errors = [None if t not in errs else _error_text(errs[t]) for t in ids] if errs else [None] * n
+    limited = s.limits.concurrency is not None or any(w == "concurrency" and v is not None
+                                                       for _, w, v in limit_changes)
+    _segments(f, waits, blocked, "concurrency" if limited else UNLIMITED)
+    return f
+
+
+def _segments(f: Facts, waits: list[tuple[int, float, float]], blocked: dict[int, list[tuple[float, str]]],
+              default: str) -> None:
+    """Split every wait at its task's 'blocked' events and label each piece with the limit that held it."""
+    s_node: list[int] = []
+    s_lim: list[str] = []
+    s_t0: list[float] = []
+    s_t1: list[float] = []
+    times = {i: [b[0] for b in bl] for i, bl in blocked.items()}
+    is_map = f.is_map
+    w_node = np.array([w[0] for w in waits], int)
+    w_q = np.array([w[1] for w in waits], float)
+    w_s = np.array([w[2] for w in waits], float)
+    held = np.isin(w_node, np.array(list(blocked), int)) if blocked else np.zeros(len(waits), bool)
+    free = ~held        # no 'blocked' event: one segment under the default limit
+    for w in np.flatnonzero(held).tolist():
+        i, q, st = waits[w]
+        bl = blocked[i]
+        ts = times[i]
+        j = bisect.bisect_left(ts, q)
+        cur_lim = bl[j - 1][1] if (j > 0 and is_map[i]) else default
+        cur_t = q
+        while j < len(bl) and ts[j] < st:
+            if ts[j] > cur_t:
+                s_node.append(i)
+                s_lim.append(cur_lim)
+                s_t0.append(cur_t)
+                s_t1.append(ts[j])
+                cur_t = ts[j]
+            cur_lim = bl[j][1]
+            j += 1
+        if st > cur_t:
+            s_node.append(i)
+            s_lim.append(cur_lim)
+            s_t0.append(cur_t)
+            s_t1.append(st)
+    f.seg_node = np.concatenate([w_node[free], np.array(s_node, int)])
+    f.seg_limit = [default] * int(free.sum()) + s_lim
+    f.seg_t0 = np.concatenate([w_q[free], np.array(s_t0, float)])
+    f.seg_t1 = np.concatenate([w_s[free], np.array(s_t1, float)])
+
+
+def _error_text(exc: BaseException) -> str:
+    msg = str(exc)
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
