@@ -78,7 +78,7 @@ def measure_orch(n: int) -> dict:
     preds = layered(n)
     base = _rss_kb()
     t0 = time.perf_counter()
-    wf = no.Workflow("bench", concurrency=None)
+    wf = no.Workflow("bench", concurrency=None, store=False)  # the store has its own benchmark
     for i in range(n):
         wf.task(_noop, id=f"t{i}", after=[f"t{j}" for j in preds[i]], cache=False)
     define_s = time.perf_counter() - t0

@@ -3,17 +3,13 @@ from __future__ import annotations
 
 import asyncio
 
-_patched: set[int] = set()
-
-
 def allow_nested(loop: asyncio.AbstractEventLoop) -> None:
     """Let `loop.run_until_complete` be called while `loop` is already running (a notebook cell)."""
-    if id(loop) in _patched:
+    if getattr(loop, "_nest_patched", False):  # the mark nest-asyncio2 leaves on a loop it patched
         return
     import nest_asyncio2
 
     nest_asyncio2.apply(loop)
-    _patched.add(id(loop))
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:

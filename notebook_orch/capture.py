@@ -14,7 +14,9 @@ from typing import Any, TextIO
 
 __all__ = ["current_buffer", "install", "uninstall"]
 
-current_buffer: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("notebook_orch_output", default=None)
+# (outputs dict of the run, task id) inside a task body; None elsewhere
+current_buffer: contextvars.ContextVar[tuple[dict[str, list[str]], str] | None] = contextvars.ContextVar(
+    "notebook_orch_output", default=None)
 
 _lock = threading.Lock()
 _users = 0
@@ -27,9 +29,13 @@ class _Router:
         self._target = target
 
     def write(self, s: str) -> int:
-        buf = current_buffer.get()
-        if buf is None:
+        where = current_buffer.get()
+        if where is None:
             return self._target.write(s)
+        outputs, task = where
+        buf = outputs.get(task)
+        if buf is None:
+            buf = outputs[task] = []
         buf.append(s)
         return len(s)
 

@@ -17,12 +17,22 @@ task statuses -- the task entered that status:
     skipped          not on the picked route, or only fed by skipped tasks (info: why)
     cancelled        the run was cancelled before the task finished
 notes -- no status change:
-    blocked          ready but held by a limit (info: 'agent:NAME', 'resource:NAME', 'rate:NAME')
+    blocked          ready but held by a limit (info: 'agent:NAME', 'resource:NAME', 'rate:NAME',
+                     'breaker:NAME' = waiting for the half-open breaker's probe)
+    attempt_started  an attempt `running` does not mark began: every map item, every fallback
+                     attempt (info: (item index or -1, agent or None))
     attempt_failed   one attempt raised (info: error text); followed by retrying or failed
     fallback         the fallback takes over (info: what it is)
     routed           a router picked a label (info: label)
-    item_done        one item of a map task finished (info: (index, n_items, ok))
-    breaker_open     the agent's circuit breaker opened (task = agent name, info: failures)
+    item_done        one item of a map task finished (info: (index, n_items, ok, start t of its attempt))
+    breaker_open     the agent's circuit breaker opened (task = the task whose failure tripped it,
+                     info: (agent, consecutive failures)); its queued tasks now fail fast
+    breaker_closed   a probe after the cooldown succeeded: the breaker closed again (info: agent)
+    not_persisted    the output could not be written to the store; kept in memory (info: why)
+    cache_error      the cache lookup raised; the task runs (info: error text)
+    usage            one model call's usage (info: {"tokens_in", "tokens_out", "cost_usd" or None})
+    tool_call        one tool call by an agent (info: {"tool", "input", "duration_ms", "success",
+                     "error"} and "agent" when it is not the task's agent)
 run events (task is ''):
     run_started, run_paused, run_resumed, limit_changed (info: (what, value)), run_finished (info: status)
 """

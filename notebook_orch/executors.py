@@ -26,12 +26,6 @@ class Executors:
         self._process: cf.ProcessPoolExecutor | None = None
         self.dask_client: Any = None  # a distributed.Client, set by the caller for executor='dask'
 
-    def kind(self, fn: Callable[..., Any], is_async: bool, wanted: str) -> str:
-        """The executor a body actually uses: 'auto' means loop for coroutines, thread otherwise."""
-        if wanted == "auto":
-            return "loop" if is_async else "thread"
-        return wanted
-
     def submit(self, kind: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         """An awaitable for fn(**kwargs) on the given executor (call from the loop thread)."""
         if kind == "loop":

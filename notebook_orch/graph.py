@@ -35,8 +35,10 @@ class Graph:
         for i, ds in enumerate(deps):
             for d in ds:
                 children[d].append(i)
-        self.children = children                       # node -> downstream nodes, ascending
         self.order = _toposort(ids, deps, children)     # deterministic: definition order breaks ties
+        # node -> downstream nodes, ascending; tuples: immutable, and the garbage collector stops
+        # tracking them, which matters for runs of 100,000 tasks
+        self.children: list[tuple[int, ...]] = [tuple(c) for c in children]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -154,24 +156,25 @@ def build_graph(tasks: Mapping[str, Task], agents: Mapping[str, Agent],
                                    list(tasks) + list(agents))
         if task.fallback == tid:
             raise DefinitionError(f"task {tid!r} names itself as its fallback; name another task or agent")
+        others = _Others(ids, tid)  # a task is never a sensible suggestion for itself
         data = [p for p in task.params if p in index and not (p == "item" and task.map_over)]
         if tid in data:
             raise CycleError([tid, tid])
         ds = {index[p] for p in data}
         if task.map_over is not None:
             if task.map_over not in index:
-                raise UnknownNameError("task", task.map_over, f"map_over of task {tid!r}", ids)
+                raise UnknownNameError("task", task.map_over, f"map_over of task {tid!r}", others)
             ds.add(index[task.map_over])
         for a in task.after:
             if a not in index:
-                raise UnknownNameError("task", a, f"`after` of task {tid!r}", ids)
+                raise UnknownNameError("task", a, f"`after` of task {tid!r}", others)
             ds.add(index[a])
         if task.routes:
             table = {}
             for label, targets in task.routes.items():
                 for tgt in targets:
                     if tgt not in index:
-                        raise UnknownNameError("task", tgt, f"route {label!r} of task {tid!r}", ids)
+                        raise UnknownNameError("task", tgt, f"route {label!r} of task {tid!r}", others)
                     route_parent.setdefault(index[tgt], set()).add(i)
                 table[label] = [index[t] for t in targets]
             routers[i] = table
@@ -184,6 +187,16 @@ def build_graph(tasks: Mapping[str, Task], agents: Mapping[str, Agent],
             raise CycleError([ids[i], ids[i]])
         deps[i] = tuple(sorted(ds))
     return Graph(ids, deps, inputs, fallback_only, routers)
+
+
+class _Others:
+    """The task ids other than one, listed only when an error message needs them."""
+
+    def __init__(self, ids: list[str], exclude: str):
+        self.ids, self.exclude = ids, exclude
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return (t for t in self.ids if t != self.exclude)
 
 
 def unresolved_params(task: Task, graph: Graph, params: Mapping[str, Any],

@@ -1,15 +1,17 @@
 """The only definitions: Agent and Task as Pydantic models, validated on creation, never executed here."""
 from __future__ import annotations
 
+import functools
 import inspect
 import re
+import weakref
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import DefinitionError, InvalidIdError
+from .errors import DefinitionError, InvalidIdError, OrchError, closest
 
 __all__ = ["Agent", "Task", "Trigger", "Executor", "parse_rate", "parse_ttl", "TRIGGERS", "EXECUTORS"]
 
@@ -22,6 +24,19 @@ _PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute
             "h": 3600.0, "hour": 3600.0, "d": 86400.0, "day": 86400.0}
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+?)s?\s*$")
 _TTL_RE = re.compile(r"^\s*(\d+\.?\d*)\s*([a-z]+?)s?\s*$")
+
+
+class _EmptyMapping(dict):  # type: ignore[type-arg]
+    """The shared, read-only empty default of mapping fields (a real dict, so pydantic serialises it)."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("task definitions are immutable; define the task again with the new value")
+
+    __setitem__ = __delitem__ = update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
+
+
+_EMPTY: Mapping[str, Any] = _EmptyMapping()
+_FIELDS_SETS: dict[frozenset[str], set[str]] = {}  # one fields-set object per combination (tasks are frozen)
 
 
 def parse_rate(text: str) -> tuple[int, float]:
@@ -47,6 +62,27 @@ def parse_ttl(value: bool | str | float | int | None) -> float | None:
             f"cache time to live {value!r} is not understood; write e.g. '30s', '10min', '1h', '2day', "
             f"or use cache=True (forever) / cache=False (never)")
     return float(m.group(1)) * _PERIODS[m.group(2)]
+
+
+def _reraise(kind: str, data: dict[str, Any], exc: ValidationError, fields: Any = ()) -> None:
+    """Turn a pydantic ValidationError into our own error: the original one if a validator raised it,
+    else a DefinitionError naming the object and each bad field."""
+    for err in exc.errors():
+        original = (err.get("ctx") or {}).get("error")
+        if isinstance(original, OrchError):
+            raise original from None
+    name = data.get("id") or data.get("name") or "?"
+    parts = []
+    for err in exc.errors()[:5]:
+        field = ".".join(str(p) for p in err["loc"]) or "(value)"
+        got = err.get("input")
+        shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {got!r:.60})"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            near = closest(field, fields)
+            msg = "unknown option" + (f"; did you mean {near[0]!r}?" if near else f"; options: {', '.join(fields)}")
+        parts.append(f"{field}: {msg}{shown}")
+    raise DefinitionError(f"{kind} {name!r}: " + "; ".join(parts)) from None
 
 
 def _check_identifier(kind: str, name: str) -> str:
@@ -75,6 +111,12 @@ class Agent(BaseModel):
     breaker_failures: int | None = Field(None, ge=1, description="Open the circuit breaker after this many consecutive failed attempts (None: no breaker).")
     breaker_cooldown: float = Field(30.0, gt=0, description="Seconds an open breaker fails queued tasks fast before it lets one through again.")
 
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            _reraise("agent", data, exc, list(type(self).model_fields))
+
     @field_validator("name")
     @classmethod
     def _name_is_identifier(cls, v: str) -> str:
@@ -82,9 +124,12 @@ class Agent(BaseModel):
 
     @field_validator("rate_limit")
     @classmethod
-    def _rate_parses(cls, v: str | None) -> str | None:
+    def _rate_parses(cls, v: str | None, info: Any) -> str | None:
         if v is not None:
-            parse_rate(v)
+            try:
+                parse_rate(v)
+            except DefinitionError as exc:   # name the agent, as every definition error does
+                raise DefinitionError(f"agent {info.data.get('name', '?')!r}: {exc}") from None
         return v
 
     @property
@@ -94,34 +139,42 @@ class Agent(BaseModel):
 
 
 class Task(BaseModel):
-    """One node of the DAG: a Python body (`fn`) or an LLM prompt (`prompt`) plus how to run it."""
+    """One node of the DAG: a Python body (`fn`) or an LLM prompt (`prompt`) plus how to run it.
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    Immutable (frozen): to change a task, define it again (`wf.task(...)`, `%%task`, or
+    `wf.add(task.model_copy(update={...}))`); the workflow then marks it and its downstream stale.
+    Collections are tuples and read-only mappings, so one definition can never alter another.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True)
 
     id: str = Field(description="Identifier; other tasks read this task's output under this name.")
     fn: Callable[..., Any] | None = Field(None, description="The body: a function or coroutine function. Parameters named after tasks are inputs.")
     prompt: str | None = Field(None, description="An LLM prompt template; `{task_id}` placeholders are inputs.")
     agent: str | None = Field(None, description="Name of the agent that does this task.")
-    after: list[str] = Field(default_factory=list, description="Ordering-only dependencies (no data passed).")
+    after: tuple[str, ...] = Field((), description="Ordering-only dependencies (no data passed).")
     output_model: Any = Field(None, description="A Pydantic model the output must validate against.")
-    guardrails: list[Callable[[Any], Any]] = Field(default_factory=list, description="Checks on the output; one that raises or returns False fails the attempt.")
+    guardrails: tuple[Callable[[Any], Any], ...] = Field((), description="Checks on the output; one that raises or returns False fails the attempt.")
     retries: int | None = Field(None, ge=0, description="Extra attempts after a failure (None: the agent's default, else 0).")
     retry_backoff: float = Field(0.5, ge=0, description="First retry delay in seconds; doubles each attempt (plus jitter), capped at 60 s.")
     timeout: float | None = Field(None, gt=0, description="Per-attempt time limit in seconds (None: the agent's default, else none).")
     fallback: str | Callable[..., Any] | None = Field(None, description="Tried after the last retry fails: an agent name (re-run under it), a task id (its body, same inputs) or a callable.")
     trigger: Trigger = Field("all_success", description="When the task may run given its upstream outcomes.")
-    routes: dict[str, list[str]] = Field(default_factory=dict, description="Routing: output label -> tasks run on that branch; the branches not picked are skipped.")
+    routes: Mapping[str, tuple[str, ...]] = Field(default_factory=lambda: _EMPTY, description="Routing: output label -> tasks run on that branch; the branches not picked are skipped.")
     map_over: str | None = Field(None, description="Run the body once per item of this task's output (bound as `item`).")
-    resources: dict[str, int] = Field(default_factory=dict, description="Units held from the workflow's resource pools while running, e.g. {'gpu': 1}.")
+    resources: Mapping[str, int] = Field(default_factory=lambda: _EMPTY, description="Units held from the workflow's resource pools while running, e.g. {'gpu': 1}.")
     priority: int = Field(0, description="Higher runs first among ready tasks.")
     cache: bool | str | float = Field(True, description="Reuse a stored result with the same fingerprint (False: never; '1h': time to live).")
-    tags: list[str] = Field(default_factory=list, description="Free labels for filtering and display.")
+    tags: tuple[str, ...] = Field((), description="Free labels for filtering and display.")
     executor: Executor = Field("auto", description="Where the body runs: auto (async on the loop, sync in a thread), loop, thread, process, dask.")
     source: str | None = Field(None, description="The body's source text (a %%task cell); used for fingerprints and display.")
     description: str = Field("", description="One line shown in the DAG tooltip and listings.")
 
-    _params: tuple[str, ...] = PrivateAttr(default=())
-    _defaults: frozenset[str] = PrivateAttr(default=frozenset())
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            _reraise("task", data, exc, list(type(self).model_fields))
 
     @field_validator("id")
     @classmethod
@@ -144,8 +197,11 @@ class Task(BaseModel):
 
     @field_validator("cache")
     @classmethod
-    def _cache_parses(cls, v: Any) -> Any:
-        parse_ttl(v)
+    def _cache_parses(cls, v: Any, info: Any) -> Any:
+        try:
+            parse_ttl(v)
+        except DefinitionError as exc:   # name the task, as every definition error does
+            raise DefinitionError(f"task {info.data.get('id', '?')!r}: {exc}") from None
         return v
 
     @model_validator(mode="after")
@@ -154,13 +210,17 @@ class Task(BaseModel):
             raise DefinitionError(f"task {self.id!r} has no body: give a function (fn=...) or a prompt (prompt=...)")
         if self.fn is not None and self.prompt is not None:
             raise DefinitionError(f"task {self.id!r} has both a function and a prompt; give one of them")
+        # Frozen, so pydantic never mutates the set of given fields: share one object per combination
+        # (tens of thousands of tasks would otherwise carry a set each).
+        given = self.__pydantic_fields_set__
+        object.__setattr__(self, "__pydantic_fields_set__", _FIELDS_SETS.setdefault(frozenset(given), given))
         if self.fn is not None:
             if not callable(self.fn):
                 raise DefinitionError(f"task {self.id!r}: fn must be callable, got {type(self.fn).__name__}")
-            self._params, self._defaults = _signature(self.id, self.fn)
+            _body_facts(self.id, self.fn)  # validates the signature now, with the task's name in errors
         else:
-            self._params, self._defaults = _placeholders(self.id, self.prompt or ""), frozenset()
-        if self.map_over is not None and self.fn is not None and "item" not in self._params:
+            _placeholders(self.id, self.prompt or "")  # validates the template now
+        if self.map_over is not None and self.fn is not None and "item" not in self.params:
             raise DefinitionError(
                 f"task {self.id!r} maps over {self.map_over!r}, so its body needs a parameter named `item` "
                 f"(each element of {self.map_over!r}'s output is passed as `item`)")
@@ -169,22 +229,44 @@ class Task(BaseModel):
     @property
     def params(self) -> tuple[str, ...]:
         """Names the body reads: task ids among them are inputs; the rest come from params / namespace."""
-        return self._params
+        if self.fn is None:
+            return _placeholders(self.id, self.prompt or "")
+        return _body_facts(self.id, self.fn)[0]
 
     @property
     def optional_params(self) -> frozenset[str]:
         """Parameters with a default value (may stay unresolved)."""
-        return self._defaults
+        return frozenset() if self.fn is None else _body_facts(self.id, self.fn)[1]
 
     @property
     def is_async(self) -> bool:
-        """True when the body is a coroutine function (it then runs on the event loop)."""
-        return self.fn is not None and _is_coroutine_function(self.fn)
+        """True when the body is a coroutine function or a prompt (it then runs on the event loop)."""
+        return True if self.fn is None else _body_facts(self.id, self.fn)[2]
 
     @property
     def route_targets(self) -> list[str]:
         """Every task named in `routes`, in order, without repeats."""
         return list(dict.fromkeys(t for targets in self.routes.values() for t in targets))
+
+
+# Facts about a body function, computed once per function (many tasks may share one body) and
+# kept outside the task objects so that a task stays as small as its fields.
+_FACTS: "weakref.WeakKeyDictionary[Any, tuple[tuple[str, ...], frozenset[str], bool]]" = weakref.WeakKeyDictionary()
+
+
+def _body_facts(task_id: str, fn: Callable[..., Any]) -> tuple[tuple[str, ...], frozenset[str], bool]:
+    """(parameter names, those with defaults, is a coroutine function) of a body."""
+    try:
+        return _FACTS[fn]
+    except (KeyError, TypeError):
+        pass
+    params, defaults = _signature(task_id, fn)
+    facts = (params, defaults, _is_coroutine_function(fn))
+    try:
+        _FACTS[fn] = facts
+    except TypeError:  # not weak-referenceable: recomputed when asked
+        pass
+    return facts
 
 
 def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
@@ -212,6 +294,7 @@ def _signature(task_id: str, fn: Callable[..., Any]) -> tuple[tuple[str, ...], f
     return tuple(names), frozenset(defaults)
 
 
+@functools.lru_cache(maxsize=4096)
 def _placeholders(task_id: str, template: str) -> tuple[str, ...]:
     names = []
     try:
@@ -224,6 +307,8 @@ def _placeholders(task_id: str, template: str) -> tuple[str, ...]:
                     f"prompt of task {task_id!r}: placeholder {{{field}}} must start with a task or "
                     f"parameter name; write a literal brace as '{{{{' or '}}}}'")
             names.append(root)
+    except DefinitionError:   # a DefinitionError is a ValueError too: keep the message above as it is
+        raise
     except ValueError as exc:
         raise DefinitionError(f"prompt of task {task_id!r} is not a valid template: {exc}; "
                               f"write a literal brace as '{{{{' or '}}}}'") from None

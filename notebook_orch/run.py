@@ -32,6 +32,20 @@ class Run:
         self._s = scheduler
         self.started_wall: float | None = None   # time.time() when the run started
         self._display: Any = None                # the panel, when one is shown
+        self.fingerprints: dict[str, str] = {}   # task -> fingerprint (filled by the store as tasks become ready)
+        self.uncacheable: dict[str, str] = {}    # task -> why its output is not reused / not reusable
+        self.not_persisted: dict[str, str] = {}  # task -> why its output is kept in memory only (e.g. unpicklable)
+
+    @classmethod
+    def load(cls, run_id: str | None = None, store: Any = None) -> "Run":
+        """A past run read back from the store (read-only): events, statuses, results, metrics.
+
+        `run_id` as in `%orch runs` / `open_store().runs()`; None: the latest. `store`: a Store or
+        a path (default: .notebook_orch/store.sqlite under the current directory).
+        """
+        from .store import Store, open_store
+        st = store if isinstance(store, Store) else open_store(store)
+        return st.load_run(run_id)
 
     # ---------------------------------------------------------------- state
     @property
@@ -93,8 +107,9 @@ class Run:
         st = s.status[s.g.index[task_id]]
         if st == "failed":
             err = s.errors.get(task_id)
-            raise TaskFailedError(f"task {task_id!r} failed: {err!r}; see run.errors[{task_id!r}] "
-                                  f"and run.output({task_id!r})") from err
+            n = s.attempts[s.g.index[task_id]]
+            raise TaskFailedError(f"task {task_id!r} failed after {n} attempt(s): {type(err).__name__}: {err}; "
+                                  f"see run.errors[{task_id!r}] and run.output({task_id!r})") from err
         if st == "cancelled":
             raise RunCancelledError(f"task {task_id!r} was cancelled before it finished")
         if st in TERMINAL:
@@ -128,9 +143,13 @@ class Run:
         """Change the global limit of running tasks while the run is live."""
         self._s.set_concurrency(n)
 
-    def set_limit(self, agent: str, max_concurrency: int | None = None, **kw: Any) -> None:
-        """Change an agent's max_concurrency (and rate_limit=..., if given) while the run is live."""
-        self._s.set_agent_limit(agent, max_concurrency, kw.get("rate_limit"), change_rate="rate_limit" in kw)
+    def set_limit(self, agent: str, max_concurrency: Any = ..., *, rate_limit: Any = ...) -> None:
+        """Change an agent's limits while the run is live; only what you pass changes (None removes a limit).
+
+        `run.set_limit("researcher", 4)`, `run.set_limit("researcher", rate_limit="120/min")`."""
+        self._s.set_agent_limit(agent, None if max_concurrency is ... else max_concurrency,
+                                None if rate_limit is ... else rate_limit,
+                                change_cap=max_concurrency is not ..., change_rate=rate_limit is not ...)
 
     def set_pool(self, pool: str, capacity: int) -> None:
         """Change a resource pool's capacity while the run is live."""
@@ -174,11 +193,13 @@ class Run:
             from ._loop import allow_nested
             allow_nested(loop)
         try:
-            loop.run_until_complete(asyncio.wait_for(self._await(), timeout))
+            # shield: a timeout ends the wait, not the run
+            loop.run_until_complete(asyncio.wait_for(asyncio.shield(self._s.done), timeout))
         except asyncio.TimeoutError:
             raise OrchError(f"run {self.id} still {self.status} after {timeout} s") from None
-        except KeyboardInterrupt:
-            self.cancel("interrupted (KeyboardInterrupt) while waiting")
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            # Ctrl-C / the kernel's stop button, or the code around the wait was cancelled
+            self.cancel("interrupted while waiting")
             raise
         return self
 
@@ -193,10 +214,18 @@ class Run:
         from . import metrics
         return metrics.summary(self)
 
-    def bottlenecks(self) -> "pd.DataFrame":
-        """Tasks ranked by how much sooner the run would end without them (SPEC §6)."""
+    def bottlenecks(self, top: int | None = None) -> "pd.DataFrame":
+        """Tasks ranked by how much sooner the run would end without them (SPEC §6).
+
+        `top` bounds how many candidate tasks are replayed (large runs default to a few)."""
         from . import metrics
-        return metrics.bottlenecks(self)
+        return metrics.bottlenecks(self, top=top)
+
+    def what_if(self, **limits: Any) -> Any:
+        """Predicted makespan of this run under other limits, by replaying its recorded durations:
+        `run.what_if(rate_limit={"researcher": "600/min"})`, `concurrency=`, `max_concurrency=`, `pools=`."""
+        from . import metrics
+        return metrics.what_if(self, **limits)
 
     def utilization(self) -> "pd.DataFrame":
         """One row per agent and resource pool: capacity, busy time, waits, queue (SPEC §6)."""

@@ -105,8 +105,17 @@ class Scheduler:
         self.outputs: dict[str, list[str]] = {}                   # id -> printed text chunks
         self.events: list[Event] = []
         self.bus = Bus()
-        rem = graph.remaining(estimates)
-        self.key = [(-t.priority, -rem[i], i) for i, t in enumerate(self.tasks)]  # heap order of a node
+        self._subs = self.bus._subs                               # truthy when anyone listens
+        self.rem = graph.remaining(estimates)                     # longest path to the end, per node
+        self.prio = [t.priority for t in self.tasks]
+        # per-node facts read on the hot path (plain lists: no model attribute access per attempt)
+        self.fn = [t.fn for t in self.tasks]
+        self.kind = [_kind(t) for t in self.tasks]                # coro | loop | thread | process | dask | prompt
+        self.agent = [t.agent for t in self.tasks]
+        self.res = [t.resources or None for t in self.tasks]      # None: no resource pools
+        self.pnames = [t.params for t in self.tasks]
+        self.trig = [t.trigger for t in self.tasks]
+        self.checks = [t.output_model is not None or bool(t.guardrails) or bool(t.routes) for t in self.tasks]
         self.retries = [t.retries if t.retries is not None else
                         (agents[t.agent].retries or 0) if t.agent else 0 for t in self.tasks]
         self.timeout = [t.timeout if t.timeout is not None else
@@ -121,7 +130,7 @@ class Scheduler:
         self.item_out: dict[int, list[Any]] = {}                  # map node -> outputs by item
         self.item_att: dict[int, list[int]] = {}                  # map node -> attempts by item
         self.items_left: dict[int, int] = {}
-        self.item_failed: dict[int, BaseException] = {}
+        self.item_failed: dict[int, tuple[int, BaseException]] = {}   # map node -> first failed (item, error)
         self.fb_used: set[tuple[int, int]] = set()                # entries now running their fallback
         self.blocked_seen: set[tuple[int, int, str]] = set()     # (node, attempt, limit) already noted
         self.left = n                                             # nodes not yet terminal
@@ -136,9 +145,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------ events
     def emit(self, i: int, kind: str, attempt: int = 0, info: Any = None) -> None:
-        ev = Event(perf_counter() - self.t0, self.ids[i] if i >= 0 else "", kind, attempt, info)
+        ev = _new_event(Event, (perf_counter() - self.t0, self.ids[i] if i >= 0 else "", kind, attempt, info))
         self.events.append(ev)
-        if self.bus:
+        if self._subs:
             self.bus.publish(ev)
 
     # ------------------------------------------------------------------ start
@@ -168,7 +177,8 @@ class Scheduler:
         for i, task in enumerate(self.tasks):
             missing = unresolved_params(task, self.g, self.params, self.namespace)
             if missing and self.ids[i] not in self.g.fallback_only:
-                known = list(self.ids) + list(self.params) + (list(self.namespace) if self.namespace else [])
+                known = [t for t in self.ids if t != self.ids[i]] + list(self.params)
+                known += [n for n in (self.namespace or ()) if not n.startswith("_")]
                 what = "prompt placeholder" if task.prompt is not None else "parameter"
                 raise UnknownNameError(
                     "input", missing[0], f"{what} {missing[0]!r} of task {self.ids[i]!r}", known,
@@ -211,9 +221,16 @@ class Scheduler:
         """Given upstream outcomes: (None, None) to run, or (terminal status, info)."""
         if self.cancelling:
             return "cancelled", "run cancelled"
-        if i in self.route_skip:
+        if self.route_skip and i in self.route_skip:
             return "skipped", self.route_skip[i]
-        trig = self.tasks[i].trigger
+        trig = self.trig[i]
+        status = self.status
+        if trig != "one_failed":
+            for d in self.g.deps[i]:
+                if status[d] not in _DONE_OK:
+                    break
+            else:
+                return None, None  # every upstream succeeded: the usual case
         up_failed = up_skipped = up_cancelled = None
         for d in self.g.deps[i]:
             s = self.status[d]
@@ -262,7 +279,7 @@ class Scheduler:
         self.status[i] = "ready"
         self.emit(i, "ready")
         if task.map_over is None:
-            heapq.heappush(self.heap, (*self.key[i], -1))
+            heapq.heappush(self.heap, (-self.prio[i], -self.rem[i], i, -1))
             return None
         try:
             items = list(self.results.get(task.map_over) or ())
@@ -279,7 +296,7 @@ class Scheduler:
         if not items:
             self.results[tid] = []
             return "succeeded", "no items"
-        p, r, _ = self.key[i]
+        p, r = -self.prio[i], -self.rem[i]
         for k in range(len(items)):
             heapq.heappush(self.heap, (p, r, i, k))
         return None
@@ -298,32 +315,46 @@ class Scheduler:
     def _dispatch(self) -> None:
         if self.paused or self.cancelling or self.finished:
             return
-        heap, limits = self.heap, self.limits
+        heap, limits, status = self.heap, self.limits, self.status
         now = perf_counter()
         while heap and not limits.full():
             entry = heapq.heappop(heap)
             i, k = entry[2], entry[3]
-            if self.status[i] in TERMINAL:  # e.g. a map task already failed
+            if status[i] in TERMINAL:  # e.g. a map task already failed
                 continue
             agent = self._agent_of(i, k)
+            res = self.res[i]
+            if agent is None and res is None:  # the common case: only the global limit applies
+                limits.running += 1
+                self._start(i, k, None)
+                continue
             if agent is not None and agent in self.breakers:
                 br = self.breakers[agent]
                 if br.is_open(now):
                     self._fail_fast_breaker(i, k, agent, br, now)
                     continue
-            res = self.tasks[i].resources or _NO_RES
-            held = limits.blocker(agent, res, now)
+                if br.probing and br.consecutive >= br.failures:  # half-open: one probe at a time
+                    self._park("breaker:" + agent, entry, 0.0)
+                    continue
+            held = limits.blocker(agent, res or _NO_RES, now)
             if held is not None:
                 self._park(held[0], entry, held[1])
                 continue
-            limits.acquire(agent, res, now)
-            self._start(i, k, agent, res)
+            limits.acquire(agent, res or _NO_RES, now)
+            self._start(i, k, agent)
+        if limits.running > limits.peak_running:
+            limits.peak_running = limits.running
 
     def _agent_of(self, i: int, k: int) -> str | None:
-        fb = self.tasks[i].fallback
-        if (i, k) in self.fb_used and isinstance(fb, str) and fb in self.agents:
-            return fb
-        return self.tasks[i].agent
+        if self.fb_used and (i, k) in self.fb_used:
+            fb = self.tasks[i].fallback
+            if isinstance(fb, str) and fb in self.agents:
+                return fb
+            if isinstance(fb, str) and fb in self.g.index:  # another task's body runs under its agent
+                return self.agent[self.g.index[fb]]
+            if fb is not None and not isinstance(fb, str):  # a callable fallback runs outside any agent
+                return None
+        return self.agent[i]
 
     def _park(self, why: str, entry: tuple[int, float, int, int], wake_at: float) -> None:
         heapq.heappush(self.parked.setdefault(why, []), entry)
@@ -355,49 +386,63 @@ class Scheduler:
 
     def _release(self, i: int, k: int) -> None:
         agent = self._agent_of(i, k)
-        res = self.tasks[i].resources or _NO_RES
-        self.limits.release(agent, res)
+        res = self.res[i]
+        if agent is None and res is None:
+            self.limits.running -= 1
+            return
+        self.limits.release(agent, res or _NO_RES)
         if agent is not None and self.parked.get("agent:" + agent):
             self._unpark("agent:" + agent, 1)
-        for r in res:
+        for r in res or ():
             if self.parked.get("resource:" + r):
                 self._unpark("resource:" + r, self.limits.pool_free(r))
 
     # ------------------------------------------------------------------ attempts
-    def _start(self, i: int, k: int, agent: str | None, res: Mapping[str, int]) -> None:
+    def _start(self, i: int, k: int, agent: str | None) -> None:
         if k < 0:
-            self.attempts[i] += 1
-            attempt = self.attempts[i]
+            attempt = self.attempts[i] = self.attempts[i] + 1
         else:
             att = self.item_att[i]
             att[k] += 1
             attempt = att[k]
             if attempt > self.attempts[i]:
                 self.attempts[i] = attempt
-        if self.status[i] != "running":
+        first = self.status[i] != "running"
+        if first:
             self.status[i] = "running"
             self.emit(i, "running", attempt, agent)
-        if agent is not None and agent in self.breakers:
-            self.breakers[agent].probing = True
+        if k >= 0 or not first:  # map items and fallback attempts: 'running' does not mark their start
+            self.emit(i, "attempt_started", attempt, (k, agent))
+        br = self.breakers.get(agent) if agent is not None and self.breakers else None
+        if br is not None and br.consecutive >= br.failures:  # cooled down: this attempt is the probe
+            br.probing = True
         self.active[(i, k)] = self.loop.create_task(self._attempt(i, k, attempt))  # type: ignore[union-attr]
 
     async def _attempt(self, i: int, k: int, attempt: int) -> None:
-        tid = self.ids[i]
-        buf = self.outputs.get(tid)
-        if buf is None:
-            buf = self.outputs[tid] = []
-        capture.current_buffer.set(buf)
-        t_start = perf_counter() - self.t0
+        _set_output((self.outputs, self.ids[i]))
+        t_start = perf_counter() - self.t0 if k >= 0 else 0.0
         try:
-            value = await self._call(i, k)
-            value = self._check_output(i, value)
+            kw = self._input_values(i, k) if self.pnames[i] else {}
+            if self.kind[i] == "coro" and not (self.fb_used and (i, k) in self.fb_used):
+                aw = self.fn[i](**kw)                            # fast path: an async body on the loop
+            else:
+                aw = self._submit(i, k, kw)
+            timeout = self.timeout[i]
+            if timeout is None:
+                value = await aw
+            else:
+                try:
+                    value = await asyncio.wait_for(aw, timeout)
+                except asyncio.TimeoutError:
+                    raise AttemptError(f"timed out after {timeout:g} s (per-attempt timeout of task "
+                                       f"{self.ids[i]!r})") from None
+            if self.checks[i]:
+                value = self._check_output(i, value)
         except asyncio.CancelledError:
             if self.cancelling or self.finished:
                 return  # the cancel already recorded every status
             raise
-        except BaseException as exc:  # noqa: BLE001 - any body failure is recorded, never lost
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
+        except Exception as exc:  # any body failure is recorded, never lost
             self.active.pop((i, k), None)
             if not self.finished:
                 self._release(i, k)
@@ -408,50 +453,40 @@ class Scheduler:
         if self.finished or self.status[i] in TERMINAL:
             return
         self._release(i, k)
-        self._record_breaker(i, k, True)
+        if self.breakers:
+            self._record_breaker(i, k, True)
         if k < 0:
             self._succeed(i, value)
         else:
             self._item_done(i, k, True, value, None, t_start)
         self._dispatch()
 
-    async def _call(self, i: int, k: int) -> Any:
+    def _submit(self, i: int, k: int, kwargs: dict[str, Any]) -> Any:
+        """An awaitable for the body (or its fallback) on its executor."""
         task = self.tasks[i]
-        kwargs = self._input_values(i, k)
-        timeout = self.timeout[i]
         fb = task.fallback if (i, k) in self.fb_used else None
         if fb is not None and callable(fb):
-            aw = self.executors.submit("thread" if not _is_async(fb) else "loop", fb, _fit(fb, kwargs))
-        elif isinstance(fb, str) and fb in self.g.index:
+            return self.executors.submit("loop" if _is_async(fb) else "thread", fb, _fit(fb, kwargs))
+        if isinstance(fb, str) and fb in self.g.index:
             other = self.g.index[fb]
             fkw = self._input_values(other, k)
-            fkw.update({p: v for p, v in kwargs.items() if p in self.tasks[other].params})
-            aw = self._submit_body(self.tasks[other], fkw, self.tasks[other].agent)
-        else:
-            agent = fb if isinstance(fb, str) else task.agent
-            aw = self._submit_body(task, kwargs, agent)
-        if timeout is None:
-            return await aw
-        try:
-            return await asyncio.wait_for(aw, timeout)
-        except asyncio.TimeoutError:
-            raise AttemptError(f"timed out after {timeout:g} s (per-attempt timeout of task {self.ids[i]!r})") from None
+            fkw.update({p: v for p, v in kwargs.items() if p in self.pnames[other]})
+            return self._submit_body(other, fkw, self.agent[other])
+        return self._submit_body(i, kwargs, fb if isinstance(fb, str) else self.agent[i])
 
-    def _submit_body(self, task: Task, kwargs: dict[str, Any], agent_name: str | None) -> Any:
-        if task.prompt is not None:
+    def _submit_body(self, i: int, kwargs: dict[str, Any], agent_name: str | None) -> Any:
+        kind = self.kind[i]
+        if kind == "prompt":
             from .llm import run_prompt
             agent = self.agents.get(agent_name) if agent_name else None
-            return run_prompt(task, agent, kwargs, self.run)
-        kind = task.executor
-        if kind == "auto":
-            kind = "loop" if task.is_async else "thread"
-        return self.executors.submit(kind, task.fn, kwargs)  # type: ignore[arg-type]
+            return run_prompt(self.tasks[i], agent, kwargs, self.run)
+        return self.executors.submit("loop" if kind == "coro" else kind, self.fn[i], kwargs)  # type: ignore[arg-type]
 
     def _input_values(self, i: int, k: int = -1) -> dict[str, Any]:
         task = self.tasks[i]
         index, results, params, ns = self.g.index, self.results, self.params, self.namespace
         kw: dict[str, Any] = {}
-        for p in task.params:
+        for p in self.pnames[i]:
             if p == "item" and task.map_over is not None:
                 if k >= 0:
                     kw[p] = self.items[i][k]
@@ -504,13 +539,13 @@ class Scheduler:
             if k < 0:
                 self.status[i] = "retrying"
                 self.emit(i, "retrying", attempt, (text, delay))
-            self._requeue_later((*self.key[i], k), delay)
+            self._requeue_later((-self.prio[i], -self.rem[i], i, k), delay)
             return
         if task.fallback is not None and (i, k) not in self.fb_used:
             self.fb_used.add((i, k))
             fb = task.fallback
             self.emit(i, "fallback", attempt, fb if isinstance(fb, str) else getattr(fb, "__name__", repr(fb)))
-            heapq.heappush(self.heap, (*self.key[i], k))
+            heapq.heappush(self.heap, (-self.prio[i], -self.rem[i], i, k))
             return
         exc.__notebook_orch_traceback__ = traceback.format_exception(exc)  # type: ignore[attr-defined]
         if k < 0:
@@ -530,14 +565,28 @@ class Scheduler:
     def _record_breaker(self, i: int, k: int, ok: bool) -> None:
         agent = self._agent_of(i, k)
         br = self.breakers.get(agent) if agent is not None else None
-        if br is not None and br.record(ok, perf_counter()):
+        if br is None:
+            return
+        tripped = br.consecutive >= br.failures
+        if br.record(ok, perf_counter()):
             self.emit(i, "breaker_open", self.attempts[i], (agent, br.consecutive))
+            self._unpark("agent:" + agent, 1 << 30)  # queued behind its slots or rate: fail them fast now
+            self._unpark("rate:" + agent, 1 << 30)
+        elif ok and tripped:
+            self.emit(i, "breaker_closed", self.attempts[i], agent)
+        self._unpark("breaker:" + agent, 1 << 30)     # the probe is back: the others may go (or fail fast)
 
     def _fail_fast_breaker(self, i: int, k: int, agent: str, br: Breaker, now: float) -> None:
         exc = BreakerOpenError(
             f"circuit breaker of agent {agent!r} is open after {br.consecutive} consecutive failures; "
             f"its tasks fail fast for another {br.open_until - now:.1f} s. Fix the cause and re-run, or "
             f"raise Agent.breaker_failures / lower breaker_cooldown.")
+        fb = self.tasks[i].fallback
+        if fb is not None and (i, k) not in self.fb_used:  # the fallback may use another agent
+            self.fb_used.add((i, k))
+            self.emit(i, "fallback", self.attempts[i], fb if isinstance(fb, str) else getattr(fb, "__name__", repr(fb)))
+            heapq.heappush(self.heap, (-self.prio[i], -self.rem[i], i, k))
+            return
         if k < 0:
             self._terminal(i, "failed", _error_text(exc), exc)
         else:
@@ -549,14 +598,17 @@ class Scheduler:
         if ok:
             self.item_out[i][k] = value
         else:
-            self.item_failed.setdefault(i, exc)  # type: ignore[arg-type]
+            self.item_failed.setdefault(i, (k, exc))  # type: ignore[arg-type]
         self.items_left[i] -= 1
         self.emit(i, "item_done", self.item_att[i][k], (k, n, ok, t_start))
         if self.items_left[i] == 0:
             if i in self.item_failed:
-                err = self.item_failed[i]
+                k0, first = self.item_failed[i]
                 bad = sum(1 for ev in self.events if ev.task == self.ids[i] and ev.kind == "item_done" and not ev.info[2])
-                self._terminal(i, "failed", f"{bad} of {n} items failed; first: {_error_text(err)}", err)
+                err = AttemptError(f"{bad} of {n} items failed; first: item {k0} "
+                                   f"({self.items[i][k0]!r:.40}): {_error_text(first)}")
+                err.__cause__ = first
+                self._terminal(i, "failed", str(err), err)
             else:
                 self._succeed(i, self.item_out.pop(i))
 
@@ -600,17 +652,19 @@ class Scheduler:
         self._dispatch()
 
     def set_agent_limit(self, agent: str, max_concurrency: int | None = None, rate_limit: str | None = None,
-                        *, change_rate: bool = False) -> None:
+                        *, change_cap: bool = True, change_rate: bool = False) -> None:
         if agent not in self.agents:
             raise UnknownNameError("agent", agent, "set_limit", self.agents)
         from .model import parse_rate
         if max_concurrency is not None and max_concurrency < 1:
             raise DefinitionError(f"max_concurrency must be at least 1 (or None), got {max_concurrency}")
-        self.limits.set_agent_cap(agent, max_concurrency)
-        self.emit(-1, "limit_changed", 0, (f"agent:{agent}", max_concurrency))
-        self._unpark("agent:" + agent, 1 << 30)
+        rate = parse_rate(rate_limit) if change_rate and rate_limit else None   # first: a bad rate changes nothing
+        if change_cap:
+            self.limits.set_agent_cap(agent, max_concurrency)
+            self.emit(-1, "limit_changed", 0, (f"agent:{agent}", max_concurrency))
+            self._unpark("agent:" + agent, 1 << 30)
         if change_rate:
-            self.limits.set_rate(agent, parse_rate(rate_limit) if rate_limit else None)
+            self.limits.set_rate(agent, rate)
             self.emit(-1, "limit_changed", 0, (f"rate:{agent}", rate_limit))
             self._unpark("rate:" + agent, 1 << 30)
         self._dispatch()
@@ -665,6 +719,21 @@ class Scheduler:
                 self.bus.errors.append((hook, exc))
         if self.done is not None and not self.done.done():
             self.done.set_result(self.run_status)
+
+
+_new_event = tuple.__new__  # Event(...) without NamedTuple's Python-level __new__: hot path
+_set_output = capture.current_buffer.set
+
+
+def _kind(task: Task) -> str:
+    """Where a node's body runs: coro (async on the loop), loop (sync on the loop), thread, process, dask, prompt."""
+    if task.prompt is not None:
+        return "prompt"
+    if task.executor == "auto":
+        return "coro" if task.is_async else "thread"
+    if task.executor == "loop":
+        return "coro" if task.is_async else "loop"
+    return task.executor
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

@@ -13,6 +13,7 @@ from ._loop import running_loop
 from .errors import DefinitionError, LoopError, UnknownNameError
 from .graph import Graph, build_graph
 from .model import Agent, Task
+from ._runstore import attach_store
 from .run import Run
 from .scheduler import Scheduler
 
@@ -37,7 +38,7 @@ class Workflow:
 
     def __init__(self, name: str = "workflow", *, concurrency: int | None = 16,
                  resources: Mapping[str, int] | None = None, params: Mapping[str, Any] | None = None,
-                 fail_fast: bool = False, namespace: Mapping[str, Any] | None = None):
+                 fail_fast: bool = False, namespace: Mapping[str, Any] | None = None, store: Any = True):
         if concurrency is not None and concurrency < 1:
             raise DefinitionError(f"concurrency must be at least 1 (or None for no limit), got {concurrency}")
         self.name = name
@@ -50,8 +51,11 @@ class Workflow:
         self.tasks: dict[str, Task] = {}
         self.stale: set[str] = set()                         # tasks redefined (or downstream of one) since they last ran
         self.runs: list[Run] = []                            # runs of this workflow in this session, oldest first
-        self.cache_lookup: Callable[..., Any] | None = None  # set by the store: (id, task, inputs) -> (hit, value, where)
+        self.cache_lookup: Callable[..., Any] | None = None  # custom hook (id, task, inputs) -> (hit, value, where); overrides the store
+        self.store = store                                   # True: .notebook_orch/store.sqlite under the cwd; False: off; a path or Store
         self._durations: dict[str, float] = {}               # id -> last measured run time (priority estimates)
+        self._version = 0                                    # bumped by every definition change
+        self._graph: tuple[Any, Graph] | None = None         # (cache key, graph) of the last validate()
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}: {len(self.tasks)} tasks, {len(self.agents)} agents>"
@@ -63,6 +67,7 @@ class Workflow:
         if agent.name in self.agents and self.agents[agent.name] != agent:
             self._mark_stale([t for t, task in self.tasks.items() if task.agent == agent.name])
         self.agents[agent.name] = agent
+        self._version += 1
         return agent
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
@@ -85,6 +90,7 @@ class Workflow:
         """Add (or replace) a Task; a replaced task and everything downstream become stale."""
         old = self.tasks.get(task.id)
         self.tasks[task.id] = task
+        self._version += 1
         if old is not None and not _same_definition(old, task):
             self._mark_stale([task.id])
         elif old is None:
@@ -104,6 +110,7 @@ class Workflow:
             raise UnknownNameError("task", task_id, f"workflow {self.name!r}", self.tasks)
         self._mark_stale([task_id])
         self.stale.discard(task_id)
+        self._version += 1
         return self.tasks.pop(task_id)
 
     def clear(self) -> None:
@@ -111,6 +118,7 @@ class Workflow:
         self.tasks.clear()
         self.agents.clear()
         self.stale.clear()
+        self._version += 1
 
     def _mark_stale(self, ids: Iterable[str]) -> None:
         ids = [t for t in ids if t in self.tasks]
@@ -122,7 +130,12 @@ class Workflow:
     # ---------------------------------------------------------------- graph
     def validate(self) -> Graph:
         """Check every definition and return the DAG; raises a DefinitionError that says the fix."""
-        return build_graph(self.tasks, self.agents, self.resources)
+        key = (self._version, len(self.tasks), len(self.agents), tuple(self.resources.items()))
+        if self._graph is not None and self._graph[0] == key:
+            return self._graph[1]
+        graph = build_graph(self.tasks, self.agents, self.resources)
+        self._graph = (key, graph)
+        return graph
 
     def estimates(self, graph: Graph | None = None) -> list[float]:
         """Expected duration per node: the last measured one, else the mean of the known ones, else 1 s."""
@@ -184,14 +197,18 @@ class Workflow:
         reuse = dict(reuse or {})
         reuse.update(self._selection_reuse(graph, options))
         params = {**self.params, **(options.get("params") or {})}
+        store = attach_store(self, graph, options)          # fingerprints, cache lookups, writes (None: store off)
+        lookup = self.cache_lookup if options.get("cache", True) else None
         sched = Scheduler(
             graph, self.tasks, self.agents, concurrency=concurrency, resources=self.resources,
             params=params, namespace=self.namespace, fail_fast=options.get("fail_fast", self.fail_fast),
             estimates=self.estimates(graph), reuse=reuse,
-            cache_lookup=self.cache_lookup if options.get("cache", True) else None)
+            cache_lookup=lookup or (store.lookup if store is not None else None))
         sched.executors.dask_client = options.get("dask_client")
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run = Run(self, sched, f"{self.name}-{stamp}-{os.urandom(2).hex()}", dict(options))
+        if store is not None:
+            store.bind(run)
         sched.run = run
         sched.finish_hooks.append(lambda: self._learn(run))
         sched.begin()
@@ -219,17 +236,18 @@ class Workflow:
     def _learn(self, run: Run) -> None:
         """After a run: keep measured durations (for priorities) and clear staleness of what succeeded."""
         started: dict[str, float] = {}
-        for ev in run.events:
-            if ev.kind == "running":
-                started[ev.task] = ev.t
-            elif ev.kind == "succeeded":
-                if ev.task in started:
-                    self._durations[ev.task] = ev.t - started.pop(ev.task)
-                if run.tasks.get(ev.task) is self.tasks.get(ev.task):
-                    self.stale.discard(ev.task)
+        for t, task, kind, _, _ in run.events:
+            if kind == "running":
+                started[task] = t
+            elif kind == "succeeded" or kind == "cached":
+                if task in started:
+                    self._durations[task] = t - started.pop(task)
+                if run.tasks.get(task) is self.tasks.get(task):
+                    self.stale.discard(task)
 
 
 def _same_definition(a: Task, b: Task) -> bool:
-    if a.source is not None or b.source is not None:
-        return a.model_dump(exclude={"fn"}) == b.model_dump(exclude={"fn"})
+    """Whether two definitions of a task would behave the same (same body and options)."""
+    if (a.source is not None or b.source is not None) and a.source == b.source:
+        return all(getattr(a, f) == getattr(b, f) for f in type(a).model_fields if f != "fn")
     return a == b

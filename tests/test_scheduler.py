@@ -361,9 +361,6 @@ def test_agent_limit_holds_one_agent_without_stalling_others():
 
 def test_pause_stops_dispatch_and_resume_continues():
     wf = Workflow("w", concurrency=2)
-    for i in range(6):
-        wf.task(asyncio.sleep, id=f"t{i}") if False else None
-
     async def nap():
         await asyncio.sleep(0.02)
 
@@ -514,3 +511,52 @@ def test_event_stream_is_immutable_and_complete():
     with pytest.raises(AttributeError):
         run.events[1].kind = "failed"
     assert all(a.t <= b.t for a, b in zip(run.events, run.events[1:]))
+
+
+def test_a_body_that_swallows_cancellation_does_not_undo_the_cancel():
+    wf = Workflow("w", store=False)
+    leftovers = []
+
+    async def stubborn():
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return "I refuse"
+
+    wf.task(stubborn, id="stubborn")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, ctx: leftovers.append(ctx))
+        run = wf.start()
+        await asyncio.sleep(0.02)
+        run.cancel()
+        await run
+        await asyncio.sleep(0.01)
+        return run
+
+    run = asyncio.run(main())
+    assert run.statuses == {"stubborn": "cancelled"} and "stubborn" not in run.results
+    assert leftovers == []
+
+
+def test_set_limit_changes_only_what_is_passed():
+    wf = Workflow("w", store=False)
+    wf.agent("api", max_concurrency=2, rate_limit="100/s")
+    async def nap():
+        await asyncio.sleep(0.05)
+
+    wf.task(nap, id="nap", agent="api")
+
+    async def main():
+        run = wf.start()
+        run.set_limit("api", rate_limit="5/s")
+        caps = dict(run._s.limits.agent_caps)
+        run.set_limit("api", 3)
+        rates = dict(run._s.limits.rates)
+        await run
+        return caps, rates, run
+
+    caps, rates, run = asyncio.run(main())
+    assert caps == {"api": 2} and rates == {"api": (5, 1.0)}
+    assert run._s.limits.agent_caps == {"api": 3}

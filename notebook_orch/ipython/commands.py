@@ -206,7 +206,7 @@ def _counts(run: Run) -> str:
 @command("status")
 @magic_arguments(name="orch status")
 def _status(m: Any, args: Any) -> Any:
-    """One row per task of the last run: status, agent, attempts, seconds running, error."""
+    """One row per task of the last run: status, agent, attempts, seconds running, cache state, error."""
     import pandas as pd
     run = _last_run(m)
     began: dict[str, float] = {}
@@ -217,12 +217,15 @@ def _status(m: Any, args: Any) -> Any:
         elif ev.kind in ("succeeded", "failed", "cancelled", "cached", "skipped", "upstream_failed"):
             ended[ev.task] = ev.t
     now = run.elapsed()
+    from ..store import cache_column
+    cache = cache_column(run)   # where a cached output came from, or why a task is not cacheable
     rows = []
     for t, st in run.statuses.items():
         err = run.errors.get(t)
         took = (ended.get(t, now) - began[t]) if t in began else None
         rows.append({"task": t, "status": st, "agent": run.tasks[t].agent, "attempts": run.attempts[t],
                      "elapsed_s": None if took is None else round(took, 3),
+                     "cache": cache.get(t, ""),
                      "error": None if err is None else f"{type(err).__name__}: {err}"})
     return pd.DataFrame(rows).set_index("task")
 
@@ -316,6 +319,38 @@ def _show_graph(m: Any, args: Any) -> Any:
     if args.group:
         kw["group"] = args.group
     return m.wf.graph(**kw)
+
+
+# ---------------------------------------------------------------- the store
+def _store(m: Any) -> Any:
+    from ..store import Store, open_store
+    st = m.wf.store
+    if st is False or st is None:
+        raise OrchError(f"workflow {m.wf.name!r} has its store off (Workflow(store=False)); nothing is kept")
+    return st if isinstance(st, Store) else open_store(None if st is True else st)
+
+
+@command("runs")
+@magic_arguments(name="orch runs")
+@argument("--all", action="store_true", help="runs of every workflow, not only the active one")
+def _runs(m: Any, args: Any) -> Any:
+    """Past runs kept in the store (also from earlier kernels): status, counts, times. Run.load(ID) reopens one."""
+    return _store(m).runs(workflow=None if args.all else m.wf.name)
+
+
+@command("cache")
+@magic_arguments(name="orch cache")
+@argument("action", choices=("clear",), help="clear: forget stored outputs so the tasks run again")
+@argument("id", nargs="?", default=None, help="only this task (default: every task of the active workflow)")
+def _cache(m: Any, args: Any) -> Any:
+    """Forget stored outputs of the active workflow (or of one task): they run again next time."""
+    if args.id is not None and args.id not in m.wf.tasks:
+        from ..errors import UnknownNameError
+        raise UnknownNameError("task", args.id, "%orch cache clear", m.wf.tasks)
+    n = _store(m).clear(task_id=args.id, workflow=m.wf.name)
+    what = f"task {args.id!r}" if args.id else f"workflow {m.wf.name!r}"
+    print(f"removed {n} stored output(s) of {what}")
+    return None
 
 
 # ---------------------------------------------------------------- managing tasks

@@ -628,3 +628,34 @@ def test_export_refuses_what_has_no_source(ip, tmp_path):
         orch(ip, f"export {tmp_path / 'x.py'}")
     with pytest.raises(DefinitionError, match="should end in .py"):
         orch(ip, f"export {tmp_path / 'x.txt'}")
+
+
+# ---------------------------------------------------------------- metrics and store subcommands
+def test_metrics_subcommands_return_frames_of_the_last_run(ip):
+    define_chain(ip)
+    orch(ip, "run --wait")
+    assert list(orch(ip, "summary")[["tasks", "succeeded"]]) == [3, 3]
+    assert set(orch(ip, "bottlenecks")["task"]) == {"numbers", "total", "report"}
+    assert "capacity" in orch(ip, "utilization").columns
+    assert list(orch(ip, "timeline").columns[:3]) == ["t", "running", "ready"]
+    assert orch(ip, "gantt --max-rows 5").axes
+
+
+def test_runs_cache_clear_and_cache_column(ip, capsys):
+    define_chain(ip)
+    first = orch(ip, "run --wait")
+    second = orch(ip, "run --wait")
+    assert set(second.statuses.values()) == {"cached"}
+    status = orch(ip, "status")
+    assert status.loc["total", "cache"].startswith("cached from")
+    runs = orch(ip, "runs")
+    assert {first.id, second.id} <= set(runs.index)
+    orch(ip, "cache clear total")
+    assert "removed 1 stored output(s) of task 'total'" in capsys.readouterr().out
+    third = orch(ip, "run --wait")
+    # total runs again; report's inputs have the same fingerprint as before, so it stays cached
+    assert third.statuses == {"numbers": "cached", "total": "succeeded", "report": "cached"}
+    with pytest.raises(UnknownNameError, match="did you mean 'total'"):
+        orch(ip, "cache clear totl")
+    orch(ip, "cache clear")
+    assert set(orch(ip, "run --wait").statuses.values()) == {"succeeded"}
