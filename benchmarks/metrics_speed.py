@@ -11,22 +11,10 @@ Usage: python benchmarks/metrics_speed.py [N]      (default 100000)
 from __future__ import annotations
 
 import asyncio
-import random
 import sys
 import time
 
-LAYERS = 100
-
-
-def layered(n: int, seed: int = 0) -> list[list[int]]:
-    rng = random.Random(seed)
-    width = max(1, n // LAYERS)
-    preds: list[list[int]] = []
-    for i in range(n):
-        layer = i // width
-        lo = (layer - 1) * width
-        preds.append([] if layer == 0 else sorted({lo + rng.randrange(width), lo + rng.randrange(width)}))
-    return preds
+from overhead import layered  # the same layered DAG as the scheduler benchmark (same folder)
 
 
 async def _noop() -> None:

@@ -183,7 +183,7 @@ def test_unknown_run_option(ip, wf):
 
 def test_unknown_orch_subcommand(ip):
     text = refused(ip, "%orch rn", "UsageError")
-    assert "unknown command 'rn'; did you mean run?" in text and "usage: %orch COMMAND" in text
+    assert "unknown command 'rn'; did you mean run" in text and "usage: %orch COMMAND" in text
 
 
 def test_prompt_placeholder_not_a_name(ip, wf):
