@@ -174,8 +174,12 @@ class Scheduler:
         return self.done
 
     def _check_inputs(self) -> None:
-        for i, task in enumerate(self.tasks):
-            missing = unresolved_params(task, self.g, self.params, self.namespace)
+        index, params, ns = self.g.index, self.params, self.namespace
+        for i, names in enumerate(self.pnames):
+            if all(p in index for p in names):  # the usual case: every parameter is a task
+                continue
+            task = self.tasks[i]
+            missing = unresolved_params(task, self.g, params, ns)
             if missing and self.ids[i] not in self.g.fallback_only:
                 known = [t for t in self.ids if t != self.ids[i]] + list(self.params)
                 known += [n for n in (self.namespace or ()) if not n.startswith("_")]

@@ -49,13 +49,25 @@ class Workflow:
         self.namespace = namespace                           # fallback lookup for names (a notebook's globals)
         self.agents: dict[str, Agent] = {}
         self.tasks: dict[str, Task] = {}
-        self.stale: set[str] = set()                         # tasks redefined (or downstream of one) since they last ran
+        self._stale: set[str] = set()                        # tasks redefined (or downstream of one) since they last ran
+        self._unlearned: list[Run] = []                      # finished runs whose events _learn has not read yet
         self.runs: list[Run] = []                            # runs of this workflow in this session, oldest first
         self.cache_lookup: Callable[..., Any] | None = None  # custom hook (id, task, inputs) -> (hit, value, where); overrides the store
         self.store = store                                   # True: .notebook_orch/store.sqlite under the cwd; False: off; a path or Store
         self._durations: dict[str, float] = {}               # id -> last measured run time (priority estimates)
         self._version = 0                                    # bumped by every definition change
         self._graph: tuple[Any, Graph] | None = None         # (cache key, graph) of the last validate()
+
+    @property
+    def stale(self) -> set[str]:
+        """Tasks redefined (or downstream of a redefined one) since they last succeeded."""
+        self._learn_pending()
+        return self._stale
+
+    @stale.setter
+    def stale(self, value: set[str]) -> None:
+        self._learn_pending()
+        self._stale = value
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}: {len(self.tasks)} tasks, {len(self.agents)} agents>"
@@ -140,6 +152,7 @@ class Workflow:
     def estimates(self, graph: Graph | None = None) -> list[float]:
         """Expected duration per node: the last measured one, else the mean of the known ones, else 1 s."""
         g = graph or self.validate()
+        self._learn_pending()
         known = [self._durations[t] for t in g.ids if t in self._durations]
         default = statistics.fmean(known) if known else 1.0
         return [self._durations.get(t, default) for t in g.ids]
@@ -210,7 +223,7 @@ class Workflow:
         if store is not None:
             store.bind(run)
         sched.run = run
-        sched.finish_hooks.append(lambda: self._learn(run))
+        sched.finish_hooks.append(lambda: self._unlearned.append(run))  # read lazily: not on the run's clock
         sched.begin()
         run.started_wall = time.time() - (sched.events[0].t if sched.events else 0.0)
         self.runs.append(run)
@@ -233,6 +246,10 @@ class Workflow:
                 known[t] = (v, f"reused from run {past.id}")
         return {t: known[t] for t in graph.ids if t not in selected and t in known}
 
+    def _learn_pending(self) -> None:
+        while self._unlearned:
+            self._learn(self._unlearned.pop(0))
+
     def _learn(self, run: Run) -> None:
         """After a run: keep measured durations (for priorities) and clear staleness of what succeeded."""
         started: dict[str, float] = {}
@@ -243,7 +260,7 @@ class Workflow:
                 if task in started:
                     self._durations[task] = t - started.pop(task)
                 if run.tasks.get(task) is self.tasks.get(task):
-                    self.stale.discard(task)
+                    self._stale.discard(task)
 
 
 def _same_definition(a: Task, b: Task) -> bool:

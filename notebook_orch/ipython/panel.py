@@ -145,7 +145,6 @@ class RunPanel:
         self._dag_at = -1e9
         self._out_shown = ("", -1)
         ids = run.graph_.ids
-        self._agents = [html.escape(t.agent or "") for t in run._s.tasks]   # table column, escaped once
         self.live_dag = len(ids) <= self.LIVE_DAG_MAX
         self._syncing = True
         try:
@@ -377,7 +376,7 @@ class RunPanel:
                 for _ in range(min(counts.get(s, 0), self.TABLE_ROWS - len(rows))):
                     j = status.index(s, j + 1)
                     rows.append(j)
-        agents, chips = self._agents, _CHIPS
+        agents, chips = run._s.agent, _CHIPS
         errors = run._s.errors
         out = [_CSS, '<table class="norch-tasks"><thead><tr><th>task</th><th>status</th><th>agent</th>'
                "<th>attempts</th><th>wait</th><th>duration</th><th>error</th></tr></thead><tbody>"]
@@ -391,7 +390,7 @@ class RunPanel:
             err_text = html.escape(_first_line(err)) if err is not None else ""
             out.append(
                 f'<tr data-task="{tid}" data-status="{st}"><td>{tid}{extra}</td><td>{chips[st]}{why}</td>'
-                f'<td>{agents[i]}</td><td class="num">{attempts[i]}</td>'
+                f'<td>{html.escape(agents[i] or "")}</td><td class="num">{attempts[i]}</td>'
                 f'<td class="num">{_secs(times.wait(tid, now))}</td>'
                 f'<td class="num">{_secs(times.duration(tid, now))}</td>'
                 f'<td class="err" title="{err_text}">{err_text}</td></tr>')
