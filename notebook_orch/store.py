@@ -406,14 +406,8 @@ class Store:
 
     def clear(self, task_id: str | None = None, workflow: str | None = None) -> int:
         """Forget stored results (all, one task's, or one workflow's); returns how many. Runs and events stay."""
-        where, args = [], []
-        if task_id is not None:
-            where.append("task=?")
-            args.append(task_id)
-        if workflow is not None:
-            where.append("workflow=?")
-            args.append(workflow)
-        sql = "DELETE FROM results" + (" WHERE " + " AND ".join(where) if where else "")
+        cond, args = _where(task_id, workflow)
+        sql = "DELETE FROM results" + cond
         drop = [fp for fp, (_, m) in self.memory.items()
                 if (task_id is None or m["task"] == task_id) and (workflow is None or m["workflow"] == workflow)]
         for fp in drop:
@@ -433,15 +427,8 @@ class Store:
     def results(self, task: str | None = None, workflow: str | None = None) -> "pd.DataFrame":
         """Stored results (without values): fingerprint (index), task, workflow, run_id, created, duration_s, size_bytes."""
         import pandas as pd
-        where, args = [], []
-        if task is not None:
-            where.append("task=?")
-            args.append(task)
-        if workflow is not None:
-            where.append("workflow=?")
-            args.append(workflow)
-        sql = ("SELECT fingerprint, task, workflow, run_id, created, duration, size FROM results"
-               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id")
+        cond, args = _where(task, workflow)
+        sql = "SELECT fingerprint, task, workflow, run_id, created, duration, size FROM results" + cond + " ORDER BY id"
         rows = self._read(lambda c: c.execute(sql, args).fetchall())
         df = pd.DataFrame(rows, columns=["fingerprint", "task", "workflow", "run_id", "created", "duration_s",
                                          "size_bytes"])
@@ -556,6 +543,12 @@ def _alive(host: str | None, pid: int | None) -> bool:
 _STORES: dict[Path, Store] = {}   # most recently used last
 _STORES_LOCK = threading.Lock()
 _MAX_OPEN = 8                     # connections kept open (3 file descriptors each); the others reconnect on use
+
+
+def _where(task: str | None, workflow: str | None) -> tuple[str, list[str]]:
+    """A ' WHERE …' clause (or '') selecting results by task and/or workflow, and its arguments."""
+    conds = [(col, v) for col, v in (("task", task), ("workflow", workflow)) if v is not None]
+    return (" WHERE " + " AND ".join(f"{col}=?" for col, _ in conds) if conds else ""), [v for _, v in conds]
 
 
 def open_store(path: str | os.PathLike[str] | None = None) -> Store:

@@ -5,39 +5,20 @@ prints: one line naming the error class and the message, never a traceback of ou
 """
 import contextlib
 import io
-import re
 import textwrap
 
 import pytest
-from IPython import get_ipython
-from IPython.testing.globalipapp import start_ipython
 from pydantic import BaseModel
 
 from notebook_orch import Workflow
 from notebook_orch.errors import (CycleError, DefinitionError, InvalidIdError, TaskFailedError,
                                   UnknownNameError)
 from notebook_orch.ipython import current
-from notebook_orch.ipython import magics as magics_mod
 
 
 class Summary(BaseModel):
     title: str
     words: int
-
-
-@pytest.fixture
-def ip():
-    shell = start_ipython() or get_ipython()
-    shell.reset(new_session=False)
-    magics_mod._registries.pop(shell, None)
-    if "notebook_orch" not in shell.extension_manager.loaded:
-        shell.run_line_magic("load_ext", "notebook_orch")
-    yield shell
-    for wf in magics_mod.registry(shell).workflows.values():
-        for run in wf.runs:
-            if not run.done:
-                run.cancel("test teardown")
-    magics_mod._registries.pop(shell, None)
 
 
 def seen(ip, src):

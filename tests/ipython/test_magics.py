@@ -8,31 +8,12 @@ import textwrap
 
 import pandas as pd
 import pytest
-from IPython import get_ipython
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
 
 from notebook_orch import Run
 from notebook_orch.errors import CycleError, DefinitionError, OrchError, UnknownNameError
 from notebook_orch.ipython import current
-from notebook_orch.ipython import magics as magics_mod
 from notebook_orch.ipython.commands import COMMANDS
-
-
-@pytest.fixture
-def ip():
-    shell = start_ipython() or get_ipython()   # the first call creates the shared test shell
-    shell.reset(new_session=False)
-    magics_mod._registries.pop(shell, None)
-    if "notebook_orch" not in shell.extension_manager.loaded:
-        shell.run_line_magic("load_ext", "notebook_orch")
-    assert shell.find_line_magic("orch") is not None
-    yield shell
-    for wf in magics_mod.registry(shell).workflows.values():
-        for run in wf.runs:
-            if not run.done:
-                run.cancel("test teardown")
-    magics_mod._registries.pop(shell, None)
 
 
 def cell(ip, line, body):
