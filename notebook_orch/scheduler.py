@@ -15,6 +15,10 @@ Design note (in the manner of dask's local scheduler):
 * A running attempt is one asyncio.Task; its end (success, exception, timeout, cancel)
   is handled synchronously on the loop, which updates counters and dispatches again.
 * Every change is an immutable `Event` appended to `events` and published on the bus.
+
+Longer than most modules on purpose: the hot path (dispatch -> attempt -> settle) stays in one
+class with per-node lists, which keeps the per-task overhead near a hand-written asyncio
+scheduler (benchmarks/overhead.py).
 """
 from __future__ import annotations
 
