@@ -21,14 +21,19 @@ def dags(draw, max_nodes: int = 25):
     return deps, dur
 
 
-def _nx_longest(deps, dur):
+def _nx_graph(deps, dur):
+    """The DAG as networkx sees it: a source S and a sink E, each edge weighted by its tail's duration."""
     g = nx.DiGraph()
     for i, ds in enumerate(deps):
         g.add_edge("S", i, weight=0.0)
         g.add_edge(i, "E", weight=dur[i])
         for d in ds:
             g.add_edge(d, i, weight=dur[d])
-    return nx.dag_longest_path_length(g, weight="weight")
+    return g
+
+
+def _nx_longest(deps, dur):
+    return nx.dag_longest_path_length(_nx_graph(deps, dur), weight="weight")
 
 
 def _model(deps, dur, concurrency=None, agents=None, caps=None):
@@ -57,12 +62,7 @@ def test_critical_path_length_and_slack_match_networkx(dag):
     length, through = critical(list(range(len(deps))), deps, dur)
     assert length == pytest.approx(_nx_longest(deps, dur), abs=1e-9)
     assert max(through) == pytest.approx(length, abs=1e-12)
-    g = nx.DiGraph()
-    for i, ds in enumerate(deps):
-        g.add_edge("S", i, weight=0.0)
-        g.add_edge(i, "E", weight=dur[i])
-        for d in ds:
-            g.add_edge(d, i, weight=dur[d])
+    g = _nx_graph(deps, dur)
     for i in nx.dag_longest_path(g, weight="weight")[1:-1]:   # zero slack along networkx's longest path
         assert through[i] == pytest.approx(length, abs=1e-9)
     for i in range(len(deps)):   # slack >= 0, and a task's own duration fits in its longest path
