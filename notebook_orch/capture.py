@@ -14,8 +14,9 @@ from typing import Any, TextIO
 
 __all__ = ["current_buffer", "install", "uninstall"]
 
-# (outputs dict of the run, task id) inside a task body; None elsewhere
-current_buffer: contextvars.ContextVar[tuple[dict[str, list[str]], str] | None] = contextvars.ContextVar(
+# (outputs dict of the run, task id, scheduler, node, item, attempt) inside a task body; None elsewhere.
+# The last four are the attempt context (notebook_orch.attempt), sharing this one variable.
+current_buffer: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar(
     "notebook_orch_output", default=None)
 
 _lock = threading.Lock()
@@ -32,7 +33,7 @@ class _Router:
         where = current_buffer.get()
         if where is None:
             return self._target.write(s)
-        outputs, task = where
+        outputs, task = where[0], where[1]
         buf = outputs.get(task)
         if buf is None:
             buf = outputs[task] = []

@@ -14,7 +14,43 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 
-__all__ = ["Limits", "Breaker"]
+__all__ = ["Limits", "Breaker", "TokenWindow"]
+
+
+class TokenWindow:
+    """Sliding window of tokens: no `period`-second window holds more than `capacity` tokens.
+
+    A request larger than the whole capacity is let through alone (the window empty), so a
+    big prompt is slow, never stuck."""
+
+    __slots__ = ("capacity", "period", "entries", "total")
+
+    def __init__(self, capacity: int, period: float):
+        self.capacity, self.period = capacity, period
+        self.entries: deque[tuple[float, int]] = deque()   # (time, tokens), oldest first
+        self.total = 0                                       # sum of tokens in entries
+
+    def _expire(self, now: float) -> None:
+        while self.entries and now - self.entries[0][0] >= self.period:
+            self.total -= self.entries.popleft()[1]
+
+    def wait_time(self, tokens: int, now: float) -> float:
+        """Seconds until `tokens` more fit in the window (0: now)."""
+        self._expire(now)
+        if not self.entries or self.total + tokens <= self.capacity:
+            return 0.0
+        need, acc = self.total + tokens - self.capacity, 0
+        for t, n in self.entries:
+            acc += n
+            if acc >= need:
+                return t + self.period - now
+        return self.entries[-1][0] + self.period - now
+
+    def add(self, tokens: int, now: float) -> None:
+        """Count `tokens` (negative: give back an over-estimate)."""
+        if tokens:
+            self.entries.append((now, tokens))
+            self.total += tokens
 
 
 class Breaker:
@@ -52,7 +88,8 @@ class Limits:
     """Counters for every limit of one run. Capacities may change while it runs (`set_*`)."""
 
     def __init__(self, concurrency: int | None, agent_caps: Mapping[str, int | None],
-                 agent_rates: Mapping[str, tuple[int, float] | None], pools: Mapping[str, int]):
+                 agent_rates: Mapping[str, tuple[int, float] | None], pools: Mapping[str, int],
+                 agent_tokens: Mapping[str, tuple[int, float] | None] | None = None):
         self.concurrency = concurrency                                   # None: unlimited
         self.running = 0                                                 # slots in use, <= concurrency
         self.agent_caps = {a: c for a, c in agent_caps.items() if c}    # agent -> max running
@@ -62,6 +99,7 @@ class Limits:
         self.pools = dict(pools)                                         # pool -> capacity
         self.pool_used: dict[str, int] = {p: 0 for p in pools}          # pool -> units held now
         self.peak_running = 0
+        self.token_windows = {a: TokenWindow(*t) for a, t in (agent_tokens or {}).items() if t}  # agent -> tokens
 
     def full(self) -> bool:
         """True when the global concurrency is used up: nothing may start."""
@@ -101,6 +139,21 @@ class Limits:
             self.agent_running[agent] -= 1
         for r, n in resources.items():
             self.pool_used[r] -= n
+
+    def request_wait(self, agent: str, now: float) -> float:
+        """Seconds until the agent's rate window lets one more model request through (0: now)."""
+        if agent not in self.rates:
+            return 0.0
+        count, period = self.rates[agent]
+        window = self.starts[agent]
+        if len(window) >= count and now - window[0] < period:
+            return window[0] + period - now
+        return 0.0
+
+    def take_request(self, agent: str, now: float) -> None:
+        """Count a model request that did not start a task (a tool loop's or a retry's) in the rate window."""
+        if agent in self.starts:
+            self.starts[agent].append(now)
 
     def agent_free(self, agent: str) -> int:
         cap = self.agent_caps.get(agent)

@@ -22,7 +22,8 @@ EXECUTORS: tuple[str, ...] = ("auto", "loop", "thread", "process", "dask")
 
 _PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
             "h": 3600.0, "hour": 3600.0, "d": 86400.0, "day": 86400.0}
-_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+?)s?\s*$")
+_RATE_RE = re.compile(r"^\s*(\d+)\s*([km]?)\s*/\s*(\d*\.?\d*)\s*([a-z]+?)s?\s*$")
+_SCALE = {"": 1, "k": 1_000, "m": 1_000_000}
 _TTL_RE = re.compile(r"^\s*(\d+\.?\d*)\s*([a-z]+?)s?\s*$")
 
 
@@ -40,14 +41,15 @@ _FIELDS_SETS: dict[frozenset[str], set[str]] = {}  # one fields-set object per c
 
 
 def parse_rate(text: str) -> tuple[int, float]:
-    """'60/min' -> (60, 60.0): at most 60 starts in any 60-second window. Also '5/s', '100/2h'."""
-    m = _RATE_RE.match(text.lower())
-    if not m or m.group(3) not in _PERIODS or int(m.group(1)) < 1:
+    """'60/min' -> (60, 60.0): at most 60 in any 60-second window. Also '5/s', '100/2h', '200k/min'."""
+    m = _RATE_RE.match(text.lower()) if isinstance(text, str) else None
+    count = int(m.group(1)) * _SCALE[m.group(2)] if m else 0
+    if not m or m.group(4) not in _PERIODS or count < 1:
         raise DefinitionError(
             f"rate limit {text!r} is not understood; write COUNT/PERIOD such as '60/min', '5/s', "
-            f"'1000/h' or '10/30s' (periods: s, min, h, day)")
-    mult = float(m.group(2)) if m.group(2) else 1.0
-    return int(m.group(1)), mult * _PERIODS[m.group(3)]
+            f"'1000/h', '10/30s' or '200k/min' (periods: s, min, h, day)")
+    mult = float(m.group(3)) if m.group(3) else 1.0
+    return count, mult * _PERIODS[m.group(4)]
 
 
 def parse_ttl(value: bool | str | float | int | None) -> float | None:
@@ -110,6 +112,11 @@ class Agent(BaseModel):
     timeout: float | None = Field(None, gt=0, description="Default per-attempt `timeout` (seconds) for the agent's tasks.")
     breaker_failures: int | None = Field(None, ge=1, description="Open the circuit breaker after this many consecutive failed attempts (None: no breaker).")
     breaker_cooldown: float = Field(30.0, gt=0, description="Seconds an open breaker fails queued tasks fast before it lets one through again.")
+    tool_timeout: float | None = Field(None, gt=0, description="Seconds one tool call may take; a slower call returns a timeout error to the model.")
+    token_limit: str | None = Field(None, description="At most COUNT tokens (input + output) per PERIOD across the agent's model requests, e.g. '200k/min'.")
+    price: tuple[float, float] | None = Field(None, description="(USD per million input tokens, USD per million output tokens) for models genai-prices does not know.")
+    max_context_tokens: int | None = Field(None, ge=1, description="Inputs inserted into a prompt are cut to about this many tokens, saying so in the prompt.")
+    demo_latency: float = Field(0.0, ge=0, description="Simulated seconds per answer of the offline `demo` model.")
 
     def __init__(self, **data: Any):
         try:
@@ -122,7 +129,7 @@ class Agent(BaseModel):
     def _name_is_identifier(cls, v: str) -> str:
         return _check_identifier("agent", v)
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "token_limit")
     @classmethod
     def _rate_parses(cls, v: str | None, info: Any) -> str | None:
         if v is not None:
@@ -136,6 +143,11 @@ class Agent(BaseModel):
     def rate(self) -> tuple[int, float] | None:
         """The rate limit as (count, period_seconds), or None."""
         return parse_rate(self.rate_limit) if self.rate_limit else None
+
+    @property
+    def tokens(self) -> tuple[int, float] | None:
+        """The token limit as (tokens, period_seconds), or None."""
+        return parse_rate(self.token_limit) if self.token_limit else None
 
 
 class Task(BaseModel):
@@ -169,6 +181,8 @@ class Task(BaseModel):
     executor: Executor = Field("auto", description="Where the body runs: auto (async on the loop, sync in a thread), loop, thread, process, dask.")
     source: str | None = Field(None, description="The body's source text (a %%task cell); used for fingerprints and display.")
     description: str = Field("", description="One line shown in the DAG tooltip and listings.")
+    expected_output: str = Field("", description="One line: what a good answer looks like (appended to a prompt task's prompt).")
+    output_retries: int = Field(2, ge=0, description="Times an invalid structured answer is sent back to the model with the validation error before the attempt fails.")
 
     def __init__(self, **data: Any):
         try:

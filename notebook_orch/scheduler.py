@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import random
+import threading
 import traceback
 from collections.abc import Callable, Mapping
 from time import perf_counter
@@ -79,7 +80,7 @@ class Scheduler:
                  namespace: Mapping[str, Any] | None, fail_fast: bool, estimates: list[float],
                  reuse: Mapping[str, tuple[Any, str]] | None = None,
                  cache_lookup: Callable[[str, Task, dict[str, Any]], tuple[bool, Any, str]] | None = None,
-                 run: Any = None):
+                 run: Any = None, max_cost_usd: float | None = None):
         self.g = graph
         self.ids = graph.ids
         n = len(graph.ids)
@@ -95,7 +96,10 @@ class Scheduler:
             concurrency,
             {a: ag.max_concurrency for a, ag in agents.items()},
             {a: ag.rate for a, ag in agents.items()},
-            resources)
+            resources,
+            {a: ag.tokens for a, ag in agents.items()})
+        self.max_cost_usd = max_cost_usd                          # budget for model requests (None: none)
+        self.cost_usd = 0.0                                       # known cost of this run's model requests so far
         self.breakers = {a: Breaker(ag.breaker_failures, ag.breaker_cooldown)
                          for a, ag in agents.items() if ag.breaker_failures}
         self.executors = Executors(concurrency or 64)
@@ -145,6 +149,7 @@ class Scheduler:
         self.t0 = 0.0
         self.done: asyncio.Future[str] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread = 0                                      # threading.get_ident() of the loop's thread
         self.finish_hooks: list[Callable[[], Any]] = []          # called once when the run ends
 
     # ------------------------------------------------------------------ events
@@ -158,6 +163,7 @@ class Scheduler:
     def begin(self) -> asyncio.Future[str]:
         """Check inputs, then start on the running loop; returns a future that resolves when the run ends."""
         self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
         self._check_inputs()
         self.done = self.loop.create_future()
         self.t0 = perf_counter()
@@ -427,7 +433,7 @@ class Scheduler:
         self.active[(i, k)] = self.loop.create_task(self._attempt(i, k, attempt))  # type: ignore[union-attr]
 
     async def _attempt(self, i: int, k: int, attempt: int) -> None:
-        _set_output((self.outputs, self.ids[i]))
+        _set_output((self.outputs, self.ids[i], self, i, k, attempt))   # also the attempt context
         t_start = perf_counter() - self.t0 if k >= 0 else 0.0
         try:
             kw = self._input_values(i, k) if self.pnames[i] else {}

@@ -19,7 +19,8 @@ from .scheduler import Scheduler
 
 __all__ = ["Workflow"]
 
-_RUN_OPTIONS = ("concurrency", "only", "from_", "cache", "fail_fast", "mode", "params", "dask_client")
+_RUN_OPTIONS = ("concurrency", "only", "from_", "cache", "fail_fast", "mode", "params", "dask_client",
+                "manager", "executor", "dask")
 
 
 class Workflow:
@@ -38,7 +39,8 @@ class Workflow:
 
     def __init__(self, name: str = "workflow", *, concurrency: int | None = 16,
                  resources: Mapping[str, int] | None = None, params: Mapping[str, Any] | None = None,
-                 fail_fast: bool = False, namespace: Mapping[str, Any] | None = None, store: Any = True):
+                 fail_fast: bool = False, namespace: Mapping[str, Any] | None = None, store: Any = True,
+                 max_cost_usd: float | None = None, dask: Any = None):
         if concurrency is not None and concurrency < 1:
             raise DefinitionError(f"concurrency must be at least 1 (or None for no limit), got {concurrency}")
         self.name = name
@@ -46,6 +48,8 @@ class Workflow:
         self.resources: dict[str, int] = dict(resources or {})   # pool name -> capacity
         self.params: dict[str, Any] = dict(params or {})     # values for non-task parameters
         self.fail_fast = fail_fast
+        self.max_cost_usd = max_cost_usd                     # stop starting model requests once a run has cost this
+        self.dask = dask                                     # default Dask target for executor='dask' (client, address, 'local')
         self.namespace = namespace                           # fallback lookup for names (a notebook's globals)
         self.agents: dict[str, Agent] = {}
         self.tasks: dict[str, Task] = {}
@@ -216,7 +220,8 @@ class Workflow:
             graph, self.tasks, self.agents, concurrency=concurrency, resources=self.resources,
             params=params, namespace=self.namespace, fail_fast=options.get("fail_fast", self.fail_fast),
             estimates=self.estimates(graph), reuse=reuse,
-            cache_lookup=lookup or (store.lookup if store is not None else None))
+            cache_lookup=lookup or (store.lookup if store is not None else None),
+            max_cost_usd=self.max_cost_usd)
         sched.executors.dask_client = options.get("dask_client")
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run = Run(self, sched, f"{self.name}-{stamp}-{os.urandom(2).hex()}", dict(options))
