@@ -24,27 +24,26 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import random
 import threading
 import traceback
 from collections.abc import Callable, Mapping
 from time import perf_counter
 from typing import Any
 
-from . import capture
+from . import capture, policy
 from .errors import DefinitionError, OrchError, UnknownNameError
 from .events import TERMINAL, Bus, Event
 from .executors import Executors
 from .graph import Graph, unresolved_params
 from .limits import Breaker, Limits
 from .model import Agent, Task
+from .state import RunState
 
 __all__ = ["Scheduler", "AttemptError", "OutputInvalidError", "BreakerOpenError"]
 
 _FAILED = frozenset({"failed", "upstream_failed"})
 _DONE_OK = frozenset({"succeeded", "cached"})
 _NO_RES: dict[str, int] = {}
-_MAX_BACKOFF = 60.0
 
 
 class AttemptError(OrchError):
@@ -76,6 +75,7 @@ class Scheduler:
     """Executes one run of a validated graph. Not reusable: a new run makes a new Scheduler."""
 
     def __init__(self, graph: Graph, tasks: Mapping[str, Task], agents: Mapping[str, Agent], *,
+                 run_id: str = "run", workflow: str = "workflow",
                  concurrency: int | None, resources: Mapping[str, int], params: Mapping[str, Any],
                  namespace: Mapping[str, Any] | None, fail_fast: bool, estimates: list[float],
                  reuse: Mapping[str, tuple[Any, str]] | None = None,
@@ -104,18 +104,22 @@ class Scheduler:
                          for a, ag in agents.items() if ag.breaker_failures}
         self.executors = Executors(concurrency or 64)
 
-        # invariant: status[i] is one of events.STATUSES; once in TERMINAL it never changes
-        self.status = ["pending"] * n
+        # The run's state: this scheduler is its only writer. The lists below are the state's own
+        # objects (aliases for the hot path), never copies; see state.RunState for the invariants.
+        st = self.state = RunState(run_id, workflow, graph, {t: tasks[t] for t in graph.ids}, self.agents,
+                                   self.limits)
+        self.status = st.status
         self.npend = [len(d) for d in graph.deps]                 # upstream not yet terminal
-        self.attempts = [0] * n                                   # attempts started (map: max per item)
-        self.results: dict[str, Any] = {}                         # id -> output (succeeded / cached only)
-        self.errors: dict[str, BaseException] = {}                # id -> last exception
-        self.outputs: dict[str, list[str]] = {}                   # id -> printed text chunks
-        self.events: list[Event] = []
-        self.bus = Bus()
+        self.attempts = st.attempts
+        self.results = st.results
+        self.errors = st.errors
+        self.outputs = st.outputs
+        self.events = st.events
+        self.bus = st.bus
         self._subs = self.bus._subs                               # truthy when anyone listens
         self.rem = graph.remaining(estimates)                     # longest path to the end, per node
         self.prio = [t.priority for t in self.tasks]
+        self.key = policy.ready_keys(self.prio, self.rem)          # per node: its ready-heap entry
         # per-node facts read on the hot path (plain lists: no model attribute access per attempt)
         self.fn = [t.fn for t in self.tasks]
         self.kind = [_kind(t) for t in self.tasks]                # coro | loop | thread | process | dask | prompt
@@ -128,7 +132,7 @@ class Scheduler:
                         (agents[t.agent].retries or 0) if t.agent else 0 for t in self.tasks]
         self.timeout = [t.timeout if t.timeout is not None else
                         agents[t.agent].timeout if t.agent else None for t in self.tasks]
-        self.heap: list[tuple[int, float, int, int]] = []        # (-priority, -remaining, node, item or -1)
+        self.heap: list[policy.Key] = []                          # ready entries, policy.ready_keys order
         self.parked: dict[str, list[tuple[int, float, int, int]]] = {}   # limit key -> heap of held entries
         self.rate_timers: dict[str, asyncio.TimerHandle] = {}
         self.retry_timers: set[asyncio.TimerHandle] = set()
@@ -144,8 +148,6 @@ class Scheduler:
         self.left = n                                             # nodes not yet terminal
         self.paused = False
         self.cancelling = False
-        self.finished = False
-        self.run_status = "pending"
         self.t0 = 0.0
         self.done: asyncio.Future[str] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -167,9 +169,10 @@ class Scheduler:
         self._check_inputs()
         self.done = self.loop.create_future()
         self.t0 = perf_counter()
-        self.run_status = "running"
+        self.state.run_status = "running"
         capture.install()
-        self.emit(-1, "run_started", 0, len(self.ids))
+        self.emit(-1, "run_started", 0, {"tasks": len(self.ids), "limits": self.limits.snapshot(),
+                                         "remaining": self.rem})
         work = []
         for i in self.g.order:
             if self.ids[i] in self.g.fallback_only:
@@ -226,9 +229,9 @@ class Scheduler:
                 npend[c] -= 1
                 if npend[c] == 0 or (failed and self.tasks[c].trigger == "one_failed"):
                     work.append((c, None, None))
-        if any_failed and self.fail_fast and not self.cancelling and not self.finished:
+        if any_failed and self.fail_fast and not self.cancelling and not self.state.finished:
             self.cancel("fail_fast: a task failed")
-        elif self.left == 0 and not self.finished and self.done is not None:
+        elif self.left == 0 and not self.state.finished and self.done is not None:
             self._finish()
 
     def _evaluate(self, i: int) -> tuple[str | None, Any]:
@@ -293,7 +296,7 @@ class Scheduler:
         self.status[i] = "ready"
         self.emit(i, "ready")
         if task.map_over is None:
-            heapq.heappush(self.heap, (-self.prio[i], -self.rem[i], i, -1))
+            heapq.heappush(self.heap, self.key[i])
             return None
         try:
             items = list(self.results.get(task.map_over) or ())
@@ -310,9 +313,9 @@ class Scheduler:
         if not items:
             self.results[tid] = []
             return "succeeded", "no items"
-        p, r = -self.prio[i], -self.rem[i]
+        key = self.key[i]
         for k in range(len(items)):
-            heapq.heappush(self.heap, (p, r, i, k))
+            heapq.heappush(self.heap, policy.entry(key, k))
         return None
 
     def _cached(self, i: int, value: Any, where: str) -> tuple[str, Any]:
@@ -327,7 +330,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self) -> None:
-        if self.paused or self.cancelling or self.finished:
+        if self.paused or self.cancelling or self.state.finished:
             return
         heap, limits, status = self.heap, self.limits, self.status
         now = perf_counter()
@@ -391,7 +394,7 @@ class Scheduler:
         self.rate_timers.pop(why, None)
         self._unpark(why, 1)
         self._dispatch()
-        if self.parked.get(why) and why not in self.rate_timers and not self.finished:
+        if self.parked.get(why) and why not in self.rate_timers and not self.state.finished:
             # the entry we put back may have started: arm the timer for the next one
             held = self.limits.blocker(why[5:], _NO_RES, perf_counter())
             wake = held[1] if held and held[0] == why else perf_counter()
@@ -453,18 +456,18 @@ class Scheduler:
             if self.checks[i]:
                 value = self._check_output(i, value)
         except asyncio.CancelledError:
-            if self.cancelling or self.finished:
+            if self.cancelling or self.state.finished:
                 return  # the cancel already recorded every status
             raise
         except Exception as exc:  # any body failure is recorded, never lost
             self.active.pop((i, k), None)
-            if not self.finished:
+            if not self.state.finished:
                 self._release(i, k)
                 self._attempt_failed(i, k, attempt, exc)
                 self._dispatch()
             return
         self.active.pop((i, k), None)
-        if self.finished or self.status[i] in TERMINAL:
+        if self.state.finished or self.status[i] in TERMINAL:
             return
         self._release(i, k)
         if self.breakers:
@@ -548,18 +551,17 @@ class Scheduler:
         self._record_breaker(i, k, False)
         task = self.tasks[i]
         if attempt <= self.retries[i] and (i, k) not in self.fb_used:
-            delay = min(_MAX_BACKOFF, task.retry_backoff * 2 ** (attempt - 1))
-            delay += random.uniform(0, delay * 0.25)  # jitter: retries of many tasks do not align
+            delay = policy.jittered(policy.backoff(task.retry_backoff, attempt))
             if k < 0:
                 self.status[i] = "retrying"
                 self.emit(i, "retrying", attempt, (text, delay))
-            self._requeue_later((-self.prio[i], -self.rem[i], i, k), delay)
+            self._requeue_later(policy.entry(self.key[i], k), delay)
             return
         if task.fallback is not None and (i, k) not in self.fb_used:
             self.fb_used.add((i, k))
             fb = task.fallback
             self.emit(i, "fallback", attempt, fb if isinstance(fb, str) else getattr(fb, "__name__", repr(fb)))
-            heapq.heappush(self.heap, (-self.prio[i], -self.rem[i], i, k))
+            heapq.heappush(self.heap, policy.entry(self.key[i], k))
             return
         exc.__notebook_orch_traceback__ = traceback.format_exception(exc)  # type: ignore[attr-defined]
         if k < 0:
@@ -570,7 +572,7 @@ class Scheduler:
     def _requeue_later(self, entry: tuple[int, float, int, int], delay: float) -> None:
         def put_back() -> None:
             self.retry_timers.discard(handle)
-            if not self.finished and self.status[entry[2]] not in TERMINAL:
+            if not self.state.finished and self.status[entry[2]] not in TERMINAL:
                 heapq.heappush(self.heap, entry)
                 self._dispatch()
         handle = self.loop.call_later(delay, put_back)  # type: ignore[union-attr]
@@ -599,7 +601,7 @@ class Scheduler:
         if fb is not None and (i, k) not in self.fb_used:  # the fallback may use another agent
             self.fb_used.add((i, k))
             self.emit(i, "fallback", self.attempts[i], fb if isinstance(fb, str) else getattr(fb, "__name__", repr(fb)))
-            heapq.heappush(self.heap, (-self.prio[i], -self.rem[i], i, k))
+            heapq.heappush(self.heap, policy.entry(self.key[i], k))
             return
         if k < 0:
             self._terminal(i, "failed", _error_text(exc), exc)
@@ -646,15 +648,15 @@ class Scheduler:
 
     # ------------------------------------------------------------------ controls
     def pause(self) -> None:
-        if not self.finished and not self.paused:
+        if not self.state.finished and not self.paused:
             self.paused = True
-            self.run_status = "paused"
+            self.state.run_status = "paused"
             self.emit(-1, "run_paused")
 
     def resume(self) -> None:
-        if not self.finished and self.paused:
+        if not self.state.finished and self.paused:
             self.paused = False
-            self.run_status = "running"
+            self.state.run_status = "running"
             self.emit(-1, "run_resumed")
             self._dispatch()
 
@@ -693,7 +695,7 @@ class Scheduler:
 
     def cancel(self, reason: str = "cancelled by user") -> bool:
         """Cancel running attempts at once and mark every unfinished task cancelled; False if already over."""
-        if self.finished:
+        if self.state.finished:
             return False
         self.cancelling = True
         for t in self.active.values():
@@ -714,16 +716,16 @@ class Scheduler:
         return True
 
     def _finish(self) -> None:
-        if self.finished:
+        if self.state.finished:
             return
-        self.finished = True
+        self.state.finished = True
         if self.cancelling:
-            self.run_status = "cancelled"
+            self.state.run_status = "cancelled"
         elif any(s in _FAILED for s in self.status):
-            self.run_status = "failed"
+            self.state.run_status = "failed"
         else:
-            self.run_status = "succeeded"
-        self.emit(-1, "run_finished", 0, self.run_status)
+            self.state.run_status = "succeeded"
+        self.emit(-1, "run_finished", 0, self.state.run_status)
         self.executors.shutdown()
         capture.uninstall()
         for hook in self.finish_hooks:
@@ -732,7 +734,7 @@ class Scheduler:
             except Exception as exc:  # bookkeeping must never turn a finished run into an error
                 self.bus.errors.append((hook, exc))
         if self.done is not None and not self.done.done():
-            self.done.set_result(self.run_status)
+            self.done.set_result(self.state.run_status)
 
 
 _new_event = tuple.__new__  # Event(...) without NamedTuple's Python-level __new__: hot path

@@ -216,21 +216,22 @@ class Workflow:
         params = {**self.params, **(options.get("params") or {})}
         store = attach_store(self, graph, options)          # fingerprints, cache lookups, writes (None: store off)
         lookup = self.cache_lookup if options.get("cache", True) else None
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         sched = Scheduler(
-            graph, self.tasks, self.agents, concurrency=concurrency, resources=self.resources,
+            graph, self.tasks, self.agents, run_id=f"{self.name}-{stamp}-{os.urandom(2).hex()}", workflow=self.name,
+            concurrency=concurrency, resources=self.resources,
             params=params, namespace=self.namespace, fail_fast=options.get("fail_fast", self.fail_fast),
             estimates=self.estimates(graph), reuse=reuse,
             cache_lookup=lookup or (store.lookup if store is not None else None),
             max_cost_usd=self.max_cost_usd)
         sched.executors.dask_client = options.get("dask_client")
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run = Run(self, sched, f"{self.name}-{stamp}-{os.urandom(2).hex()}", dict(options))
+        run = Run(self, sched.state, sched, dict(options))
         if store is not None:
             store.bind(run)
         sched.run = run
         sched.finish_hooks.append(lambda: self._unlearned.append(run))  # read lazily: not on the run's clock
         sched.begin()
-        run.started_wall = time.time() - (sched.events[0].t if sched.events else 0.0)
+        sched.state.started_wall = time.time() - (sched.events[0].t if sched.events else 0.0)
         self.runs.append(run)
         return run
 
@@ -247,7 +248,7 @@ class Workflow:
             selected |= graph.descendants([start])
         known: dict[str, tuple[Any, str]] = {}
         for past in self.runs:  # newer runs win
-            for t, v in past._s.results.items():
+            for t, v in past.state.results.items():
                 known[t] = (v, f"reused from run {past.id}")
         return {t: known[t] for t in graph.ids if t not in selected and t in known}
 

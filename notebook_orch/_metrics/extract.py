@@ -11,7 +11,7 @@ Intervals, in seconds since the run started (event `t`):
 * a *wait* is the time a unit was queued for a slot: from 'ready' (first attempt), from the end
   of the retry backoff ('retrying' t + delay), or from 'fallback', until its attempt started.
   Map items retried after a failure have no backoff event; their queue time starts after the
-  nominal backoff (retry_backoff * 2**(attempt-1) * 1.125, the mean jitter), clipped to the start.
+  nominal backoff (`policy.mean_backoff`: the backoff with its mean jitter), clipped to the start.
 * a wait is split into *segments* by the 'blocked' events of its task: before the first one the unit
   waited for the global concurrency (heap entries are only examined while a global slot is free);
   from a 'blocked' event on, it waited for that limit ('agent:X', 'resource:Y', 'rate:X') until the next
@@ -26,6 +26,8 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .. import policy
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
@@ -84,11 +86,11 @@ def facts(run: "Run") -> Facts:
 
 
 def _nominal_backoff(task: Any, attempt: int) -> float:
-    return min(60.0, task.retry_backoff * 2 ** (attempt - 1)) * 1.125
+    return policy.mean_backoff(task.retry_backoff, attempt)
 
 
 def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events, by kind
-    s = run._s
+    s = run.state
     g = run.graph_
     ids = g.ids
     idx = g.index
