@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ._metrics import extract as _x
-from ._metrics.paths import TOL, critical, durations, realised_deps
+from . import timings as _x
+from .timings import TOL, critical, durations, realised_deps
 from ._metrics.simulate import build, no_gc, simulate
 
 if TYPE_CHECKING:  # pragma: no cover

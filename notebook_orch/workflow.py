@@ -16,6 +16,7 @@ from .model import Agent, Task
 from ._runstore import attach_store
 from .run import Run
 from .scheduler import Scheduler
+from .timings import Timings
 
 __all__ = ["Workflow"]
 
@@ -258,13 +259,13 @@ class Workflow:
 
     def _learn(self, run: Run) -> None:
         """After a run: keep measured durations (for priorities) and clear staleness of what succeeded."""
-        started: dict[str, float] = {}
-        for t, task, kind, _, _ in run.events:
-            if kind == "running":
-                started[task] = t
-            elif kind == "succeeded" or kind == "cached":
-                if task in started:
-                    self._durations[task] = t - started.pop(task)
+        times = Timings()
+        times.feed(run.events)
+        for task, status in run.statuses.items():
+            if status == "succeeded" or status == "cached":
+                took = times.duration(task)
+                if took is not None:
+                    self._durations[task] = took
                 if run.tasks.get(task) is self.tasks.get(task):
                     self._stale.discard(task)
 

@@ -35,11 +35,11 @@ import numpy as np
 from .. import policy
 from ..limits import Limits
 from ..state import run_start
-from .extract import NAN
+from ..timings import NAN
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
-    from .extract import Facts
+    from ..timings import Facts
 
 _DONE, _REQUEUE, _WAKE, _CHANGE, _ROOT = 0, 1, 2, 3, 4
 Attempt = tuple[float, Any, float]          # (duration, agent, gap before the next attempt is queued)
