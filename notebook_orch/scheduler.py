@@ -137,7 +137,13 @@ class Scheduler:
         self.rate_timers: dict[str, asyncio.TimerHandle] = {}
         self.retry_timers: set[asyncio.TimerHandle] = set()
         self.active: dict[tuple[int, int], asyncio.Task[Any]] = {}       # running attempts
-        self.route_skip: dict[int, str] = {}                      # node -> why its route was not taken
+        # routing: router node -> the branch nodes its label picked (set once it routed), and per node
+        # the routers that feed it a route edge. An edge r -> c is dead when r picked without c.
+        self.picked: dict[int, tuple[str, frozenset[int]]] = {}   # router -> (label, picked branch nodes)
+        self.route_in: dict[int, list[int]] = {}
+        for r, table in graph.routers.items():
+            for t in dict.fromkeys(t for ts in table.values() for t in ts):
+                self.route_in.setdefault(t, []).append(r)
         self.items: dict[int, list[Any]] = {}                     # map node -> its items
         self.item_out: dict[int, list[Any]] = {}                  # map node -> outputs by item
         self.item_att: dict[int, list[int]] = {}                  # map node -> attempts by item
@@ -227,48 +233,80 @@ class Scheduler:
                 if status[c] != "pending":
                     continue
                 npend[c] -= 1
-                if npend[c] == 0 or (failed and self.tasks[c].trigger == "one_failed"):
+                if npend[c] == 0 or (self.trig[c] == "one_failed" and self._fires_early(c)):
                     work.append((c, None, None))
         if any_failed and self.fail_fast and not self.cancelling and not self.state.finished:
             self.cancel("fail_fast: a task failed")
         elif self.left == 0 and not self.state.finished and self.done is not None:
             self._finish()
 
+    def _fires_early(self, c: int) -> bool:
+        """A pending `one_failed` task may run before all its upstream ended: once one failed and
+        every router feeding it has decided (a branch waits for its routers)."""
+        status = self.status
+        routers = self.route_in.get(c, ())
+        if any(status[r] not in TERMINAL for r in routers):
+            return False
+        return any(status[d] in _FAILED for d in self.g.deps[c])
+
+    def _dead(self, d: int, i: int) -> str | None:
+        """Why the edge d -> i carries nothing (d skipped, or d routed elsewhere), or None if it is live."""
+        s = self.status[d]
+        if s == "skipped":
+            return f"upstream {self.ids[d]} skipped"
+        if s in _DONE_OK and d in self.picked and d in self.route_in.get(i, ()):
+            label, chosen = self.picked[d]
+            if i not in chosen:
+                return f"route {label!r} of {self.ids[d]} picked"
+        return None
+
     def _evaluate(self, i: int) -> tuple[str | None, Any]:
-        """Given upstream outcomes: (None, None) to run, or (terminal status, info)."""
+        """Given upstream outcomes: (None, None) to run, or (terminal status, info).
+
+        The rule (docs/semantics.md, "Routing"): an edge from a skipped task, or from a router that
+        picked a label without this task, is dead. A branch none of whose routers picked it is
+        `skipped` whatever its trigger, unless a plain (non-route) upstream succeeded: another live
+        path reaches it. A task all of whose edges are dead is `skipped`. Otherwise the trigger rule
+        is applied to the live edges."""
         if self.cancelling:
             return "cancelled", "run cancelled"
-        if self.route_skip and i in self.route_skip:
-            return "skipped", self.route_skip[i]
         trig = self.trig[i]
         status = self.status
-        if trig != "one_failed":
-            for d in self.g.deps[i]:
+        deps = self.g.deps[i]
+        routers = self.route_in.get(i)
+        if trig != "one_failed" and routers is None:
+            for d in deps:
                 if status[d] not in _DONE_OK:
                     break
             else:
-                return None, None  # every upstream succeeded: the usual case
-        up_failed = up_skipped = up_cancelled = None
-        for d in self.g.deps[i]:
-            s = self.status[d]
-            if s in _DONE_OK:
+                return None, None  # every upstream succeeded and no router feeds it: the usual case
+        up_failed = up_cancelled = dead_why = None
+        live = waiting = 0
+        route_alive = plain_ok = False
+        for d in deps:
+            s = status[d]
+            if s not in TERMINAL:      # one_failed fired early: others still running
+                waiting += 1
                 continue
+            why = self._dead(d, i)
+            is_route = routers is not None and d in routers
+            if why is not None:
+                dead_why = dead_why or why
+                continue
+            live += 1
+            if is_route:
+                route_alive = True
+            elif s in _DONE_OK:
+                plain_ok = True
             if s in _FAILED:
                 up_failed = up_failed or self.ids[d]
-            elif s == "skipped":
-                up_skipped = up_skipped or self.ids[d]
             elif s == "cancelled":
                 up_cancelled = up_cancelled or self.ids[d]
-            elif trig == "one_failed":  # fired early: a failure arrived, others still running
-                continue
-        if trig == "all_success":
-            if up_failed:
-                return "upstream_failed", up_failed
-            if up_cancelled:
-                return "cancelled", f"upstream {up_cancelled} cancelled"
-            if up_skipped:
-                return "skipped", f"upstream {up_skipped} skipped"
-        elif trig == "none_failed":
+        if routers is not None and not route_alive and not plain_ok:
+            return "skipped", dead_why      # a branch not picked, with no other live path to it
+        if deps and not live and not waiting:
+            return "skipped", dead_why
+        if trig == "all_success" or trig == "none_failed":
             if up_failed:
                 return "upstream_failed", up_failed
             if up_cancelled:
@@ -634,17 +672,13 @@ class Scheduler:
         self._settle([(i, "succeeded", None)])
 
     def _after_output(self, i: int, value: Any) -> None:
-        """A router's output decides which of its branches are skipped (before they are evaluated)."""
+        """A router's output decides which of its route edges are live (before its branches are evaluated)."""
         table = self.g.routers.get(i)
         if not table:
             return
         label = _route_label(value)
-        picked = set(table.get(label, ()))
+        self.picked[i] = (label, frozenset(table.get(label, ())))
         self.emit(i, "routed", self.attempts[i], label)
-        for targets in table.values():
-            for t in targets:
-                if t not in picked:
-                    self.route_skip[t] = f"route {label!r} of {self.ids[i]} picked"
 
     # ------------------------------------------------------------------ controls
     def pause(self) -> None:
