@@ -201,7 +201,7 @@ class Scheduler:
             missing = unresolved_params(task, self.g, params, ns)
             if missing and self.ids[i] not in self.g.fallback_only:
                 known = [t for t in self.ids if t != self.ids[i]] + list(self.params)
-                known += [n for n in (self.namespace or ()) if not n.startswith("_")]
+                known += [n for n, v in (self.namespace or {}).items() if _user_name(n, v)]
                 what = "prompt placeholder" if task.prompt is not None else "parameter"
                 raise UnknownNameError(
                     "input", missing[0], f"{what} {missing[0]!r} of task {self.ids[i]!r}", known,
@@ -784,6 +784,15 @@ def _kind(task: Task) -> str:
     if task.executor == "loop":
         return "coro" if task.is_async else "loop"
     return task.executor
+
+
+_SHELL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
+
+
+def _user_name(name: str, value: Any) -> bool:
+    """Whether a notebook global is worth suggesting as an input (not IPython's own, not a module)."""
+    import types
+    return not name.startswith("_") and name not in _SHELL_NAMES and not isinstance(value, types.ModuleType)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

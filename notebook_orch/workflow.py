@@ -212,6 +212,8 @@ class Workflow:
             concurrency = 1
         elif mode != "workflow":
             raise DefinitionError(f"mode {mode!r} is not available; choose 'workflow' or 'sequential'")
+        if mode != "hierarchical":
+            _check_prompt_agents(graph, self.tasks)
         reuse = dict(reuse or {})
         reuse.update(self._selection_reuse(graph, options))
         params = {**self.params, **(options.get("params") or {})}
@@ -268,6 +270,17 @@ class Workflow:
                     self._durations[task] = took
                 if run.tasks.get(task) is self.tasks.get(task):
                     self._stale.discard(task)
+
+
+def _check_prompt_agents(graph: Graph, tasks: Mapping[str, Task]) -> None:
+    """Before anything starts: every prompt task needs an agent, unless a manager assigns them."""
+    missing = [t for t in graph.ids if tasks[t].prompt is not None and tasks[t].agent is None]
+    if missing:
+        names = ", ".join(repr(t) for t in missing[:8]) + (" …" if len(missing) > 8 else "")
+        raise DefinitionError(
+            f"prompt task{'s' if len(missing) > 1 else ''} {names} {'have' if len(missing) > 1 else 'has'} no agent: "
+            f"give one (agent=NAME, or %%task ... --agent NAME), or run with mode='hierarchical' and "
+            f"manager=NAME (%orch run --mode hierarchical --manager NAME) so that a manager assigns them")
 
 
 def _same_definition(a: Task, b: Task) -> bool:
