@@ -659,9 +659,10 @@ class Scheduler:
             self._dispatch()
 
     def set_concurrency(self, n: int | None) -> None:
-        if n is not None and n < 1:
-            raise DefinitionError(f"concurrency must be at least 1 (or None for no limit), got {n}")
+        from .options import check_concurrency   # [wt-exec] one check for every entry point
+        n = check_concurrency(n, "set_concurrency")
         self.limits.concurrency = n
+        self.executors.resize(n)                   # [wt-exec] the thread pool follows the limit
         self.emit(-1, "limit_changed", 0, ("concurrency", n))
         self._dispatch()
 

@@ -41,8 +41,8 @@ class Workflow:
                  resources: Mapping[str, int] | None = None, params: Mapping[str, Any] | None = None,
                  fail_fast: bool = False, namespace: Mapping[str, Any] | None = None, store: Any = True,
                  max_cost_usd: float | None = None, dask: Any = None):
-        if concurrency is not None and concurrency < 1:
-            raise DefinitionError(f"concurrency must be at least 1 (or None for no limit), got {concurrency}")
+        from .options import check_concurrency   # [wt-exec] one concurrency check for every entry point
+        concurrency = check_concurrency(concurrency, "Workflow(concurrency=...)")
         self.name = name
         self.concurrency = concurrency                      # global limit of running tasks (None: none)
         self.resources: dict[str, int] = dict(resources or {})   # pool name -> capacity
@@ -198,6 +198,8 @@ class Workflow:
 
     def _launch(self, options: dict[str, Any], reuse: dict[str, tuple[Any, str]] | None = None,
                 wait: Any = None) -> Run:
+        from .options import check_run_options   # [wt-exec] every run option checked and normalised here
+        options = check_run_options(options, self)
         unknown = set(options) - set(_RUN_OPTIONS)
         if unknown:
             bad = sorted(unknown)[0]
