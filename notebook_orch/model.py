@@ -31,7 +31,7 @@ _SCALE = {"": 1, "k": 1_000, "m": 1_000_000}
 _TTL_RE = re.compile(r"^\s*([0-9.]+)\s*([a-z]+)\s*$")
 
 
-def _period(text: str, number: str, unit: str, what: str) -> float:
+def _period(text: str, number: str, unit: str, what: str, allow_zero: bool = False) -> float:
     """[wt-exec] `number` `unit` in seconds (number '' = 1); a DefinitionError naming the fix otherwise."""
     if unit in ("ms", "msec", "millisecond", "milliseconds", "us", "ns"):
         raise DefinitionError(f"{what} {text!r}: periods shorter than a second are not supported; write it "
@@ -40,7 +40,7 @@ def _period(text: str, number: str, unit: str, what: str) -> float:
         mult = float(number) if number else 1.0
     except ValueError:
         raise DefinitionError(f"{what} {text!r}: {number!r} is not a number; write e.g. '10/30s' or '5/0.5s'") from None
-    if mult <= 0:
+    if mult <= 0 and not (allow_zero and mult == 0):
         raise DefinitionError(f"{what} {text!r}: the period must be longer than 0 (a 0-second window limits "
                               f"nothing); write e.g. '5/s'")
     return mult * _UNITS[unit]
@@ -83,7 +83,7 @@ def parse_ttl(value: bool | str | float | int | None) -> float | None:
         raise DefinitionError(
             f"cache time to live {value!r} is not understood; write e.g. '30s', '10min', '1h', '2day', "
             f"or use cache=True (forever) / cache=False (never)")
-    return _period(value, m.group(1), m.group(2), "cache time to live")
+    return _period(value, m.group(1), m.group(2), "cache time to live", allow_zero=True)
 
 
 def _reraise(kind: str, data: dict[str, Any], exc: ValidationError, fields: Any = ()) -> None:
