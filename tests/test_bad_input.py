@@ -5,7 +5,14 @@ import asyncio
 
 import pytest
 
-from notebook_orch import Agent, DefinitionError, InvalidIdError, OrchError, Task, Workflow
+from notebook_orch import (
+    Agent,
+    DefinitionError,
+    InvalidIdError,
+    OrchError,
+    Task,
+    Workflow,
+)
 from notebook_orch.model import parse_rate, parse_ttl
 
 

@@ -9,12 +9,12 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 import notebook_orch
-from notebook_orch import DefinitionError, Task, UnknownNameError, Workflow
-from notebook_orch import executors
+from notebook_orch import DefinitionError, Task, UnknownNameError, Workflow, executors
 from notebook_orch.executors import Executor
 
 ROOT = str(Path(notebook_orch.__file__).resolve().parent.parent)
@@ -25,7 +25,7 @@ def _script(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     try:
         return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                              timeout=timeout, env=env)
+                              timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the script did not exit within {timeout} s; output so far: {exc.stdout!r} {exc.stderr!r}")
 
@@ -209,7 +209,7 @@ def test_lowering_concurrency_shrinks_the_pool():
 class Recording:
     """A plugged-in executor: runs bodies on the loop and remembers what it was given."""
 
-    made: list["Recording"] = []
+    made: ClassVar[list[Recording]] = []
 
     def __init__(self, limit, options):
         self.limit, self.options, self.seen = limit, options, []
@@ -295,3 +295,15 @@ def test_register_refuses_bad_names_and_silent_replacement(recording):
         executors.register("recording", object)
     with pytest.raises(DefinitionError, match="built in"):
         executors.unregister("thread")
+
+
+def test_a_factory_of_the_wrong_shape_is_named():
+    executors.register("shapeless", lambda: None)
+    try:
+        wf = Workflow("f", store=False)
+        wf.task(lambda: 1, id="x", executor="shapeless")
+        run = wf.run()
+        assert run.statuses["x"] == "failed"
+        assert "factory(limit=int, options=dict)" in str(run.errors["x"])
+    finally:
+        executors.unregister("shapeless")

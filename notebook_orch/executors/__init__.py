@@ -37,8 +37,21 @@ from typing import Any, Protocol, TypedDict, runtime_checkable
 from .. import capture
 from ..errors import DefinitionError, OrchError, UnknownNameError
 
-__all__ = ["Executor", "ExecutorFactory", "AbandonedInfo", "BodyExitError", "Executors", "register",
-           "unregister", "resolve", "names", "call_body", "exit_error", "report_abandoned", "DEFAULT_LIMIT"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "AbandonedInfo",
+    "BodyExitError",
+    "Executor",
+    "ExecutorFactory",
+    "Executors",
+    "call_body",
+    "exit_error",
+    "names",
+    "register",
+    "report_abandoned",
+    "resolve",
+    "unregister",
+]
 
 DEFAULT_LIMIT = 64   # workers of a pool when the run's concurrency is None (no limit)
 
@@ -173,7 +186,13 @@ class Executors:
             opts = dict(self.options)
             if self.dask_client is not None:
                 opts.setdefault("dask_client", self.dask_client)
-            ex = self.made[kind] = resolve(kind)(limit=self.limit, options=opts)
+            factory = resolve(kind)
+            try:
+                ex = factory(limit=self.limit, options=opts)
+            except TypeError as exc:
+                raise DefinitionError(f"executor {kind!r} could not be made: {exc}. Its factory is called as "
+                                      f"factory(limit=int, options=dict); see notebook_orch.executors") from exc
+            self.made[kind] = ex
         return ex
 
     def resize(self, n: int | None) -> None:
@@ -187,10 +206,17 @@ class Executors:
         """Bodies given up while they ran (timed out or cancelled), over every executor of the run."""
         return sum(getattr(ex, "abandoned", 0) for ex in self.made.values())
 
+    @property
+    def adrift(self) -> int:
+        """Of the abandoned bodies, those whose thread is still running (a thread cannot be stopped)."""
+        return sum(getattr(ex, "adrift", 0) for ex in self.made.values())
+
     def shutdown(self) -> None:
+        """At the run's end: every executor shuts down (kept in `made`, so their counts stay readable)."""
+        if self.closed:
+            return
         self.closed = True
-        made, self.made = self.made, {}
-        for ex in made.values():
+        for ex in self.made.values():
             ex.shutdown()
 
 

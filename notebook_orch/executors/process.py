@@ -31,7 +31,7 @@ __all__ = ["ProcessExecutor"]
 class _KillableFuture(asyncio.Future):  # type: ignore[type-arg]
     """The loop's side of one pebble future: cancelling it kills the worker running the body."""
 
-    _pool: "ProcessExecutor"
+    _pool: ProcessExecutor
     _pf: Future  # type: ignore[type-arg]
     _where: Any
     _t0: float

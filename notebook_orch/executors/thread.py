@@ -37,10 +37,10 @@ _PENDING, _ASSIGNED, _RUNNING, _DONE, _CANCELLED, _ABANDONED = range(6)
 
 
 class _Item:
-    __slots__ = ("fn", "kwargs", "ctx", "fut", "loop", "state", "started")
+    __slots__ = ("ctx", "fn", "fut", "kwargs", "loop", "started", "state")
 
     def __init__(self, fn: Callable[..., Any], kwargs: dict[str, Any], ctx: contextvars.Context,
-                 fut: "_BodyFuture", loop: asyncio.AbstractEventLoop):
+                 fut: _BodyFuture, loop: asyncio.AbstractEventLoop):
         self.fn, self.kwargs, self.ctx, self.fut, self.loop = fn, kwargs, ctx, fut, loop
         self.state = _PENDING
         self.started = 0.0
@@ -49,7 +49,7 @@ class _Item:
 class _BodyFuture(asyncio.Future):  # type: ignore[type-arg]
     """The awaitable of one body: cancelling it frees the body's worker before cancel() returns."""
 
-    _pool: "ThreadExecutor"
+    _pool: ThreadExecutor
     _item: _Item
 
     def cancel(self, msg: Any = None) -> bool:
@@ -85,7 +85,7 @@ class ThreadExecutor:
 
     # ------------------------------------------------------------ loop thread
     def submit(self, fn: Callable[..., Any], kwargs: dict[str, Any], *, task: str = "",
-               resources: Mapping[str, int] | None = None) -> "_BodyFuture":
+               resources: Mapping[str, int] | None = None) -> _BodyFuture:
         loop = asyncio.get_running_loop()
         fut = _BodyFuture(loop=loop)
         item = _Item(fn, kwargs, contextvars.copy_context(), fut, loop)   # the context carries output + attempt
@@ -168,8 +168,7 @@ class ThreadExecutor:
     def _spawn(self, item: _Item) -> None:
         self._seq += 1
         worker = _Worker(item)
-        if self._live > self.peak:
-            self.peak = self._live
+        self.peak = max(self.peak, self._live)
         threading.Thread(target=self._work, args=(worker,), name=f"notebook_orch-{self._seq}",
                          daemon=True).start()
 
@@ -186,7 +185,7 @@ class ThreadExecutor:
             if run:
                 try:
                     ok, value = True, item.ctx.run(call_body, item.fn, item.kwargs)
-                except BaseException as exc:   # handed to the loop; SystemExit & co. become BodyExitError
+                except BaseException as exc:  # noqa: BLE001 - handed to the loop; SystemExit & co. become BodyExitError
                     ok, value = False, exit_error(exc)
                 with lock:
                     abandoned = item.state == _ABANDONED
