@@ -252,4 +252,7 @@ def report_abandoned(where: tuple[Any, ...] | None, info: AbandonedInfo) -> None
         return   # submitted outside a run's attempt: nobody to tell
     from ..attempt import Attempt
     info.setdefault("item", where[4])
-    Attempt(where[2], where[3], where[4], where[5]).emit("abandoned", info)
+    try:
+        Attempt(where[2], where[3], where[4], where[5]).emit("abandoned", info)
+    except Exception as exc:  # noqa: BLE001 - reporting must never undo the cancel that gave the capacity back
+        where[2].bus.errors.append((report_abandoned, exc))

@@ -169,8 +169,15 @@ class ThreadExecutor:
         self._seq += 1
         worker = _Worker(item)
         self.peak = max(self.peak, self._live)
-        threading.Thread(target=self._work, args=(worker,), name=f"notebook_orch-{self._seq}",
-                         daemon=True).start()
+        try:
+            threading.Thread(target=self._work, args=(worker,), name=f"notebook_orch-{self._seq}",
+                             daemon=True).start()
+        except RuntimeError as exc:   # "can't start new thread": the body fails, the pool's count stays right
+            with self._lock:
+                self._live -= 1
+                item.state = _DONE
+            if not item.fut.done():
+                item.fut.set_exception(exc)
 
     # ------------------------------------------------------------ worker threads
     def _work(self, worker: _Worker) -> None:
