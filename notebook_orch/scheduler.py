@@ -39,6 +39,7 @@ from .executors import Executors
 from .graph import Graph, unresolved_params
 from .limits import Breaker, Limits
 from .model import Agent, Task
+from .options import check_concurrency
 from .state import RunState
 
 __all__ = ["Scheduler", "AttemptError", "OutputInvalidError", "BreakerOpenError"]
@@ -709,9 +710,9 @@ class Scheduler:
             self._dispatch()
 
     def set_concurrency(self, n: int | None) -> None:
-        if n is not None and n < 1:
-            raise DefinitionError(f"concurrency must be at least 1 (or None for no limit), got {n}")
+        n = check_concurrency(n, "set_concurrency")
         self.limits.concurrency = n
+        self.executors.resize(n)                   # the thread pool follows the limit
         self.emit(-1, "limit_changed", 0, ("concurrency", n))
         self._dispatch()
 

@@ -14,6 +14,7 @@ from .errors import DefinitionError, LoopError, UnknownNameError
 from .graph import Graph, build_graph
 from .model import Agent, Task
 from ._runstore import attach_store
+from .options import check_concurrency, check_run_options
 from .run import PastRun, Run
 from .scheduler import Scheduler
 from .timings import Timings
@@ -42,8 +43,7 @@ class Workflow:
                  resources: Mapping[str, int] | None = None, params: Mapping[str, Any] | None = None,
                  fail_fast: bool = False, namespace: Mapping[str, Any] | None = None, store: Any = True,
                  max_cost_usd: float | None = None, dask: Any = None, keep_runs: int = 5):
-        if concurrency is not None and concurrency < 1:
-            raise DefinitionError(f"concurrency must be at least 1 (or None for no limit), got {concurrency}")
+        concurrency = check_concurrency(concurrency, "Workflow(concurrency=...)")
         self.name = name
         self.concurrency = concurrency                      # global limit of running tasks (None: none)
         self.resources: dict[str, int] = dict(resources or {})   # pool name -> capacity
@@ -203,6 +203,7 @@ class Workflow:
 
     def _launch(self, options: dict[str, Any], reuse: dict[str, tuple[Any, str]] | None = None,
                 wait: Any = None) -> Run:
+        options = check_run_options(options, self)   # every run option checked and normalised here
         unknown = set(options) - set(_RUN_OPTIONS)
         if unknown:
             bad = sorted(unknown)[0]

@@ -16,7 +16,7 @@ PKG = pathlib.Path(notebook_orch.__file__).parent
 # must be placed here (the test says so), which keeps the flow a decision, not an accident.
 LAYERS: list[set[str]] = [
     {"errors", "events", "policy", "_loop", "capture", "redact"},
-    {"model", "limits", "state", "attempt"},
+    {"model", "limits", "state", "attempt", "options"},
     {"graph", "executors", "timings", "fingerprint"},
     {"scheduler", "_metrics", "metrics", "render", "llm"},
     {"run"},
