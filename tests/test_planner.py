@@ -255,3 +255,45 @@ def test_orch_plan_magic(ip):
     from notebook_orch.ipython.commands import overview
     help_text = overview()
     assert "%orch plan" in help_text and "--apply" in help_text and "--manager NAME" in help_text
+
+
+# ---------------------------------------------------------------- notebooks/05 on a real kernel, demo model
+NOTEBOOK_CHECK = """
+import json
+_a = research.assignments()
+print(json.dumps({
+    "assigned": dict(zip(_a.task, _a.agent)), "sources": sorted(set(_a.source)),
+    "ran_under": research.metrics()["agent"].to_dict(), "research": research.status,
+    "plan": [t.id for t in plan.tasks], "applied": plan.applied, "market": market_run.status,
+    "bottleneck_columns": list(market_run.bottlenecks().columns),
+    "defined_agents": {t: task.agent for t, task in research.workflow.tasks.items()},
+}))
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(240)
+def test_notebook_05_executes_on_the_demo_model(tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+    source = Path(__file__).resolve().parents[1] / "notebooks" / "05_hierarchical_and_planning.ipynb"
+    nb = nbformat.read(source, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")     # committed stripped
+    shutil.copy(source, tmp_path / source.name)
+    nb.cells.append(nbformat.v4.new_code_cell(NOTEBOOK_CHECK))
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    r = json.loads(nb.cells[-1].outputs[0].text)
+    assert r["research"] == "succeeded" and r["sources"] == ["manager"]
+    assert r["assigned"] == r["ran_under"]
+    assert r["assigned"]["analysis"] == "analyst" and r["assigned"]["report"] == "writer"
+    assert set(r["defined_agents"].values()) == {None}          # the definitions still name no agent
+    assert r["applied"] and r["market"] == "succeeded" and r["plan"][-1] == "report"
+    assert r["bottleneck_columns"][:2] == ["task", "run_s"]
+    htmls = [o.data["text/html"] for c in nb.cells for o in c.get("outputs", []) if "data" in o and "text/html" in o.data]
+    assert any("<svg" in h and "Plan</b>" in h for h in htmls)   # the plan shows as its DAG and table

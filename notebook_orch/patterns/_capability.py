@@ -2,7 +2,8 @@
 
 Words are compared by a crude stem (lower case, common suffixes cut: `analyst`, `analysis` and
 `analyse` meet as `anal`; `writer`, `writing`, `write` as `writ`), stop words dropped. An agent's
-name and role count twice, its goal once, its instructions half. Ties go to the agent with fewer
+name and role count twice, its goal once, its instructions half, times how often the task
+says the word. Ties go to the agent with fewer
 tasks so far, then to definition order, so the match is deterministic and spreads equal work.
 """
 from __future__ import annotations
@@ -46,12 +47,13 @@ def stem(word: str) -> str:
 def stems(text: str) -> dict[str, str]:
     """stem -> the first word of `text` that has it (stop words left out)."""
     out: dict[str, str] = {}
-    for m in _WORD.finditer(text.replace("_", " ")):
-        word = m.group(0)
-        if word.lower() in _STOP:
-            continue
-        out.setdefault(stem(word), word.lower())
+    for word in _words(text):
+        out.setdefault(stem(word), word)
     return out
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in (m.group(0).lower() for m in _WORD.finditer(text.replace("_", " "))) if w not in _STOP]
 
 
 def task_text(task: "Task") -> str:
@@ -73,12 +75,15 @@ def best_agent(text: str, candidates: Sequence["Agent"], load: Mapping[str, int]
     if not candidates:
         raise ValueError("no candidate agents")
     words = stems(text)
+    counts: dict[str, int] = {}
+    for w in _words(text):   # a word the task repeats counts each time
+        counts[stem(w)] = counts.get(stem(w), 0) + 1
     best: tuple[float, int, int] | None = None
     choice, shared = candidates[0].name, []
     for order, agent in enumerate(candidates):
         weights = _agent_weights(agent)
         common = [s for s in words if s in weights]
-        score = sum(weights[s] for s in common)
+        score = sum(weights[s] * counts[s] for s in common)
         key = (score, -load.get(agent.name, 0), -order)
         if best is None or key > best:
             best, choice, shared = key, agent.name, [words[s] for s in common]
