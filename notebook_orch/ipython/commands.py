@@ -153,7 +153,7 @@ def _run(m: Any, args: Any) -> Run:
 
 @command("plan")
 @magic_arguments(name="orch plan")
-@argument("goal", nargs="+", help="what the work should reach (quote it: \"Write a market research report\")")
+@argument("goal", nargs="+", metavar="GOAL", help="what the work should reach (quote it: \"Write a market research report\")")
 @argument("--agent", metavar="NAME", required=True, help="the planner agent (an agent with an llm, e.g. llm='demo')")
 @argument("--apply", action="store_true", help="add the planned tasks to the workflow at once")
 @argument("--retries", type=int, default=2, metavar="N", help="times a refused plan is sent back (default 2)")

@@ -112,7 +112,10 @@ class Plan(BaseModel):
                     old = existing[d]
                     shown[d] = Task(id=d, prompt="(existing task)", agent=old.agent if old.agent in agents else None,
                                     description=old.description or "already in the workflow")
-        shown.update(tasks)
+        for t in self.tasks:     # the estimate shows in the node's tooltip
+            task = tasks[t.id]
+            shown[t.id] = task if t.estimated_minutes is None else task.model_copy(
+                update={"description": f"{task.description} (estimate: ~{t.estimated_minutes:g} min)"})
         g = build_graph(shown, agents)
         return build(g, shown, None, name=f"plan: {self._goal[:40]}" if self._goal else "plan", **kw)
 
