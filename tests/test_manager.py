@@ -149,6 +149,22 @@ def test_limits_hold_for_assigned_agents():
     assert any(e.kind == "blocked" and e.info == "agent:analyst" for e in run.events)
 
 
+def test_the_assigned_agents_defaults_apply():
+    calls = []
+
+    def flaky(prompt):
+        calls.append(prompt)
+        if len(calls) == 1:
+            raise ConnectionError("503 from the model server")
+        return "ok"
+    wf = Workflow("defaults", store=False)
+    wf.agent("boss", llm=_scripted([_assign(report="writer")]))
+    wf.agent("writer", role="Writer", llm=flaky, retries=1, timeout=5)
+    wf.prompt("report", "Write", retry_backoff=0)
+    run = wf.run(mode="hierarchical", manager="boss")
+    assert run.status == "succeeded" and run.attempts["report"] == 2    # the writer's retries=1 held
+
+
 def test_the_budget_stops_the_manager_and_its_usage_is_still_recorded():
     model = _scripted([_assign(define_scope="writer")])
     wf = _team(model)
