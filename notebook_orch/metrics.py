@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ._metrics import extract as _x
-from ._metrics.paths import TOL, critical, durations, realised_deps
+from . import timings as _x
+from .timings import TOL, critical, durations, realised_deps
 from ._metrics.simulate import build, no_gc, simulate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -113,7 +113,7 @@ def task_metrics(run: "Run") -> pd.DataFrame:
 # ---------------------------------------------------------------------- summary
 def _max_concurrency(run: "Run", f: _x.Facts) -> float | None:
     """The largest global concurrency in force during the run (None: unlimited at some point)."""
-    values = [run._s.limits.concurrency]
+    values = [run.state.limits.concurrency]
     if any(w == "concurrency" for _, w, _ in f.limit_changes):
         opts = run.options
         values.append(1 if opts.get("mode") == "sequential" else opts.get("concurrency", run.workflow.concurrency))
@@ -273,8 +273,8 @@ def what_if(run: "Run", *, concurrency: Any = ..., max_concurrency: dict[str, in
         if a not in run.agents:
             raise UnknownNameError("agent", a, "what_if", sorted(run.agents))
     for p in pools or {}:
-        if p not in run._s.limits.pools:
-            raise UnknownNameError("resource pool", p, "what_if", sorted(run._s.limits.pools))
+        if p not in run.state.limits.pools:
+            raise UnknownNameError("resource pool", p, "what_if", sorted(run.state.limits.pools))
     alt = simulate(d.model, concurrency=concurrency, caps=max_concurrency, rates=rates, pools=pools)
     return pd.Series({"makespan_s": f.now, "simulated_s": base, "what_if_s": alt, "saving_s": base - alt},
                      name=run.id)
@@ -301,7 +301,7 @@ def utilization(run: "Run") -> pd.DataFrame:
     and the most of them waiting at once; then kind, name, peak (most held at once).
     """
     f, d = _analysis(run)
-    lim = run._s.limits
+    lim = run.state.limits
     span = f.now
     seg_lim = np.array(f.seg_limit, dtype=object)
     att_agent = np.array(f.att_agent, dtype=object)

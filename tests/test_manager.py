@@ -215,7 +215,7 @@ def test_clear_errors_before_anything_runs():
         wf.run(mode="hierarchical")
     with pytest.raises(UnknownNameError, match="did you mean 'boss'"):
         wf.run(mode="hierarchical", manager="bos")
-    with pytest.raises(DefinitionError, match="prompt task 'define_scope' has no agent.*mode='hierarchical'"):
+    with pytest.raises(DefinitionError, match="no agent.*mode=.hierarchical. and manager=NAME"):
         wf.run()
     with pytest.raises(DefinitionError, match="manager= is for mode='hierarchical'"):
         wf.run(mode="sequential", manager="boss")

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..scheduler import Scheduler
     from ..workflow import Workflow
 
-__all__ = ["Assignment", "Assignments", "prepare", "assignments_frame", "check_agents", "drawn_tasks",
+__all__ = ["Assignment", "Assignments", "prepare", "assignments_frame", "drawn_tasks", "definitions",
            "ASSIGNMENTS_TITLE", "DEFAULT_MANAGER_TOKENS"]
 
 ASSIGNMENTS_TITLE = "OrchAssignments"   # the JSON schema title of the manager's answer (the demo model answers it)
@@ -68,17 +68,6 @@ class Assignments(BaseModel):
 
 
 # ---------------------------------------------------------------- at launch
-def check_agents(graph: "Graph", tasks: Mapping[str, "Task"], skip: Any = ()) -> None:
-    """Outside hierarchical mode a prompt task needs its own agent: refuse the run now, saying the fix."""
-    for tid in graph.ids:
-        task = tasks[tid]
-        if task.prompt is not None and task.agent is None and tid not in skip and tid not in graph.fallback_only:
-            raise DefinitionError(
-                f"prompt task {tid!r} has no agent; give it one (agent='NAME' or %%task {tid} --agent NAME), or "
-                f"let a manager assign it: wf.run(mode='hierarchical', manager='NAME') / "
-                f"%orch run --mode hierarchical --manager NAME")
-
-
 def _candidates(agents: Mapping[str, "Agent"], manager: str, task: "Task") -> list["Agent"]:
     """Who may do `task`: every agent but the manager; for a prompt task only those with an llm."""
     return [a for a in agents.values() if a.name != manager and (task.prompt is None or a.llm is not None)]
@@ -169,7 +158,7 @@ async def _assign(sched: "Scheduler", manager: str, model: Any, todo: list[str],
     finally:
         if not request.done():
             request.cancel()
-    if sched.finished:
+    if sched.state.finished:
         return
     try:
         answer = request.result().output
@@ -188,9 +177,9 @@ async def _assign(sched: "Scheduler", manager: str, model: Any, todo: list[str],
     load: dict[str, int] = {}
     for a in given.values():
         load[a.agent] = load.get(a.agent, 0) + 1
-    run = sched.run
+    run, defined = sched.run, sched.state.tasks     # run.tasks is this same dict
     if run is not None:
-        _ORIGINALS[run] = dict(run.tasks)
+        _ORIGINALS[run] = dict(defined)
     for t in todo:
         i = index[t]
         task = sched.tasks[i]
@@ -206,8 +195,7 @@ async def _assign(sched: "Scheduler", manager: str, model: Any, todo: list[str],
             elif answer is not None:
                 reason = f"{reason} (the manager did not assign it)"
         _rebind(sched, i, task.model_copy(update={"agent": name}))
-        if run is not None:
-            run.tasks[t] = sched.tasks[i]
+        defined[t] = sched.tasks[i]
         sched.emit(i, "assigned", 0, {"agent": name, "reason": reason, "source": source})
 
 
