@@ -244,6 +244,9 @@ def test_the_demo_manager_assigns_by_capability_and_a_rerun_is_cached():
     assert [e.info["cost_usd"] for e in run.events if e.kind == "usage" and e.task == ""] == [0.0]
     again = wf.run(mode="hierarchical", manager="boss")         # the same assignment: nothing runs again
     assert set(again.statuses.values()) == {"cached"}
+    from notebook_orch import Run
+    loaded = Run.load(run.id)                                  # read back from the store
+    assert loaded.assignments().equals(run.assignments())
 
 
 def test_orch_run_hierarchical_magic(ip):

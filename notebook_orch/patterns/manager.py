@@ -234,9 +234,20 @@ def _rebind(sched: "Scheduler", i: int, task: "Task") -> None:
 def assignments_frame(run: Any) -> "pd.DataFrame":
     """`run.assignments()`: one row per `assigned` event: task, agent, reason, source (manager | capability)."""
     import pandas as pd
-    rows = [{"task": ev.task, **{k: (ev.info or {}).get(k) for k in _COLUMNS[1:]}}
+    rows = [{"task": ev.task, **{k: _info(ev.info).get(k) for k in _COLUMNS[1:]}}
             for ev in run.events if ev.kind == "assigned"]
     return pd.DataFrame(rows, columns=_COLUMNS)
+
+
+def _info(info: Any) -> dict[str, Any]:
+    """An `assigned` event's info; a run read back from the store may hold it as the dict's repr."""
+    if isinstance(info, str):
+        import ast
+        try:
+            info = ast.literal_eval(info)
+        except (ValueError, SyntaxError):
+            return {}
+    return info if isinstance(info, dict) else {}
 
 
 def drawn_tasks(run: Any, tasks: Mapping[str, "Task"]) -> Mapping[str, "Task"]:
