@@ -8,6 +8,7 @@ tasks so far, then to definition order, so the match is deterministic and spread
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ _SAME = {"report": "writ", "draft": "writ", "summar": "writ", "summary": "writ",
          "gather": "collect", "fetch": "collect", "scrap": "collect", "download": "collect"}
 
 
+@functools.lru_cache(maxsize=16384)
 def stem(word: str) -> str:
     w = word.lower()
     for suf in _SUFFIXES:
@@ -63,8 +65,13 @@ def task_text(task: "Task") -> str:
 
 
 def _agent_weights(agent: "Agent") -> dict[str, float]:
+    return _weights(agent.name, agent.role, agent.goal, agent.instructions)
+
+
+@functools.lru_cache(maxsize=1024)
+def _weights(name: str, role: str, goal: str, instructions: str) -> dict[str, float]:
     weights: dict[str, float] = {}
-    for text, w in ((agent.name, 2.0), (agent.role, 2.0), (agent.goal, 1.0), (agent.instructions, 0.5)):
+    for text, w in ((name, 2.0), (role, 2.0), (goal, 1.0), (instructions, 0.5)):
         for s in stems(text):
             weights[s] = max(weights.get(s, 0.0), w)
     return weights
