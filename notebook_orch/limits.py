@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from .policy import rate_span
+
 __all__ = ["Limits", "Breaker", "TokenWindow"]
 
 
@@ -119,8 +121,9 @@ class Limits:
         if agent is not None and agent in self.rates:
             count, period = self.rates[agent]
             window = self.starts[agent]
-            if len(window) >= count and now - window[0] < period:
-                return "rate:" + agent, window[0] + period
+            span = rate_span(period)
+            if len(window) >= count and now - window[0] < span:
+                return "rate:" + agent, window[0] + span
         return None
 
     def acquire(self, agent: str | None, resources: Mapping[str, int], now: float) -> None:
@@ -162,8 +165,9 @@ class Limits:
             return 0.0
         count, period = self.rates[agent]
         window = self.starts[agent]
-        if len(window) >= count and now - window[0] < period:
-            return window[0] + period - now
+        span = rate_span(period)
+        if len(window) >= count and now - window[0] < span:
+            return window[0] + span - now
         return 0.0
 
     def take_request(self, agent: str, now: float) -> None:

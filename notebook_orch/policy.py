@@ -6,6 +6,9 @@ change here changes both: the replay never simulates a different scheduler than 
 * Ready order: a heap of `(-priority, -longest remaining path, node, item)`; higher priority
   first, then the task with the longest expected path to the end of the DAG, then definition
   order, then item order (map items; -1 for a plain task).
+* Rate windows: with COUNT/PERIOD, a start is let through only when the COUNT-th last start is
+  `rate_span(PERIOD)` ago: the period plus a margin (1 %, at least 5 ms), because a provider
+  counts arrivals, and a body starts a little after its dispatch (a worker thread up to a few ms).
 * Retry delay before attempt `n + 1`: `retry_backoff * 2**(n - 1)`, capped at `MAX_BACKOFF`,
   plus a uniform jitter of up to `JITTER` of it, so retries of many tasks do not align.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-__all__ = ["MAX_BACKOFF", "JITTER", "ready_keys", "entry", "backoff", "jittered", "mean_backoff"]
+__all__ = ["MAX_BACKOFF", "JITTER", "ready_keys", "entry", "backoff", "jittered", "mean_backoff", "rate_span"]
 
 MAX_BACKOFF = 60.0   # seconds: no retry waits longer than this (before jitter)
 JITTER = 0.25        # a retry waits up to this fraction more than its backoff, uniformly
@@ -45,3 +48,8 @@ def jittered(delay: float) -> float:
 def mean_backoff(base: float, attempt: int) -> float:
     """The expected delay (with the mean jitter): what a replay assumes when none was recorded."""
     return backoff(base, attempt) * (1 + JITTER / 2)
+
+
+def rate_span(period: float) -> float:
+    """The window a rate limit of `period` seconds is held over, margin included."""
+    return period + max(0.005, 0.01 * period)

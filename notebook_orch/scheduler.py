@@ -32,7 +32,7 @@ from typing import Any
 
 from . import capture, policy
 from .errors import DefinitionError, OrchError, UnknownNameError
-from .events import TERMINAL, Bus, Event
+from .events import TERMINAL, AttemptStarted, Event, ItemDone, Retrying
 from .executors import Executors
 from .graph import Graph, unresolved_params
 from .limits import Breaker, Limits
@@ -486,7 +486,7 @@ class Scheduler:
             self.status[i] = "running"
             self.emit(i, "running", attempt, agent)
         if k >= 0 or not first:  # map items and fallback attempts: 'running' does not mark their start
-            self.emit(i, "attempt_started", attempt, (k, agent))
+            self.emit(i, "attempt_started", attempt, _new_event(AttemptStarted, (k, agent)))
         br = self.breakers.get(agent) if agent is not None and self.breakers else None
         if br is not None and br.consecutive >= br.failures:  # cooled down: this attempt is the probe
             br.probing = True
@@ -611,7 +611,7 @@ class Scheduler:
             delay = policy.jittered(policy.backoff(task.retry_backoff, attempt))
             if k < 0:
                 self.status[i] = "retrying"
-                self.emit(i, "retrying", attempt, (text, delay))
+                self.emit(i, "retrying", attempt, _new_event(Retrying, (text, delay)))
             self._requeue_later(policy.entry(self.key[i], k), delay)
             return
         if task.fallback is not None and (i, k) not in self.fb_used:
@@ -673,7 +673,7 @@ class Scheduler:
         else:
             self.item_failed.setdefault(i, (k, exc))  # type: ignore[arg-type]
         self.items_left[i] -= 1
-        self.emit(i, "item_done", self.item_att[i][k], (k, n, ok, t_start))
+        self.emit(i, "item_done", self.item_att[i][k], _new_event(ItemDone, (k, n, ok, t_start)))
         if self.items_left[i] == 0:
             if i in self.item_failed:
                 k0, first = self.item_failed[i]

@@ -78,6 +78,12 @@ class Facts:
         self.seg_t0 = self.seg_t1 = np.zeros(0)
         self.tokens_in = self.tokens_out = self.cost = np.zeros(0)
         self.tool_rows: list[dict[str, Any]] = []
+        # waits inside a running attempt (a model request held by the agent's request or token window):
+        # from a 'blocked' event of a running task to its next event
+        self.inner_node = np.zeros(0, int)
+        self.inner_limit: list[str] = []       # 'rate:X' or 'tokens:X'
+        self.inner_t0 = self.inner_t1 = np.zeros(0)
+        self.abandoned = np.zeros(0, int)      # per node: attempts whose body was abandoned (sync body timed out)
         self.limit_changes: list[tuple[float, str, Any]] = []   # (t, 'concurrency' | 'agent:X' | ..., value)
         self.pauses: list[tuple[float, bool]] = []              # (t, paused?)
         self.errors: list[str | None] = []
@@ -114,6 +120,9 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
     map_open: dict[int, set[int]] = {}
     next_q: dict[tuple[int, int], float] = {}                        # when the next attempt was queued
     blocked: dict[int, list[tuple[float, str]]] = {}
+    inner_open: dict[int, tuple[float, str]] = {}                    # node -> (t, limit) while a request waits
+    inner: list[tuple[int, str, float, float]] = []
+    abandoned = [0] * n
     att_rows: list[tuple[int, int, int, Any, float, float, float, int]] = []   # node, item, no, agent, t0, t1, queued, ok
     add_att = att_rows.append
     waits: list[tuple[int, float, float]] = []                        # (node, queued, started)
@@ -136,6 +145,10 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
             waits.append((i, q, t))
 
     for t, task, kind, att, info in run.events:
+        if inner_open and kind != "blocked" and task in idx and idx[task] in inner_open:
+            i0 = idx[task]
+            tb, lim = inner_open.pop(i0)
+            inner.append((i0, lim, tb, t))
         if kind == "ready":
             i = idx[task]
             ready[i] = t
@@ -191,7 +204,13 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
             if kind == "cancelled" and start[i] != start[i] and ready[i] == ready[i]:
                 waits.append((i, ready[i], t))   # queued until the cancel
         elif kind == "blocked":
-            blocked.setdefault(idx[task], []).append((t, info))
+            i = idx[task]
+            if (i, -1) in open_ or i in map_open:   # held inside a running attempt (a model request)
+                inner_open.setdefault(i, (t, info))
+            else:
+                blocked.setdefault(i, []).append((t, info))
+        elif kind == "abandoned":
+            abandoned[idx[task]] += 1
         elif kind == "attempt_failed":
             i = idx[task]
             k = info[0] if isinstance(info, tuple) else -1
@@ -201,7 +220,8 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
                     map_open[i].discard(k)
                     next_q[(i, k)] = t + _nominal_backoff(tasks[i], att)
         elif kind == "retrying":
-            next_q[(idx[task], -1)] = t + float(info[1])
+            if isinstance(info, tuple):     # the scheduler's; a dict is a model request retried inside the attempt
+                next_q[(idx[task], -1)] = t + float(info[1])
         elif kind == "fallback":
             i = idx[task]
             if not is_map[i]:
@@ -264,6 +284,13 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
     f.tokens_in, f.tokens_out = np.array(tok_in), np.array(tok_out)
     f.cost = np.array([c if known else NAN for c, known in zip(cost, cost_known)])
     f.tool_rows = tool_rows
+    for i0, (tb, lim) in inner_open.items():
+        inner.append((i0, lim, tb, now))
+    f.inner_node = np.array([w[0] for w in inner], int)
+    f.inner_limit = [w[1] for w in inner]
+    f.inner_t0 = np.array([w[2] for w in inner], float)
+    f.inner_t1 = np.array([w[3] for w in inner], float)
+    f.abandoned = np.array(abandoned, int)
     f.limit_changes = limit_changes
     f.pauses = pauses
     errs = run.errors

@@ -42,3 +42,23 @@ def test_known_inputs_leave_out_ipython_names_and_modules():
     assert "threshold" in msg
     for name in ("'In'", "'Out'", "'exit'", "'get_ipython'", "'open'", "'quit'", "'os'"):
         assert name not in msg
+
+
+def test_rate_window_holds_as_the_bodies_clocks_see_it():
+    # a provider counts arrivals: no 1-second window of body starts may hold more than 5
+    import time
+    wf = Workflow("rate", store=False, concurrency=8)
+    wf.agent("api", rate_limit="5/s")
+    seen: list[float] = []
+
+    def call():
+        seen.append(time.perf_counter())
+        return 1
+
+    for k in range(12):
+        wf.task(call, id=f"c{k}", agent="api")
+    run = wf.run()
+    assert run.status == "succeeded"
+    seen.sort()
+    for a in range(len(seen) - 5):
+        assert seen[a + 5] - seen[a] >= 1.0, (a, seen[a + 5] - seen[a])

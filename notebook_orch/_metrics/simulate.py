@@ -215,11 +215,11 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
                 if ag in rate:
                     cnt, period = rate[ag]
                     w = starts[ag]
-                    if len(w) >= cnt and t - w[0] < period:
+                    if len(w) >= cnt and t - w[0] < policy.rate_span(period):
                         heappush(parked.setdefault("rate:" + ag, []), e)
                         if ag not in armed:
                             armed.add(ag)
-                            heappush(timers, (w[0] + period, seq, _WAKE, ag, 0, 0))
+                            heappush(timers, (w[0] + policy.rate_span(period), seq, _WAKE, ag, 0, 0))
                             seq += 1
                         continue
                     w.append(t)
