@@ -109,16 +109,24 @@ def system_prompt(agent: "Agent", duty: str) -> str:
     return "\n".join(lines)
 
 
-def usage_info(usage: "RunUsage", agent: "Agent") -> dict[str, Any]:
-    """A `usage` event's info for requests of `agent`: tokens in/out, cost in USD (None: unknown), requests."""
+def usage_info(usage: "RunUsage", agent: "Agent", model: Any = None, duration_s: float | None = None
+               ) -> dict[str, Any]:
+    """A `usage` event's info (`events.Usage`) for requests of `agent`: tokens in/out, cost in USD (None:
+    unknown), plus the number of requests, the agent and, when given, the model name and the duration."""
     tin, tout = int(usage.input_tokens or 0), int(usage.output_tokens or 0)
     cost: float | None = float(usage.cost) if usage.cost is not None else None
     if cost is None and agent.price is not None:
         cost = (tin * agent.price[0] + tout * agent.price[1]) / 1e6
     if cost is None and is_demo(agent):
         cost = 0.0   # the offline demo model costs nothing
-    return {"tokens_in": tin, "tokens_out": tout, "cost_usd": cost, "requests": int(usage.requests or 0),
-            "agent": agent.name}
+    info: dict[str, Any] = {"tokens_in": tin, "tokens_out": tout, "cost_usd": cost,
+                            "requests": int(usage.requests or 0), "agent": agent.name}
+    name = getattr(model, "model_name", None)
+    if isinstance(name, str):
+        info["model"] = name
+    if duration_s is not None:
+        info["duration_ms"] = round(duration_s * 1000.0, 3)
+    return info
 
 
 def json_block(data: Any) -> str:

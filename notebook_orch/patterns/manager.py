@@ -18,6 +18,7 @@ on the loop after `run_started` and before the first task is made ready:
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -146,6 +147,7 @@ async def _assign(sched: "Scheduler", manager: str, model: Any, todo: list[str],
         return answer
 
     usage = RunUsage()
+    began = time.perf_counter()
     answer: Assignments | None = None
     failed = ""
     request = asyncio.ensure_future(llm.run(_prompt(sched, todo, manager), usage=usage,
@@ -168,7 +170,7 @@ async def _assign(sched: "Scheduler", manager: str, model: Any, todo: list[str],
         failed = (f"the manager's answer was refused {retries + 1} time(s), last: {last['reason']}"
                   if last["reason"] else f"the manager's request failed ({type(exc).__name__}: {exc})")
     if usage.requests or usage.input_tokens or usage.output_tokens:
-        info = _llm.usage_info(usage, boss)
+        info = _llm.usage_info(usage, boss, model, time.perf_counter() - began)
         info["purpose"] = "assignment"
         if info["cost_usd"] is not None:
             sched.cost_usd += info["cost_usd"]

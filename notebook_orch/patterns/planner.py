@@ -10,6 +10,7 @@ workflow until `Plan.apply()`, which checks again and adds all the tasks or none
 from __future__ import annotations
 
 import html
+import time
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -279,6 +280,7 @@ async def aplan(wf: "Workflow", goal: str, *, agent: str | None = None, apply: b
         return answer
 
     usage = RunUsage()
+    began = time.perf_counter()
     limits = UsageLimits(request_limit=retries + 1, total_tokens_limit=max_tokens)
     try:
         result = await llm.run(_prompt(goal, wf, who.name), usage=usage, usage_limits=limits)
@@ -293,7 +295,7 @@ async def aplan(wf: "Workflow", goal: str, *, agent: str | None = None, apply: b
                         reason=why, answer=last["answer"]) from None
     plan = result.output
     plan._goal, plan._planner, plan._workflow = goal.strip(), who.name, wf
-    plan._usage = _llm.usage_info(usage, who)
+    plan._usage = _llm.usage_info(usage, who, model, time.perf_counter() - began)
     if apply:
         plan.apply()
     return plan
