@@ -221,6 +221,14 @@ def test_the_demo_model_plans_from_the_goals_words():
     assert run.status == "succeeded" and set(rids) <= set(run.results)
 
 
+def test_a_planner_alone_gives_the_steps_to_itself():
+    wf = Workflow("solo", store=False)
+    wf.agent("planner", role="Planner", llm="demo")
+    plan = wf.plan("Research the history of tea, then write a summary of it", agent="planner", apply=True)
+    assert {t.agent for t in plan.tasks} == {"planner"}
+    assert wf.run().status == "succeeded"
+
+
 def test_plan_graph_and_rich_repr():
     pytest.importorskip("graphviz")
     wf = _workflow(_scripted([{"tasks": [_step("summary", ["sources"]), _step("report", ["summary"])]}]))

@@ -237,7 +237,8 @@ _DUTY = ("You plan work. Break the goal into a small DAG of concrete steps that 
 
 
 def _prompt(goal: str, wf: "Workflow", planner: str) -> str:
-    agents = [{"name": a.name, "role": a.role, "goal": a.goal} for a in wf.agents.values() if a.name != planner]
+    others = [a for a in wf.agents.values() if a.name != planner] or [wf.agents[planner]]   # alone: it does the work
+    agents = [{"name": a.name, "role": a.role, "goal": a.goal} for a in others]
     tasks = [{"id": t.id, "description": t.description} for t in wf.tasks.values()]
     return "\n".join([f"{_GOAL_HEADER} {goal.strip()}", "", _AGENTS_HEADER, _llm.json_block(agents), "",
                       _TASKS_HEADER, _llm.json_block(tasks)])
