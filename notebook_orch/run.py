@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .state import RunState
     from .workflow import Workflow
 
-__all__ = ["Run"]
+__all__ = ["Run", "PastRun"]
 
 
 class Run:
@@ -289,3 +289,37 @@ class Run:
     def __repr__(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))
         return f"<Run {self.id} {self.status}: {len(self.state.ids)} tasks ({counts})>"
+
+
+class PastRun:
+    """An older run of this session, kept as a summary so a long session's memory stays bounded.
+
+    `Workflow(keep_runs=N)` keeps the last N finished runs whole (events, outputs); older ones
+    become PastRuns in `wf.runs`. `past.load()` reads the whole run back from the store."""
+
+    __slots__ = ("id", "status", "started_wall", "elapsed_s", "counts", "_store")
+
+    def __init__(self, run_id: str, status: str, started_wall: float | None, elapsed_s: float,
+                 counts: dict[str, int], store: Any):
+        self.id, self.status, self.started_wall = run_id, status, started_wall
+        self.elapsed_s, self.counts, self._store = elapsed_s, counts, store
+
+    @classmethod
+    def of(cls, run: Run) -> "PastRun":
+        store = getattr(run.workflow, "store", None)
+        return cls(run.id, run.status, run.started_wall, run.elapsed(), run.counts(), store)
+
+    @property
+    def done(self) -> bool:
+        return True
+
+    def load(self) -> Run:
+        """The whole run, read back from the store (read-only)."""
+        if self._store is False or self._store is None:
+            raise OrchError(f"run {self.id} is no longer kept in memory (Workflow(keep_runs=...)) and the store is "
+                            f"off, so it cannot be read back; raise keep_runs or keep the store on")
+        return Run.load(self.id, None if self._store is True else self._store)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
+        return f"<PastRun {self.id} {self.status}: {sum(self.counts.values())} tasks ({counts}); .load() reads it back>"

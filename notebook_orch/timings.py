@@ -10,6 +10,9 @@ panel, the learned duration estimates) reads it from here, so they cannot disagr
 * `Timings`: the same per-task definitions (ready, first start, end, map items, the limit
   holding a queued task) fed incrementally, for live views that redraw while a run goes on.
 
+A little over 500 lines on purpose: the fold, the realised DAG and the live view share their
+definitions, and splitting them would put the one definition of "when a task ran" in two rooms.
+
 Intervals, in seconds since the run started (event `t`):
 
 * an *attempt* of a unit (a task, or one item of a map task) runs from its start event

@@ -14,7 +14,7 @@ from .errors import DefinitionError, LoopError, UnknownNameError
 from .graph import Graph, build_graph
 from .model import Agent, Task
 from ._runstore import attach_store
-from .run import Run
+from .run import PastRun, Run
 from .scheduler import Scheduler
 from .timings import Timings
 
@@ -41,7 +41,7 @@ class Workflow:
     def __init__(self, name: str = "workflow", *, concurrency: int | None = 16,
                  resources: Mapping[str, int] | None = None, params: Mapping[str, Any] | None = None,
                  fail_fast: bool = False, namespace: Mapping[str, Any] | None = None, store: Any = True,
-                 max_cost_usd: float | None = None, dask: Any = None):
+                 max_cost_usd: float | None = None, dask: Any = None, keep_runs: int = 5):
         if concurrency is not None and concurrency < 1:
             raise DefinitionError(f"concurrency must be at least 1 (or None for no limit), got {concurrency}")
         self.name = name
@@ -56,7 +56,10 @@ class Workflow:
         self.tasks: dict[str, Task] = {}
         self._stale: set[str] = set()                        # tasks redefined (or downstream of one) since they last ran
         self._unlearned: list[Run] = []                      # finished runs whose events _learn has not read yet
-        self.runs: list[Run] = []                            # runs of this workflow in this session, oldest first
+        if not isinstance(keep_runs, int) or keep_runs < 1:
+            raise DefinitionError(f"keep_runs must be a whole number of at least 1, got {keep_runs!r}")
+        self.keep_runs = keep_runs                           # finished runs kept whole in memory; older: summaries
+        self.runs: list[Run | PastRun] = []                  # runs of this workflow in this session, oldest first
         self.cache_lookup: Callable[..., Any] | None = None  # custom hook (id, task, inputs) -> (hit, value, where); overrides the store
         self.store = store                                   # True: .notebook_orch/store.sqlite under the cwd; False: off; a path or Store
         self._durations: dict[str, float] = {}               # id -> last measured run time (priority estimates)
@@ -174,7 +177,7 @@ class Workflow:
     def graph(self, **kw: Any) -> Any:
         """The DAG as a graphviz.Digraph, coloured by the last run if there is one."""
         from .render import render
-        return render(self, run=self.runs[-1] if self.runs else None, **kw)
+        return render(self, run=self.last_run, **kw)
 
     # ---------------------------------------------------------------- planning (notebook_orch.patterns)
     def plan(self, goal: str, *, agent: str | None = None, apply: bool = False, retries: int = 2,
@@ -194,7 +197,8 @@ class Workflow:
 
     @property
     def last_run(self) -> Run | None:
-        return self.runs[-1] if self.runs else None
+        last = self.runs[-1] if self.runs else None
+        return last if isinstance(last, Run) else None
 
     # ---------------------------------------------------------------- running
     def run(self, **options: Any) -> Run:
@@ -261,10 +265,13 @@ class Workflow:
         if store is not None:
             store.bind(run)
         sched.run = run
-        sched.finish_hooks.append(lambda: self._unlearned.append(run))  # read lazily: not on the run's clock
-        sched.begin()
-        sched.state.started_wall = time.time() - (sched.events[0].t if sched.events else 0.0)
-        self.runs.append(run)
+        sched.finish_hooks.append(lambda: self._finished(run))  # learning is lazy: not on the run's clock
+        self.runs.append(run)       # before begin(): a run whose tasks are all cached ends inside it
+        try:
+            sched.begin()
+        except BaseException:
+            self.runs.remove(run)
+            raise
         return run
 
     def _selection_reuse(self, graph: Graph, options: dict[str, Any]) -> dict[str, tuple[Any, str]]:
@@ -279,10 +286,21 @@ class Workflow:
         if start:
             selected |= graph.descendants([start])
         known: dict[str, tuple[Any, str]] = {}
-        for past in self.runs:  # newer runs win
+        for past in self.runs:  # newer runs win (older ones' outputs come back from the store's cache)
+            if not isinstance(past, Run):
+                continue
             for t, v in past.state.results.items():
                 known[t] = (v, f"reused from run {past.id}")
         return {t: known[t] for t in graph.ids if t not in selected and t in known}
+
+    def _finished(self, run: Run) -> None:
+        """A run ended: learn from it later; keep at most `keep_runs` finished runs whole."""
+        self._unlearned.append(run)
+        whole = [k for k, r in enumerate(self.runs) if isinstance(r, Run) and r.done]
+        if len(whole) > self.keep_runs:
+            self._learn_pending()            # what older runs teach is kept before they are let go
+            for k in whole[:len(whole) - self.keep_runs]:
+                self.runs[k] = PastRun.of(self.runs[k])   # type: ignore[arg-type]
 
     def _learn_pending(self) -> None:
         while self._unlearned:
