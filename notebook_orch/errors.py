@@ -13,6 +13,7 @@ __all__ = [
     "TaskFailedError",
     "RunCancelledError",
     "LoopError",
+    "PlanError",
     "closest",
 ]
 
@@ -95,3 +96,12 @@ class RunCancelledError(OrchError):
 
 class LoopError(OrchError, RuntimeError):
     """An entry point was used where it cannot work (e.g. `start()` with no running event loop)."""
+
+
+class PlanError(OrchError):
+    """An LLM planner's answer never became a valid DAG (after its retries); `.reason` says the last problem."""
+
+    def __init__(self, message: str, reason: str = "", answer: object = None):
+        self.reason = reason or message        # what was wrong with the last answer (the cycle spelled out, ...)
+        self.answer = answer                   # the last answer the model gave (a dict), when there was one
+        super().__init__(message)

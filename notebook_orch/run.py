@@ -262,6 +262,11 @@ class Run:
         from . import metrics
         return metrics.gantt(self, **kw)
 
+    def assignments(self) -> "pd.DataFrame":
+        """Who was given each task in hierarchical mode: `task`, `agent`, `reason`, `source` (manager | capability)."""
+        from .patterns.manager import assignments_frame
+        return assignments_frame(self)
+
     def tool_calls(self) -> "pd.DataFrame":
         """One row per tool call made by LLM agents (SPEC §6)."""
         from . import metrics

@@ -28,7 +28,7 @@ import heapq
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
 from typing import Any
 
@@ -163,6 +163,10 @@ class Scheduler:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread = 0                                      # threading.get_ident() of the loop's thread
         self.finish_hooks: list[Callable[[], Any]] = []          # called once when the run ends
+        # hook: an async pass awaited on the loop after run_started, before any task is made ready
+        # (hierarchical mode: the manager assigns agents); None: start at once
+        self.prepare: Callable[[Scheduler], Awaitable[Any]] | None = None
+        self._prepare_task: asyncio.Task[None] | None = None      # holds the pass while it runs
 
     # ------------------------------------------------------------------ events
     def emit(self, i: int, kind: str, attempt: int = 0, info: Any = None) -> None:
@@ -184,6 +188,22 @@ class Scheduler:
         capture.install()
         self.emit(-1, "run_started", 0, {"tasks": len(self.ids), "limits": self.limits.snapshot(),
                                          "remaining": self.rem})
+        if self.prepare is not None:
+            self._prepare_task = self.loop.create_task(self._prepare_then_start(self.prepare))
+            return self.done
+        self._start_ready()
+        return self.done
+
+    async def _prepare_then_start(self, prepare: Callable[["Scheduler"], Awaitable[Any]]) -> None:
+        try:
+            await prepare(self)
+        except Exception as exc:  # the pass failed: the run ends cancelled, saying why
+            self.cancel(f"before the first dispatch: {_error_text(exc)}")
+        if not self.state.finished:
+            self._start_ready()
+
+    def _start_ready(self) -> None:
+        """Settle the tasks with no upstream and dispatch: how every run starts."""
         work = []
         for i in self.g.order:
             if self.ids[i] in self.g.fallback_only:
@@ -195,7 +215,6 @@ class Scheduler:
             self._finish()
         else:
             self._dispatch()
-        return self.done
 
     def _check_inputs(self) -> None:
         index, params, ns = self.g.index, self.params, self.namespace

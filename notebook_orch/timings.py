@@ -229,7 +229,7 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
             i = idx[task]
             if not is_map[i]:
                 next_q[(i, -1)] = t
-        elif kind == "usage":
+        elif kind == "usage" and task:   # task '': a run-level request (a hierarchical run's manager)
             i = idx[task]
             u = info if isinstance(info, dict) else {}
             tok_in[i] += float(u.get("tokens_in") or 0)

@@ -22,7 +22,7 @@ from .timings import Timings
 __all__ = ["Workflow"]
 
 _RUN_OPTIONS = ("concurrency", "only", "from_", "cache", "fail_fast", "mode", "params", "dask_client",
-                "manager", "executor", "dask")
+                "manager", "executor", "dask", "manager_retries", "manager_tokens")
 
 
 class Workflow:
@@ -63,6 +63,7 @@ class Workflow:
         self.cache_lookup: Callable[..., Any] | None = None  # custom hook (id, task, inputs) -> (hit, value, where); overrides the store
         self.store = store                                   # True: .notebook_orch/store.sqlite under the cwd; False: off; a path or Store
         self._durations: dict[str, float] = {}               # id -> last measured run time (priority estimates)
+        self._planned: dict[str, float] = {}                 # id -> a plan's estimate in seconds (until measured)
         self._version = 0                                    # bumped by every definition change
         self._graph: tuple[Any, Graph] | None = None         # (cache key, graph) of the last validate()
 
@@ -161,6 +162,9 @@ class Workflow:
         """Expected duration per node: the last measured one, else the mean of the known ones, else 1 s."""
         g = graph or self.validate()
         self._learn_pending()
+        if self._planned:   # a plan's estimates order its tasks until they have run (patterns.planner)
+            from .patterns.planner import seeded_estimates
+            return seeded_estimates(g.ids, self._durations, self._planned)
         known = [self._durations[t] for t in g.ids if t in self._durations]
         default = statistics.fmean(known) if known else 1.0
         return [self._durations.get(t, default) for t in g.ids]
@@ -174,6 +178,22 @@ class Workflow:
         """The DAG as a graphviz.Digraph, coloured by the last run if there is one."""
         from .render import render
         return render(self, run=self.last_run, **kw)
+
+    # ---------------------------------------------------------------- planning (notebook_orch.patterns)
+    def plan(self, goal: str, *, agent: str | None = None, apply: bool = False, retries: int = 2,
+             max_tokens: int | None = None) -> Any:
+        """An LLM planner turns `goal` into a validated DAG of prompt tasks: a `Plan` (`.apply()` adds them).
+
+        Works in scripts and inside a notebook's running loop; `await wf.aplan(...)` in coroutines.
+        Raises `PlanError` when the planner's answers never form a valid DAG; nothing is added then."""
+        from .patterns.planner import plan
+        return plan(self, goal, agent=agent, apply=apply, retries=retries, max_tokens=max_tokens)
+
+    async def aplan(self, goal: str, *, agent: str | None = None, apply: bool = False, retries: int = 2,
+                    max_tokens: int | None = None) -> Any:
+        """`plan = await wf.aplan(goal, agent="planner")`: `plan()` on the current loop."""
+        from .patterns.planner import aplan
+        return await aplan(self, goal, agent=agent, apply=apply, retries=retries, max_tokens=max_tokens)
 
     @property
     def last_run(self) -> Run | None:
@@ -212,15 +232,23 @@ class Workflow:
         if not graph.ids:
             raise DefinitionError(f"workflow {self.name!r} has no tasks yet; define some with @wf.task or %%task")
         concurrency = options.get("concurrency", self.concurrency)
-        mode = options.get("mode", "workflow")
+        mode = options.get("mode", "hierarchical" if options.get("manager") else "workflow")
         if mode == "sequential":
             concurrency = 1
-        elif mode != "workflow":
-            raise DefinitionError(f"mode {mode!r} is not available; choose 'workflow' or 'sequential'")
+        elif mode not in ("workflow", "hierarchical"):
+            raise DefinitionError(f"mode {mode!r} is not available; choose 'workflow', 'sequential' or 'hierarchical'")
+        if mode != "hierarchical" and options.get("manager"):
+            raise DefinitionError(f"manager= is for mode='hierarchical', not mode={mode!r}")
         if mode != "hierarchical":
             _check_prompt_agents(graph, self.tasks)
         reuse = dict(reuse or {})
         reuse.update(self._selection_reuse(graph, options))
+        # >>> hierarchical mode (notebook_orch.patterns.manager): the manager assigns agents before dispatch
+        assign = None
+        if mode == "hierarchical":
+            from .patterns.manager import prepare
+            assign = prepare(self, graph, options, skip=reuse)
+        # <<< hierarchical mode
         params = {**self.params, **(options.get("params") or {})}
         store = attach_store(self, graph, options)          # fingerprints, cache lookups, writes (None: store off)
         lookup = self.cache_lookup if options.get("cache", True) else None
@@ -233,6 +261,7 @@ class Workflow:
             cache_lookup=lookup or (store.lookup if store is not None else None),
             max_cost_usd=self.max_cost_usd)
         sched.executors.dask_client = options.get("dask_client")
+        sched.prepare = assign                                # hierarchical mode: the manager's pass, else None
         run = Run(self, sched.state, sched, dict(options))
         if store is not None:
             store.bind(run)
@@ -280,6 +309,8 @@ class Workflow:
 
     def _learn(self, run: Run) -> None:
         """After a run: keep measured durations (for priorities) and clear staleness of what succeeded."""
+        from .patterns.manager import definitions
+        ran = definitions(run)   # as defined when it started (a hierarchical run's tasks are assigned copies)
         times = Timings()
         times.feed(run.events)
         for task, status in run.statuses.items():
@@ -287,7 +318,7 @@ class Workflow:
                 took = times.duration(task)
                 if took is not None:
                     self._durations[task] = took
-                if run.tasks.get(task) is self.tasks.get(task):
+                if ran.get(task) is self.tasks.get(task):
                     self._stale.discard(task)
 
 
