@@ -714,6 +714,19 @@ class Scheduler:
         self.picked[i] = (label, frozenset(table.get(label, ())))
         self.emit(i, "routed", self.attempts[i], label)
 
+    def assign(self, i: int, task: Task, reason: str, source: str) -> None:
+        """Before the first dispatch (a manager's pass): node i runs as `task` (another agent), with that
+        agent's default retries and timeout; recorded as an `assigned` event."""
+        agent = self.agents[task.agent] if task.agent else None
+        self.tasks[i] = task
+        self.state.tasks[task.id] = task
+        self.agent[i] = task.agent
+        if task.retries is None:
+            self.retries[i] = (agent.retries or 0) if agent else 0
+        if task.timeout is None:
+            self.timeout[i] = agent.timeout if agent else None
+        self.emit(i, "assigned", 0, {"agent": task.agent or "", "reason": reason, "source": source})
+
     # ------------------------------------------------------------------ controls
     def pause(self) -> None:
         if not self.state.finished and not self.paused:

@@ -179,9 +179,9 @@ async def _assign(sched: "Scheduler", manager: str, model: Any, todo: list[str],
     load: dict[str, int] = {}
     for a in given.values():
         load[a.agent] = load.get(a.agent, 0) + 1
-    run, defined = sched.run, sched.state.tasks     # run.tasks is this same dict
+    run = sched.run
     if run is not None:
-        _ORIGINALS[run] = dict(defined)
+        _ORIGINALS[run] = dict(sched.state.tasks)   # run.tasks is that dict; assign() replaces its entries
     for t in todo:
         i = index[t]
         task = sched.tasks[i]
@@ -196,9 +196,7 @@ async def _assign(sched: "Scheduler", manager: str, model: Any, todo: list[str],
                 reason = f"{reason} ({failed})"
             elif answer is not None:
                 reason = f"{reason} (the manager did not assign it)"
-        _rebind(sched, i, task.model_copy(update={"agent": name}))
-        defined[t] = sched.tasks[i]
-        sched.emit(i, "assigned", 0, {"agent": name, "reason": reason, "source": source})
+        sched.assign(i, task.model_copy(update={"agent": name}), reason, source)
 
 
 def _refusal(answer: Assignments, allowed: Mapping[str, set[str]]) -> str:
@@ -219,17 +217,6 @@ def _refusal(answer: Assignments, allowed: Mapping[str, set[str]]) -> str:
                             (f" (did you mean {near[0]!r}?)" if near else "") + f"; choose one of {', '.join(ok)}")
         seen.add(a.task)
     return "; ".join(problems[:5])
-
-
-def _rebind(sched: "Scheduler", i: int, task: "Task") -> None:
-    """Give node i of a run that has not dispatched yet its assigned definition (and the agent's defaults)."""
-    agent = sched.agents[task.agent] if task.agent else None
-    sched.tasks[i] = task
-    sched.agent[i] = task.agent
-    if task.retries is None:
-        sched.retries[i] = (agent.retries or 0) if agent else 0
-    if task.timeout is None:
-        sched.timeout[i] = agent.timeout if agent else None
 
 
 # ---------------------------------------------------------------- reading a run
