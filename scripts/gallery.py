@@ -104,7 +104,7 @@ def build(paths: list[Path] | None = None, out: Path = OUT, force: bool = False,
 
 
 def title(nb_path: Path) -> str:
-    """The notebook's first Markdown heading, without its number prefix ("03 · ")."""
+    """A short nav title: "NN · " and the notebook's first heading up to its first ':' or '?'."""
     import nbformat
 
     nb = nbformat.read(nb_path, as_version=4)
@@ -114,7 +114,9 @@ def title(nb_path: Path) -> str:
                 if line.startswith("# "):
                     text = line[2:].strip()
                     head, sep, rest = text.partition(" · ")
-                    return rest if sep and head.isdigit() else text
+                    text = rest if sep and head.isdigit() else text
+                    cut = min((i for i in (text.find(":"), text.find("?") + 1) if i > 0), default=len(text))
+                    return f"{nb_path.stem.split('_')[0]} · {text[:cut].strip()}"
     return nb_path.stem
 
 
