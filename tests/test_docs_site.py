@@ -4,10 +4,12 @@ headless Chromium (screenshots in artifacts/screenshots/, for a human to look at
 """
 from __future__ import annotations
 
+import ast
 import functools
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -145,3 +147,69 @@ def test_three_pages_render_in_chromium(served, tmp_path):
             assert not errors, errors      # also: nothing fetched from outside 127.0.0.1 (fonts, scripts)
         finally:
             ctx.close()
+
+
+# ---------------------------------------------------------------- the code on the pages is true
+def _python_blocks(text: str) -> list[str]:
+    return [m.group(1) for m in re.finditer(r"```python\n(.*?)```", text, re.S)]
+
+
+def _expected(line: str):
+    """`expr   # 'literal'   more words` -> the literal (None when the comment is not one)."""
+    if "#" not in line:
+        return None
+    comment = re.split(r"\s{2,}", line.split("#", 1)[1].strip())[0]
+    try:
+        return ast.literal_eval(comment)
+    except (ValueError, SyntaxError):
+        return None
+
+
+def _run_page_code(text: str) -> int:
+    """Execute a page's ```python blocks in one namespace (blocks with `...` are sketches and skipped);
+    an expression line whose comment is a Python literal must evaluate to it ('text…' = starts with)."""
+    def check(value, expected, src):
+        if isinstance(expected, str) and expected.endswith("…"):
+            ok = isinstance(value, str) and value.startswith(expected[:-1])
+        else:
+            ok = value == expected
+        assert ok, f"{src}\n  gives {value!r}\n  the page says {expected!r}"
+
+    ns, checked = {"__check": check}, 0
+    for block in _python_blocks(text):
+        if "..." in block:
+            continue
+        lines = block.splitlines()
+        tree = ast.parse(block)
+        for k, stmt in enumerate(tree.body):
+            exp = _expected(lines[stmt.end_lineno - 1]) if isinstance(stmt, ast.Expr) else None
+            if exp is not None:
+                call = ast.Call(ast.Name("__check", ast.Load()),
+                                [stmt.value, ast.parse(repr(exp), mode="eval").body,
+                                 ast.Constant(lines[stmt.lineno - 1].strip())], [])
+                tree.body[k] = ast.copy_location(ast.Expr(call), stmt)
+                checked += 1
+        exec(compile(ast.fix_missing_locations(tree), "<docs page>", "exec"), ns)
+    return checked
+
+
+@pytest.mark.parametrize("page", ["index.md", "getting-started.md", "patterns.md"])
+def test_the_python_on_the_page_runs_and_gives_what_it_says(page):
+    import pydantic_ai.models
+    pydantic_ai.models.ALLOW_MODEL_REQUESTS = False         # the pages use the offline demo model only
+    checked = _run_page_code((ROOT / "docs" / page).read_text(encoding="utf-8"))
+    if page == "patterns.md":
+        assert checked >= 10
+
+
+def test_the_notebook_cells_of_getting_started_run(ip):
+    text = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    start = text.index("## A first workflow in a notebook")
+    cells = re.findall(r"```ipython\n(.*?)```", text[start:text.index("## The same in a script")], re.S)
+    assert len(cells) >= 6
+    for cell in cells:
+        result = ip.run_cell(cell)
+        assert result.success, (cell, result.error_in_exec or result.error_before_exec)
+    run = ip.user_ns["run"]
+    assert run.status == "succeeded" and run["ranked"] == [1, 2, 3]
+    assert run["summary"].startswith("[writer]")
