@@ -202,14 +202,29 @@ def test_the_python_on_the_page_runs_and_gives_what_it_says(page):
         assert checked >= 10
 
 
+def _run_cells(ip, cells):
+    for cell in cells:
+        result = ip.run_cell(cell)
+        assert result.success, (cell, result.error_in_exec or result.error_before_exec)
+    run = ip.user_ns["run"]
+    run.wait()
+    return run
+
+
 def test_the_notebook_cells_of_getting_started_run(ip):
     text = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
     start = text.index("## A first workflow in a notebook")
     cells = re.findall(r"```ipython\n(.*?)```", text[start:text.index("## The same in a script")], re.S)
     assert len(cells) >= 6
-    for cell in cells:
-        result = ip.run_cell(cell)
-        assert result.success, (cell, result.error_in_exec or result.error_before_exec)
-    run = ip.user_ns["run"]
+    run = _run_cells(ip, cells)
     assert run.status == "succeeded" and run["ranked"] == [1, 2, 3]
     assert run["summary"].startswith("[writer]")
+
+
+@pytest.mark.parametrize("page", ["docs/index.md", "README.md"])
+def test_the_notebook_cells_of_the_home_page_run(ip, page):
+    text = (ROOT / page).read_text(encoding="utf-8")
+    cells = re.findall(r"```(?:ipython)?\n((?:run = )?%.*?)```", text, re.S)
+    assert cells[0].startswith("%load_ext notebook_orch") and len(cells) == 5
+    run = _run_cells(ip, cells)
+    assert run.status == "succeeded" and run["ranked"] == [1, 2, 3]
