@@ -218,7 +218,7 @@ def test_the_notebook_cells_of_getting_started_run(ip):
     assert len(cells) >= 6
     run = _run_cells(ip, cells)
     assert run.status == "succeeded" and run["ranked"] == [1, 2, 3]
-    assert run["summary"].startswith("[writer]")
+    assert isinstance(run["summary"], str) and run["summary"]          # the demo model's answer
 
 
 @pytest.mark.parametrize("page", ["docs/index.md", "README.md"])
