@@ -81,7 +81,7 @@ class Run:
 
     @property
     def statuses(self) -> dict[str, str]:
-        """Task id -> its current status (see SPEC §4)."""
+        """Task id -> its current status; the statuses are listed on the execution semantics page of the docs."""
         return self.state.statuses()
 
     @property
@@ -225,17 +225,17 @@ class Run:
 
     # ---------------------------------------------------------------- views
     def metrics(self) -> "pd.DataFrame":
-        """One row per task: timings, waits, attempts, critical path, cost (SPEC §6)."""
+        """One row per task: timings, waits, attempts, critical path, cost; the columns are on the metrics page of the docs."""
         from . import metrics
         return metrics.task_metrics(self)
 
     def summary(self) -> "pd.Series":
-        """Makespan, critical path, parallelism, efficiency and counts (SPEC §6)."""
+        """Makespan, critical path, parallelism, efficiency and counts; the columns are on the metrics page of the docs."""
         from . import metrics
         return metrics.summary(self)
 
     def bottlenecks(self, top: int | None = None) -> "pd.DataFrame":
-        """Tasks ranked by how much sooner the run would end without them (SPEC §6).
+        """Tasks ranked by how much sooner the run would end without them; the columns are on the metrics page of the docs.
 
         `top` bounds how many candidate tasks are replayed (large runs default to a few)."""
         from . import metrics
@@ -248,12 +248,12 @@ class Run:
         return metrics.what_if(self, **limits)
 
     def utilization(self) -> "pd.DataFrame":
-        """One row per agent and resource pool: capacity, busy time, waits, queue (SPEC §6)."""
+        """One row per agent and resource pool: capacity, busy time, waits, queue; the columns are on the metrics page of the docs."""
         from . import metrics
         return metrics.utilization(self)
 
     def timeline(self) -> "pd.DataFrame":
-        """Running and ready task counts over the run (SPEC §6)."""
+        """Running and ready task counts over the run; the columns are on the metrics page of the docs."""
         from . import metrics
         return metrics.timeline(self)
 
@@ -268,7 +268,7 @@ class Run:
         return assignments_frame(self)
 
     def tool_calls(self) -> "pd.DataFrame":
-        """One row per tool call made by LLM agents (SPEC §6)."""
+        """One row per tool call made by LLM agents; the columns are on the metrics page of the docs."""
         from . import metrics
         return metrics.tool_calls(self)
 
