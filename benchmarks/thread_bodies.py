@@ -74,9 +74,16 @@ print(time.perf_counter() - t0)
 
 
 def hangs(concurrency: int, limit: float = 60.0) -> str:
+    import os
+    import tempfile
+
+    import notebook_orch  # the child imports the same tree as this process, whatever its working directory
+    root = os.path.dirname(os.path.dirname(os.path.abspath(notebook_orch.__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
     try:
-        out = subprocess.run([sys.executable, "-c", textwrap.dedent(HANGS.format(c=concurrency))],
-                             capture_output=True, text=True, timeout=limit, check=False)
+        with tempfile.TemporaryDirectory() as cwd:
+            out = subprocess.run([sys.executable, "-c", textwrap.dedent(HANGS.format(c=concurrency))],
+                                 capture_output=True, text=True, timeout=limit, check=False, env=env, cwd=cwd)
     except subprocess.TimeoutExpired:
         return f"did not end in {limit:g} s"
     if out.returncode:

@@ -25,7 +25,7 @@ def _script(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     try:
         return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                              timeout=timeout, env=env, check=False)
+                              timeout=timeout, env=env, check=False, cwd=os.getcwd())   # the test's own tmp dir
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the script did not exit within {timeout} s; output so far: {exc.stdout!r} {exc.stderr!r}")
 
