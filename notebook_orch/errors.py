@@ -10,6 +10,7 @@ __all__ = [
     "CycleError",
     "UnknownNameError",
     "InvalidIdError",
+    "KeywordIdError",
     "TaskFailedError",
     "RunCancelledError",
     "LoopError",
@@ -43,6 +44,16 @@ class InvalidIdError(DefinitionError):
             f"{kind} id {name!r} is not {what}; {why}, so use letters, "
             f"digits and '_' (not starting with a digit), e.g. {_as_identifier(name)!r}"
         )
+
+
+class KeywordIdError(InvalidIdError):
+    """A task id or agent name is a Python keyword (it could not name the parameter receiving the output)."""
+
+    def __init__(self, kind: str, name: str):
+        self.kind, self.name = kind, name
+        DefinitionError.__init__(
+            self, f"{kind} id {name!r} is a Python keyword, so it cannot name the parameter that receives "
+                  f"its output in other tasks' bodies; use another name, e.g. {name + '_'!r}")
 
 
 def _as_identifier(name: str) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import DefinitionError, InvalidIdError, OrchError, UnknownNameError, closest
+from .errors import DefinitionError, InvalidIdError, KeywordIdError, OrchError, UnknownNameError, closest
 
 __all__ = ["Agent", "Task", "Trigger", "Executor", "parse_rate", "parse_ttl", "TRIGGERS", "EXECUTORS"]
 
@@ -119,14 +119,6 @@ def check_identifier(kind: str, name: str) -> str:
 _check_identifier = check_identifier
 
 
-class KeywordIdError(InvalidIdError):
-    """InvalidIdError for a Python keyword (its own message: the generic one would suggest the keyword)."""
-
-    def __init__(self, kind: str, name: str):
-        self.kind, self.name = kind, name
-        DefinitionError.__init__(
-            self, f"{kind} id {name!r} is a Python keyword, so it cannot name the parameter that receives "
-                  f"its output in other tasks' bodies; use another name, e.g. {name + '_'!r}")
 
 
 class Agent(BaseModel):
