@@ -267,3 +267,8 @@ class Run:
     def __repr__(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))
         return f"<Run {self.id} {self.status}: {len(self._s.ids)} tasks ({counts})>"
+
+    def messages(self, task_id: str) -> "pd.DataFrame":
+        """The prompt task's conversation: role, content, tool, tokens (secrets redacted; SPEC §8)."""
+        from .llm import messages
+        return messages(self, task_id)
