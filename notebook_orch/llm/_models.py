@@ -278,8 +278,6 @@ def usage_of(result_or_usage: Any, agent: "Agent | None" = None) -> tuple[int, i
     x = result_or_usage
     response = x if isinstance(x, ModelResponse) else None
     usage = x.usage if response is not None or hasattr(x, "all_messages") else x
-    if callable(usage):   # older result objects: usage()
-        usage = usage()
     tin = int(getattr(usage, "input_tokens", 0) or 0)
     tout = int(getattr(usage, "output_tokens", 0) or 0)
     price = getattr(agent, "price", None) if agent is not None else None
