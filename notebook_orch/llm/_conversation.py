@@ -25,6 +25,10 @@ from collections import OrderedDict
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic_ai import direct
+from pydantic_ai.messages import (ModelRequest, PartDeltaEvent, PartStartEvent, SystemPromptPart, TextPart,
+                                  TextPartDelta, UserPromptPart)
+
 from .. import attempt as _attempt
 from ..errors import DefinitionError, OrchError
 from ._convert import rows_of
@@ -183,8 +187,6 @@ def _translate(exc: Exception, agent: "Agent", task: "Task") -> Exception:
 
 # ---------------------------------------------------------------------- plain prompts
 async def _direct(call: _Call, model: Any, system: str, text: str) -> str:
-    from pydantic_ai import direct
-    from pydantic_ai.messages import ModelRequest, SystemPromptPart, UserPromptPart
     task = call.task
     parts: list[Any] = [SystemPromptPart(system)] if system else []
     parts.append(UserPromptPart(text))
@@ -211,8 +213,6 @@ async def _direct(call: _Call, model: Any, system: str, text: str) -> str:
 
 
 async def _direct_stream(call: _Call, model: Any, messages: list[Any]) -> Any:
-    from pydantic_ai import direct
-    from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta
     async with direct.model_request_stream(model, messages) as stream:
         async for ev in stream:
             if isinstance(ev, PartDeltaEvent) and isinstance(ev.delta, TextPartDelta):

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from pydantic_ai.messages import (ModelRequest, ModelResponse, RetryFeedbackPart, RetryPromptPart, SystemPromptPart,
+                                  TextPart, ThinkingPart, ToolCallPart, ToolReturnPart, UserPromptPart)
+
 from ._safe import safe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,8 +47,6 @@ def _row(role: str, content: Any, tool: str | None = None, tokens: int | None = 
 
 def rows_of(messages: list[Any], system_done: bool = False) -> list[dict[str, Any]]:
     """Event payloads for `messages` (pydantic-ai ModelRequest / ModelResponse), in order."""
-    from pydantic_ai.messages import (ModelRequest, ModelResponse, RetryFeedbackPart, RetryPromptPart, SystemPromptPart,
-                                      TextPart, ThinkingPart, ToolCallPart, ToolReturnPart, UserPromptPart)
     rows: list[dict[str, Any]] = []
     for m in messages:
         if isinstance(m, ModelRequest):
@@ -79,7 +80,6 @@ def rows_of(messages: list[Any], system_done: bool = False) -> list[dict[str, An
 
 def request_text(messages: list[Any], instructions: str | None = None) -> str:
     """What the user side said so far (prompts, then any retry feedback): the input of demo and callable models."""
-    from pydantic_ai.messages import ModelRequest, RetryFeedbackPart, RetryPromptPart, ToolReturnPart, UserPromptPart
     out: list[str] = []
     for m in messages:
         if not isinstance(m, ModelRequest):

@@ -26,12 +26,14 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from pydantic_ai.messages import ModelResponse
+
 from ..errors import DefinitionError, OrchError
 from ._safe import register_secret, safe
 
-if TYPE_CHECKING:  # pragma: no cover
-    from pydantic_ai.models import Model
+from pydantic_ai.models import Model
 
+if TYPE_CHECKING:  # pragma: no cover
     from ..model import Agent
 
 __all__ = ["resolve_model", "usage_of", "MissingKeyError", "ModelRequestError", "HTTP_RETRIES", "MAX_RETRY_DELAY"]
@@ -78,7 +80,6 @@ _local: dict[Any, "Model"] = {}       # demo and callable models: no connections
 
 def resolve_model(agent: "Agent") -> "Model":
     """The pydantic-ai Model for `agent.llm` (string, string + base_url, Model object, callable, or "demo")."""
-    from pydantic_ai.models import Model
     llm = agent.llm
     if llm is None:
         raise DefinitionError(f"agent {agent.name!r} has no llm; give it llm='demo' (offline), a provider string "
@@ -274,7 +275,6 @@ def usage_of(result_or_usage: Any, agent: "Agent | None" = None) -> tuple[int, i
 
     Cost: `agent.price` (USD per million input, output tokens) when given, else genai-prices through
     pydantic-ai (offline snapshot); None when neither knows the model: unknown, never 0."""
-    from pydantic_ai.messages import ModelResponse
     x = result_or_usage
     response = x if isinstance(x, ModelResponse) else None
     usage = x.usage if response is not None or hasattr(x, "all_messages") else x
