@@ -107,4 +107,5 @@ def messages_frame(run: Any, task_id: str) -> "pd.DataFrame":
             rows.append({"attempt": ev.attempt, **{c: ev.info.get(c) for c in COLUMNS}})
     df = pd.DataFrame(rows, columns=["attempt", *COLUMNS])
     df["tokens"] = pd.array(df["tokens"], dtype="Int64")
+    df["tool"] = df["tool"].astype(object).where(df["tool"].notna(), None)   # None, as in the events
     return df

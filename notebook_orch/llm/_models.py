@@ -115,14 +115,28 @@ def resolve_model(agent: "Agent") -> "Model":
         register_secret(key_value)
     digest = hashlib.sha256(key_value.encode()).hexdigest()[:16] if key_value else ""
     cache_key = (provider, name, agent.base_url, env, digest)
-    try:
-        cache = _per_loop.setdefault(asyncio.get_running_loop(), {})
-    except RuntimeError:
-        cache = _no_loop
+    cache = _loop_cache()
     model = cache.get(cache_key)
     if model is None:
         model = cache[cache_key] = _build(agent, provider, name, key_value)
     return model
+
+
+def _loop_cache() -> dict[Any, "Model"]:
+    """The models of the running loop. Kept on the loop object itself where it takes attributes, so that
+    a loop's connection pools go with it (a WeakKeyDictionary would be kept alive by its own values)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return _no_loop
+    cache = getattr(loop, "_notebook_orch_models", None)
+    if cache is None:
+        cache = {}
+        try:
+            loop._notebook_orch_models = cache  # type: ignore[attr-defined]
+        except AttributeError:   # a loop class without __dict__ (e.g. uvloop)
+            cache = _per_loop.setdefault(loop, cache)
+    return cache
 
 
 def _build(agent: "Agent", provider: str, name: str, key: str | None) -> "Model":

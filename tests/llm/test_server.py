@@ -127,6 +127,9 @@ def test_tools_are_called_recorded_and_errors_go_back_to_the_model(server):
     tool_def = server.requests[0]["tools"][0]["function"]
     assert tool_def["name"] == "lookup" and tool_def["parameters"]["properties"]["days"]["type"] == "integer"
     assert len(kinds(run, "weather", "usage")) == 2
+    msgs = run.messages("weather")
+    assert list(msgs.role) == ["user", "assistant", "assistant", "tool", "tool", "assistant"]
+    assert list(msgs.tool) == [None, "lookup", "lookup", "lookup", "lookup", None]
 
 
 def test_tool_timeout_returns_an_error_to_the_model(server):
@@ -164,8 +167,22 @@ def test_streaming_sse(server, monkeypatch):
     streams = kinds(run, "p", "stream")
     assert len(streams) >= 2 and streams[-1] == {"text": text, "tokens": 40}   # partial, then the whole answer
     assert len(streams[0]["text"]) < len(text)
+    span = max(e.t for e in run.events if e.kind == "stream") - min(e.t for e in run.events if e.kind == "stream")
+    assert len(streams) <= 2 + span * 10                    # coalesced: at most ~10 a second
     (usage,) = kinds(run, "p", "usage")
     assert (usage["tokens_in"], usage["tokens_out"], usage["streamed"]) == (12, 40, True)
+
+
+def test_streaming_structured_output_through_the_agent_loop(server, monkeypatch):
+    from notebook_orch.llm import _conversation
+    monkeypatch.setattr(_conversation, "STREAM", True)
+    server.script("local-model", lambda body: _output_call({"title": "streamed", "score": 3}))
+    wf = flow(server)
+    wf.prompt("find", "Find", agent="writer", output_model=Finding)
+    run = wf.run()
+    assert run["find"] == Finding(title="streamed", score=3) and server.requests[0]["stream"] is True
+    assert '"streamed"' in kinds(run, "find", "stream")[-1]["text"]      # the tool call's JSON, as it arrived
+    assert len(kinds(run, "find", "usage")) == 1
 
 
 def test_429_with_retry_after_is_retried_and_visible(server):
