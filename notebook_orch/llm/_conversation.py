@@ -310,7 +310,8 @@ def _is_final_ack(m: Any) -> bool:
     """The framework's 'Final result processed.' reply to the output tool: not part of the conversation."""
     from pydantic_ai.messages import ModelRequest, ToolReturnPart
     return (isinstance(m, ModelRequest) and bool(m.parts) and all(isinstance(p, ToolReturnPart) for p in m.parts)
-            and all(p.tool_name == "final_result" and getattr(p, "retry", None) is None for p in m.parts))
+            and all(getattr(p, "tool_name", None) == "final_result" and getattr(p, "retry", None) is None
+                    for p in m.parts))
 
 
 def _exhausted(task: "Task", messages: list[Any], exc: Exception) -> OrchError:

@@ -65,13 +65,13 @@ def rows_of(messages: list[Any], system_done: bool = False) -> list[dict[str, An
             system_done = system_done or bool(m.instructions)
         elif isinstance(m, ModelResponse):
             tokens: int | None = int(m.usage.output_tokens or 0)
-            for p in m.parts:
-                if isinstance(p, TextPart):
-                    rows.append(_row("assistant", p.content, None, tokens))
-                elif isinstance(p, ToolCallPart):
-                    rows.append(_row("assistant", p.args if p.args is not None else {}, p.tool_name, tokens))
-                elif isinstance(p, ThinkingPart):
-                    rows.append(_row("thinking", p.content, None, tokens))
+            for q in m.parts:
+                if isinstance(q, TextPart):
+                    rows.append(_row("assistant", q.content, None, tokens))
+                elif isinstance(q, ToolCallPart):
+                    rows.append(_row("assistant", q.args if q.args is not None else {}, q.tool_name, tokens))
+                elif isinstance(q, ThinkingPart):
+                    rows.append(_row("thinking", q.content, None, tokens))
                 else:
                     continue
                 tokens = None   # the response's tokens on its first row only
@@ -106,6 +106,6 @@ def messages_frame(run: Any, task_id: str) -> "pd.DataFrame":
         if ev.kind == "message" and ev.task == task_id and isinstance(ev.info, dict):
             rows.append({"attempt": ev.attempt, **{c: ev.info.get(c) for c in COLUMNS}})
     df = pd.DataFrame(rows, columns=["attempt", *COLUMNS])
-    df["tokens"] = pd.array(df["tokens"], dtype="Int64")
+    df["tokens"] = df["tokens"].astype("Int64")
     df["tool"] = df["tool"].astype(object).where(df["tool"].notna(), None)   # None, as in the events
     return df

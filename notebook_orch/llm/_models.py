@@ -26,6 +26,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
+import httpx2
 from pydantic_ai.messages import ModelResponse
 
 from ..errors import DefinitionError, OrchError
@@ -162,7 +163,6 @@ def _build(agent: "Agent", provider: str, name: str, key: str | None) -> "Model"
 
 
 def _http_client() -> Any:
-    import httpx2
     from pydantic_ai._http import DEFAULT_HTTP_LIMITS
     return httpx2.AsyncClient(timeout=httpx2.Timeout(600, connect=5),
                               transport=RetryingTransport(httpx2.AsyncHTTPTransport(limits=DEFAULT_HTTP_LIMITS)))
@@ -243,7 +243,7 @@ def _retry_after(headers: Any) -> float | None:
             return None
 
 
-class RetryingTransport:
+class RetryingTransport(httpx2.AsyncBaseTransport):
     """httpx2 transport: retries HTTP 429 / 5xx up to HTTP_RETRIES times, honouring Retry-After,
     and reports each retry as a `retrying` event of the attempt it runs in."""
 

@@ -53,15 +53,17 @@ def render_value(value: Any) -> str:
     if mod.startswith("pandas"):
         import pandas as pd
         if isinstance(value, (pd.DataFrame, pd.Series)):
+            table_of: Any = value  # DataFrame.to_string and Series.to_string take different options
+            cols = {"max_cols": 20} if isinstance(value, pd.DataFrame) else {}
             n = len(value)
             shape = (f"DataFrame, {n} rows × {value.shape[1]} columns" if isinstance(value, pd.DataFrame)
                      else f"Series {value.name!r}, {n} rows")
             shown = value if n <= TABLE_ROWS else None
             if shown is None:
                 half = TABLE_ROWS // 2
-                table = value.to_string(max_rows=TABLE_ROWS, min_rows=TABLE_ROWS, max_cols=20)
+                table = table_of.to_string(max_rows=TABLE_ROWS, min_rows=TABLE_ROWS, **cols)
                 return f"({shape}; first and last {half} rows shown)\n{table}"
-            return f"({shape})\n{value.to_string(max_cols=20)}"
+            return f"({shape})\n{table_of.to_string(**cols)}"
     if mod.startswith("numpy"):
         import numpy as np
         if isinstance(value, np.ndarray):
@@ -128,7 +130,7 @@ def render_prompt(task: "Task", inputs: Mapping[str, Any], agent: "Agent | None"
     budget = agent.max_context_tokens * CHARS_PER_TOKEN if agent is not None and agent.max_context_tokens else None
     if budget is not None and pieces:
         literal = len(skeleton) - sum(len(str(i)) + 2 for i in range(len(pieces)))
-        pieces = _fit(pieces, max(0, budget - literal), agent.max_context_tokens)  # type: ignore[union-attr]
+        pieces = _fit(pieces, max(0, budget - literal), budget // CHARS_PER_TOKEN)
     text = skeleton
     if pieces:
         chunks = text.split("\x00")

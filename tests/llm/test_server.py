@@ -35,6 +35,8 @@ def test_plain_prompt_usage_messages_and_system_prompt(server):
     assert (usage["tokens_in"], usage["tokens_out"], usage["cost_usd"], usage["model"]) == (30, 5, None, "local-model")
     m = run.metrics().loc["summary"]
     assert (m.tokens_in, m.tokens_out) == (30, 5) and math.isnan(m.cost_usd)   # unknown cost: NaN, never 0
+    s = run.summary()
+    assert (s.tokens_in, s.tokens_out) == (30, 5) and math.isnan(s.cost_usd)
     msgs = run.messages("summary")
     assert list(msgs.role) == ["system", "user", "assistant"] and msgs.tokens.iloc[2] == 5
     assert msgs.content.iloc[2] == "The answer is 42."
@@ -45,7 +47,7 @@ def test_price_gives_cost(server):
     wf = flow(server, price=(0.5, 2.0))
     wf.prompt("p", "hi", agent="writer")
     run = wf.run()
-    assert run.metrics().loc["p", "cost_usd"] == pytest.approx(1.5)
+    assert run.metrics().loc["p", "cost_usd"] == pytest.approx(1.5) == run.summary().cost_usd
 
 
 class Finding(BaseModel):
