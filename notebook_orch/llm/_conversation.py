@@ -52,7 +52,7 @@ _TOOL_INPUT = 500              # characters of a tool call's input kept in its e
 class _Call:
     """What one attempt's conversation knows: its attempt context, counters, the streamed text."""
 
-    __slots__ = ("ctx", "agent", "task", "sent", "system_done", "streaming", "parts", "t_emit", "n_chunks")
+    __slots__ = ("ctx", "agent", "task", "sent", "system_done", "streaming", "parts", "t_emit", "n_chunks", "waited")
 
     def __init__(self, ctx: Any, agent: "Agent", task: "Task", streaming: bool):
         self.ctx = ctx
@@ -64,6 +64,7 @@ class _Call:
         self.parts: list[str] = []    # streamed text of the current request
         self.t_emit = 0.0
         self.n_chunks = 0
+        self.waited = 0.0             # seconds the current request waited in before_request (windows, budget)
 
     def emit(self, kind: str, info: Any) -> None:
         if self.ctx is not None:
@@ -83,12 +84,15 @@ class _Call:
 
     async def before(self, messages: list[Any]) -> tuple[int, float]:
         est = 0
+        t = perf_counter()
         if self.ctx is not None:
             est = _estimate(messages)
             await self.ctx.before_request(est)
         self.parts.clear()
         self.n_chunks = 0
-        return est, perf_counter()
+        now = perf_counter()
+        self.waited = now - t
+        return est, now
 
     def after(self, response: Any, est: int, t0: float) -> None:
         tin, tout, cost = usage_of(response, self.agent)
@@ -96,7 +100,8 @@ class _Call:
             self.flush(tout)
         if self.ctx is not None:
             self.ctx.after_request(tin, tout, cost, est, model=response.model_name,
-                                   duration_ms=round((perf_counter() - t0) * 1000, 3), streamed=self.streaming)
+                                   duration_ms=round((perf_counter() - t0) * 1000, 3),
+                                   wait_ms=round(self.waited * 1000, 3), streamed=self.streaming)
 
     # ------------------------------------------------------------ streaming
     def feed(self, delta: str) -> None:

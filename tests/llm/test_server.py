@@ -246,6 +246,7 @@ def test_token_limit_holds_requests(server):
     assert len(blocked) == 1
     first, second = sorted(e.t for e in run.events if e.kind == "usage")
     assert second - first >= 0.45
+    assert max(e.info["wait_ms"] for e in run.events if e.kind == "usage") >= 300   # the held request says how long
 
 
 def test_budget_stops_new_requests(server):
