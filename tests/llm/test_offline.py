@@ -244,3 +244,17 @@ def test_no_model_requests_escape_in_offline_tests():
     run = wf.run()
     assert run.status == "failed" and "ALLOW_MODEL_REQUESTS" in str(run.errors["p"])
     assert math.isnan(run.metrics().loc["p", "cost_usd"]) or run.metrics().loc["p", "cost_usd"] == 0
+
+
+def test_structured_answers_are_redacted_before_they_are_kept(monkeypatch):
+    from notebook_orch.llm._safe import safe_value
+
+    class Note(BaseModel):
+        text: str
+        code: str = Field(min_length=30)
+
+    secret = "zz" + "q" * 30
+    monkeypatch.setenv("SERVICE_TOKEN", secret)
+    kept = safe_value(Note(text=f"the token is {secret}", code=secret))
+    assert secret not in repr(kept) and kept.text == "the token is ***"   # code no longer fits: kept unvalidated
+    assert safe_value(Note(text="plain", code="c" * 30)) == Note(text="plain", code="c" * 30)
