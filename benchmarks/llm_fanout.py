@@ -11,6 +11,10 @@ configurations so that load on the machine hits all of them alike; the table sho
                results written to SQLite as in a notebook), no panel (so no streaming)
 * orch_struct  the same with `output_model=` (pydantic-ai Agent.run: structured output via a tool)
 
+A last line measures the layer alone, without HTTP: the CPU a prompt task costs beyond its
+pydantic-ai direct request (a FunctionModel that answers at once), which is steady on a busy
+machine where the HTTP columns move by a millisecond between runs.
+
 Reported: makespan / ideal (ceil(200/16) x 0.1 s = 1.3 s), makespan relative to the bare SDK of
 the same round, loop-process CPU ms per request, and the most requests the server saw in flight.
 Targets (issue #10): in flight <= 16, makespan within 5% of the SDK's, <= 3 ms CPU per plain prompt
@@ -106,6 +110,52 @@ def _child(config: str, url: str, n: int, conc: int) -> None:
         print(json.dumps(asyncio.run(main())), flush=True)
 
 
+def _layer_overhead(n: int, conc: int, reps: int = 5) -> dict:
+    """CPU per prompt of notebook_orch beyond the model request itself, without HTTP (a pydantic-ai
+    FunctionModel answers at once): 200 prompt tasks vs 200 `direct.model_request` calls, same model.
+    Stable on a loaded machine, where the HTTP columns move by a millisecond from run to run."""
+    import asyncio
+    import time
+
+    sys.path.insert(0, str(ROOT))
+    from pydantic_ai import direct
+    from pydantic_ai.messages import ModelRequest, ModelResponse, SystemPromptPart, TextPart, UserPromptPart
+    from pydantic_ai.models.function import FunctionModel
+
+    from notebook_orch import Workflow
+
+    async def answer(messages, info):  # type: ignore[no-untyped-def]
+        return ModelResponse(parts=[TextPart("ok")])
+    model = FunctionModel(answer)
+    wf = Workflow("overhead")
+    wf.agent("writer", role="writer", llm=model, max_concurrency=conc)
+    for i in range(n):
+        wf.prompt(f"p{i}", f"Summarise item {i}", agent="writer", cache=False)
+    sem = asyncio.Semaphore(conc)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await direct.model_request(model, [ModelRequest(parts=[SystemPromptPart("You are writer."),
+                                                                   UserPromptPart(f"Summarise item {i}")])])
+
+    async def main() -> dict:
+        await wf.arun()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        orch, bare = [], []
+        for _ in range(reps):
+            c0 = time.process_time()
+            await wf.arun()
+            orch.append(time.process_time() - c0)
+            c0 = time.process_time()
+            await asyncio.gather(*(one(i) for i in range(n)))
+            bare.append(time.process_time() - c0)
+        return {"orch_ms": statistics.median(orch) / n * 1000, "direct_ms": statistics.median(bare) / n * 1000}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        return asyncio.run(main())
+
+
 def _reset(url: str) -> None:
     urllib.request.urlopen(urllib.request.Request(url + "/reset", method="POST"), timeout=5).read()
 
@@ -122,7 +172,11 @@ def main() -> None:
     ap.add_argument("--delay", type=float, default=0.1)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--child", nargs=2, metavar=("CONFIG", "URL"), help=argparse.SUPPRESS)
+    ap.add_argument("--overhead", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.overhead:
+        print(json.dumps(_layer_overhead(a.n, a.concurrency)))
+        return
     if a.child:
         _child(a.child[0], a.child[1], a.n, a.concurrency)
         return
@@ -153,6 +207,14 @@ def main() -> None:
                           "x_sdk": statistics.median(rel), "cpu_ms": cpu, "max_in_flight": peak}
             print(f"{c:12s} {statistics.median(ms):10.3f} {statistics.median(ms) / ideal:8.3f} "
                   f"{statistics.median(rel):7.3f} {cpu:11.2f} {peak:14d}")
+        out = subprocess.run([sys.executable, __file__, "--overhead", "--n", str(a.n), "--concurrency",
+                              str(a.concurrency)], capture_output=True, text=True, timeout=600)
+        if out.returncode == 0:
+            ov = json.loads(out.stdout.strip().splitlines()[-1])
+            summary["layer_overhead"] = ov
+            print(f"without HTTP (FunctionModel): a prompt task costs {ov['orch_ms']:.3f} ms CPU, the bare direct "
+                  f"request {ov['direct_ms']:.3f} ms: notebook_orch adds {ov['orch_ms'] - ov['direct_ms']:.3f} ms "
+                  f"(scheduler, prompt rendering, events, store)")
         print(json.dumps(summary))
     finally:
         server.terminate()
