@@ -185,7 +185,7 @@ def main() -> None:
     try:
         url = server.stdout.readline().strip()  # type: ignore[union-attr]
         rows: dict[str, list[dict]] = {c: [] for c in configs}
-        for r in range(a.rounds):
+        for _ in range(a.rounds):
             for c in configs:
                 out = subprocess.run([sys.executable, __file__, "--child", c, url, "--n", str(a.n),
                                       "--concurrency", str(a.concurrency)], capture_output=True, text=True, timeout=600)
