@@ -263,3 +263,19 @@ def test_budget_stops_new_requests(server):
     reasons = [e.info for e in run.events if e.kind == "cancelled"]
     assert any("max_cost_usd" in str(r) for r in reasons)
     assert server.count == 1
+
+
+def test_unreachable_server_is_a_clear_error(server):
+    import socket
+    with socket.socket() as s:            # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wf = Workflow("down", store=False)
+    wf.agent("writer", llm="openai:m", base_url=f"http://127.0.0.1:{port}/v1")
+    wf.prompt("p", "hi", agent="writer")
+    run = wf.run()
+    err = run.errors["p"]
+    assert isinstance(err, ModelRequestError) and "agent 'writer' (task 'p'): model request failed" in str(err)
+    from notebook_orch.errors import UnknownNameError
+    with pytest.raises(UnknownNameError, match="did you mean 'p'"):
+        run.messages("pp")
