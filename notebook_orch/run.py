@@ -290,6 +290,11 @@ class Run:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))
         return f"<Run {self.id} {self.status}: {len(self.state.ids)} tasks ({counts})>"
 
+    def messages(self, task_id: str) -> "pd.DataFrame":
+        """The prompt task's conversation: role, content, tool, tokens (secrets redacted)."""
+        from .llm import messages
+        return messages(self, task_id)
+
 
 class PastRun:
     """An older run of this session, kept as a summary so a long session's memory stays bounded.

@@ -223,7 +223,7 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
                     map_open[i].discard(k)
                     next_q[(i, k)] = t + _nominal_backoff(tasks[i], att)
         elif kind == "retrying":
-            if isinstance(info, tuple):     # the scheduler's; a dict is a model request retried inside the attempt
+            if not isinstance(info, dict):   # a dict: a model request retried inside the attempt (llm layer)
                 next_q[(idx[task], -1)] = t + float(info[1])
         elif kind == "fallback":
             i = idx[task]
