@@ -13,9 +13,9 @@ from ._loop import running_loop
 from .errors import DefinitionError, LoopError, UnknownNameError
 from .graph import Graph, build_graph
 from .model import Agent, Task
-from ._runstore import attach_store
 from .run import Run
 from .scheduler import Scheduler
+from .store import attach as attach_store
 
 __all__ = ["Workflow"]
 
@@ -214,13 +214,13 @@ class Workflow:
         reuse = dict(reuse or {})
         reuse.update(self._selection_reuse(graph, options))
         params = {**self.params, **(options.get("params") or {})}
-        store = attach_store(self, graph, options)          # fingerprints, cache lookups, writes (None: store off)
+        store = attach_store(self, graph, options)          # the run's recorder and cache hook (None: store off)
         lookup = self.cache_lookup if options.get("cache", True) else None
         sched = Scheduler(
             graph, self.tasks, self.agents, concurrency=concurrency, resources=self.resources,
             params=params, namespace=self.namespace, fail_fast=options.get("fail_fast", self.fail_fast),
             estimates=self.estimates(graph), reuse=reuse,
-            cache_lookup=lookup or (store.lookup if store is not None else None),
+            cache_lookup=lookup or (store.cache.lookup if store is not None else None),
             max_cost_usd=self.max_cost_usd)
         sched.executors.dask_client = options.get("dask_client")
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
