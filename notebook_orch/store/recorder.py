@@ -38,6 +38,8 @@ _SIMPLE = frozenset({type(None), int, float, bool})
 _JSON_VALUE = frozenset({type(None), int, float, bool, str})
 _WAKE = frozenset({"succeeded", "failed", "run_finished"})
 _ENDED = frozenset({"failed", "upstream_failed", "skipped", "cancelled"})
+KEEP_ROWS = 3     # failed attempts at a finished run's batch before its outputs stay in memory only
+KEEP_EVENTS = 5   # ... before its events are given up too (its status is retried as long as the process lives)
 
 
 class _Buffer:
@@ -212,32 +214,38 @@ class Recorder:
         return b
 
     def committed(self, b: Batch) -> None:
-        pending = self.store.pending
-        for key, (value, _, _) in self._values.items():
+        pending, memory = self.store.pending, self.store.memory
+        for key, (value, tid, where) in self._values.items():
             if pending.get(key, (None,))[0] is value:
                 del pending[key]
+            if where == "memory":  # written after all: no longer a session-only output
+                memory.pop(key, None)
+                self.not_persisted.pop(tid, None)
         self._clear()
         if b.run_update is not None:
             self.store.final.pop(self._run_id, None)
             self._done = True
 
     def failed(self, b: Batch, exc: BaseException) -> None:
-        """Keep everything for the next attempt; once the run is over, keep outputs in memory instead and
-        retry only the run's events and status (a full disk may take small writes, never large ones)."""
+        """Keep everything for the next attempt (the outputs meanwhile in memory, said in `not_persisted`).
+        Once the run is over, give up the rows after `KEEP_ROWS` attempts and the events after `KEEP_EVENTS`:
+        a full disk may still take the run's status, never large writes. The status is retried while we live."""
         self._warn(exc)
         if b.run_update is None:
             return
         self._final_tries += 1
         text = str(exc) if isinstance(exc, _Unavailable) else f"{type(exc).__name__}: {exc}"
-        for key, (value, tid, _) in self._values.items():
+        for key, (value, tid, _) in list(self._values.items()):
             self.store.memory[key] = (value, {"task": tid, "workflow": self.workflow, "run_id": self._run_id,
                                               "created": time.time(), "duration": None})
             self.store.pending.pop(key, None)
-            self.not_persisted[tid] = redact(f"the store could not be written ({text}); kept in memory for this session")
-        self._rows, self._values = [], {}
-        if self._final_tries >= 2:  # the events too are too much for it: the status at least
+            self._values[key] = (value, tid, "memory")
+            self.not_persisted[tid] = redact(f"the store could not be written ({text}); kept in memory for this "
+                                             f"session (written later if the store recovers)")
+        if self._final_tries >= KEEP_ROWS:
+            self._rows, self._values = [], {}
+        if self._final_tries >= KEEP_EVENTS:
             self._events, self._fps, self._json, self._notes = [], {}, {}, {}
-            self.retry_at = time.monotonic() + 1.0
 
     def broken(self, exc: BaseException) -> None:
         """A bug in collect(): say so once and stop recording this run (it goes on)."""

@@ -342,9 +342,10 @@ class Store:
                     c.con = None
 
     # ------------------------------------------------------------------ the writer
-    def drain(self, timeout: float | None = 10.0) -> bool:
-        """Wait until every queued write is committed (or has failed); False on timeout. Not for the loop's hot path."""
-        return self.writer.drain(timeout) if self.writer is not None else True
+    def drain(self, timeout: float | None = 10.0, retry: bool = False) -> bool:
+        """Wait until every queued write is committed (or has failed and is kept in memory); False on timeout.
+        `retry`: attempt what failed before now. For user commands and tests, not the loop's hot path."""
+        return self.writer.drain(timeout, retry) if self.writer is not None else True
 
     def enqueue(self, source: Any) -> None:
         """Have the writer thread collect batches from `source` (a recorder) until it is done."""

@@ -61,12 +61,16 @@ class Writer:
     def wake(self) -> None:
         self._wake.set()
 
-    def drain(self, timeout: float | None = 10.0) -> bool:
-        """Block until a full pass found nothing left to write (committed, or failed and kept in memory)."""
+    def drain(self, timeout: float | None = 10.0, retry: bool = False) -> bool:
+        """Block until a full pass found nothing left to write (committed, or failed and kept in memory);
+        `retry`: try what failed before at once instead of after RETRY_AFTER."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             if not self._sources:
                 return True
+            if retry:
+                for src in self._sources:
+                    src.retry_at = 0.0
             start = self._cycle
             self._wake.set()
             while not (self._cycle > start + 1 and self._quiet) and self._sources:
