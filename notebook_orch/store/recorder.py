@@ -27,7 +27,7 @@ from collections import Counter
 from typing import Any
 
 from ..redact import learn_run, redact, redact_obj
-from . import sign
+from . import codec, sign
 from .cache import RunCache
 from .fingerprint import hash_value
 from .sqlite import Batch, Store, StoreWarning, _Unavailable
@@ -36,7 +36,7 @@ __all__ = ["Recorder"]
 
 _SIMPLE = frozenset({type(None), int, float, bool})
 _JSON_VALUE = frozenset({type(None), int, float, bool, str})
-_WAKE = frozenset({"succeeded", "failed", "run_finished"})
+EVENTS_EVERY = 0.5   # seconds between events chunks of a live run (outputs are committed at once)
 _ENDED = frozenset({"failed", "upstream_failed", "skipped", "cancelled"})
 KEEP_ROWS = 3     # failed attempts at a finished run's batch before its outputs stay in memory only
 KEEP_EVENTS = 5   # ... before its events are given up too (its status is retried as long as the process lives)
@@ -78,6 +78,12 @@ class Recorder:
         self._woke = False
         self._fallback: set[str] = set()         # written on the loop: tasks whose output came from a fallback
         self._matched: set[str] = set()          # reused outputs equal to the stored one of their fingerprint
+        self._outs: list[Any] = []               # succeeded / cached events not yet collected (appended on the loop)
+        self._ended: list[str] = []              # tasks that ended without an output, not yet collected
+        self._urgent = False                     # an output for the cache (or the run's end) waits: write it now
+        self._handlers = {"running": self._on_running, "succeeded": self._on_succeeded, "cached": self._on_cached,
+                          "fallback": self._on_fallback, "failed": self._on_ended, "upstream_failed": self._on_ended,
+                          "skipped": self._on_ended, "cancelled": self._on_ended, "run_finished": self._on_finished}
         self._started: dict[str, float] = {}
         self._held: set[str] = set()             # fingerprints this run leases
         # what the next batch carries (kept across a failed write, sent again with the next one)
@@ -88,9 +94,12 @@ class Recorder:
         self._json: dict[str, Any] = {}
         self._notes: dict[str, str] = {}
         self._drop: list[str] = []
-        self._meta_row: tuple[Any, ...] | None = None
+        self._meta_row: tuple[Any, ...] | None = None   # the run's row, until it is written
+        self._inserted = False
         self._final: tuple[Any, ...] | None = None
         self._final_tries = 0
+        self._events_at = time.monotonic()      # when the last events chunk was built
+        self.hurry = False                      # set by drain(): write the events now too
         self._done = False
         self._warned = False
 
@@ -110,36 +119,58 @@ class Recorder:
         self.store.enqueue(self)
 
     def _on_event(self, ev: Any) -> None:
-        """On the loop, before downstream tasks are looked up: decide whether an output is reusable (its
-        downstream fingerprints use its fingerprint) and make it findable by this process at once."""
-        kind = ev[2]
-        if kind == "succeeded":
-            tid = ev[1]
-            cache = self.cache
-            if cache.tasks[tid].cache is False:
-                cache.uncacheable[tid] = "cache=False on the task: it runs every time"
-            elif tid in self._fallback:
-                cache.uncacheable[tid] = "its output came from its fallback: kept for this run, not reused"
-            else:
-                fp = cache.fingerprints.get(tid)
-                if fp is not None:
-                    cache.reusable.add(tid)
-                    self.store.pending[fp] = (self.st.results.get(tid), {
-                        "task": tid, "workflow": self.workflow, "run_id": self._run_id, "created": time.time(),
-                        "duration": None})
-        elif kind == "cached":
-            tid = ev[1]
-            if tid in self.cache.hits:
-                self.cache.reusable.add(tid)
-            elif self._matches_store(tid):  # reused by only= / from_ / retry_failed, and stored as is
-                self.cache.reusable.add(tid)
-                self._matched.add(tid)
+        """On the loop, per event: one dict lookup; the few kinds that matter are handled below."""
+        h = self._handlers.get(ev[2])
+        if h is not None:
+            h(ev)
+
+    def _on_running(self, ev: Any) -> None:
+        self._started.setdefault(ev[1], ev[0])
+
+    def _on_succeeded(self, ev: Any) -> None:
+        """Before downstream tasks are looked up: decide whether the output is reusable (downstream
+        fingerprints then use its fingerprint) and make it findable by this process at once."""
+        tid = ev[1]
+        cache = self.cache
+        self._outs.append(ev)
+        if cache.tasks[tid].cache is False:
+            cache.uncacheable[tid] = "cache=False on the task: it runs every time"
             return
-        elif kind == "fallback":
-            self._fallback.add(ev[1])
+        if tid in self._fallback:
+            cache.uncacheable[tid] = "its output came from its fallback: kept for this run, not reused"
             return
-        elif kind not in _WAKE:
-            return
+        fp = cache.fingerprints.get(tid)
+        if fp is not None:
+            cache.reusable.add(tid)
+            self.store.pending[fp] = (self.st.results.get(tid), {
+                "task": tid, "workflow": self.workflow, "run_id": self._run_id, "created": time.time(),
+                "duration": None})
+            self._urgent = True
+            self._wake()
+
+    def _on_cached(self, ev: Any) -> None:
+        tid = ev[1]
+        self._outs.append(ev)
+        if tid in self.cache.hits:
+            self.cache.reusable.add(tid)
+        elif self._matches_store(tid):  # reused by only= / from_ / retry_failed, and stored as is
+            self.cache.reusable.add(tid)
+            self._matched.add(tid)
+
+    def _on_fallback(self, ev: Any) -> None:
+        self._fallback.add(ev[1])
+
+    def _on_ended(self, ev: Any) -> None:
+        if ev[1] in self.cache.fingerprints:
+            self._ended.append(ev[1])
+        if ev[2] == "failed":
+            self._wake()
+
+    def _on_finished(self, ev: Any) -> None:
+        self._urgent = True
+        self._wake()
+
+    def _wake(self) -> None:
         if not self._woke:
             self._woke = True
             writer = self.store.writer
@@ -170,23 +201,28 @@ class Recorder:
         finished = st.finished                  # read first: every event up to run_finished is in the list
         events = st.events
         n = len(events)
-        if self._meta_row is None and not self._rows and self._flushed == 0:
+        if not self._inserted:
+            self._inserted = True
             self._meta_row = self._run_insert()
-        for ev in events[self._flushed:n]:
-            kind = ev[2]
-            if kind == "running":
-                self._started.setdefault(ev[1], ev[0])
-            elif kind == "succeeded":
+        now = time.monotonic()
+        lazy = not (finished or self.hurry or self._urgent or self.cache.leases or self._meta_row is not None
+                    or now - self._events_at > EVENTS_EVERY)
+        if lazy:  # nothing the cache or a resume needs yet: leave the work for later (less GIL for the loop)
+            return None
+        self._urgent = False
+        outs, self._outs = self._outs, []
+        for ev in outs:
+            if ev[2] == "succeeded":
                 self._output(ev, False)
-            elif kind == "cached":
+            else:
                 self._cached(ev)
-            elif kind in _ENDED:
-                fp = self.cache.fingerprints.get(ev[1])
-                if fp in self._held:
-                    self._held.discard(fp)
-                    self._drop.append(fp)
-            info = ev[4]
-            self._events.append(ev if type(info) in _SIMPLE else (ev[0], ev[1], kind, ev[3], redact_obj(info)))
+        ended, self._ended = self._ended, []
+        for tid in ended:
+            fp = self.cache.fingerprints.get(tid)
+            if fp in self._held:
+                self._held.discard(fp)
+                self._drop.append(fp)
+        self._events.extend(events[self._flushed:n])
         self._flushed = n
         leases, self.cache.leases = self.cache.leases, []
         for fp in leases:
@@ -203,9 +239,13 @@ class Recorder:
         b.rows = self._rows
         b.lease_add = [fp for fp in leases]
         b.lease_drop = self._drop
-        if self._events or self._fps or self._json or self._notes:
-            b.chunk = json.dumps({"events": self._events, "fps": self._fps, "values": self._json,
-                                  "notes": self._notes}, default=repr)
+        if finished or self.hurry or now - self._events_at > EVENTS_EVERY or len(self._events) > 100_000:
+            if self._events or self._fps or self._json or self._notes:
+                self._events_at, self.hurry = now, False
+                packed = codec.encode(self._events, self.cache.g.index, _clean)
+                b.chunk = json.dumps({"ev": packed, "fps": self._fps, "values": self._json, "notes": self._notes},
+                                     default=repr)
+                b.events = len(self._events)
         b.run_update = self._final
         if not b:
             if finished:
@@ -221,7 +261,7 @@ class Recorder:
             if where == "memory":  # written after all: no longer a session-only output
                 memory.pop(key, None)
                 self.not_persisted.pop(tid, None)
-        self._clear()
+        self._clear(b)
         if b.run_update is not None:
             self.store.final.pop(self._run_id, None)
             self._done = True
@@ -252,9 +292,11 @@ class Recorder:
         self._warn(exc)
         self._done = True
 
-    def _clear(self) -> None:
-        self._rows, self._values, self._events = [], {}, []
-        self._fps, self._json, self._notes, self._drop = {}, {}, {}, []
+    def _clear(self, b: Batch) -> None:
+        self._rows, self._values, self._drop = [], {}, []
+        if b.chunk is not None:
+            del self._events[:b.events]
+            self._fps, self._json, self._notes = {}, {}, {}
         self._meta_row = None
 
     # ------------------------------------------------------------------ outputs (writer thread)
@@ -312,7 +354,7 @@ class Recorder:
         meta = {
             "ids": g.ids, "deps": g.deps, "inputs": g.inputs, "fallback_only": sorted(g.fallback_only),
             "routers": {str(k): v for k, v in g.routers.items()},
-            "tasks": {t: _task_meta(task) for t, task in run.tasks.items()},
+            "tasks": {t: m for t, m in ((t, _task_meta(task)) for t, task in run.tasks.items()) if m},
             "agents": {a: _agent_meta(ag) for a, ag in run.agents.items()},
             "limits": _limits_meta(st.limits),
             "options": {k: redact_obj(v) for k, v in run.options.items()
@@ -331,6 +373,10 @@ class Recorder:
                           stacklevel=2)
 
 
+def _clean(info: Any) -> Any:
+    return info if type(info) in _SIMPLE else redact_obj(info)
+
+
 def _limits_meta(lim: Any) -> dict[str, Any]:
     if isinstance(lim, dict):
         return {"concurrency": lim.get("concurrency"), "pools": dict(lim.get("pools") or {})}
@@ -338,14 +384,13 @@ def _limits_meta(lim: Any) -> dict[str, Any]:
 
 
 def _task_meta(task: Any) -> dict[str, Any]:
-    """The options a display of a loaded run needs (no bodies, no callables); defaults left out."""
+    """The options a display of a loaded run needs (no bodies, no callables, no edges: those are in the
+    graph); defaults left out."""
     d = task.__dict__
     m: dict[str, Any] = {}
     for name in ("agent", "map_over", "priority", "description"):
         if d[name]:
             m[name] = d[name] if name != "description" else redact(d[name])
-    if d["after"]:
-        m["after"] = list(d["after"])
     if d["routes"]:
         m["routes"] = {k: list(v) for k, v in d["routes"].items()}
     if d["trigger"] != "all_success":

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OrchError, UnknownNameError
-from . import sign
+from . import codec, sign
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -93,12 +93,13 @@ class _Unavailable(Exception):
 class Batch:
     """What one transaction writes (built by a recorder on the writer thread)."""
 
-    __slots__ = ("rows", "run_id", "chunk", "run_update", "run_insert", "lease_add", "lease_drop")
+    __slots__ = ("rows", "run_id", "chunk", "events", "run_update", "run_insert", "lease_add", "lease_drop")
 
     def __init__(self, run_id: str = ""):
         self.rows: list[tuple[Any, ...]] = []   # (fingerprint, task, workflow, run_id, created, duration, size, sig, blob)
         self.run_id = run_id
-        self.chunk: str | None = None           # an events chunk (JSON)
+        self.chunk: str | None = None           # an events chunk (JSON, see codec.py)
+        self.events = 0                         # how many events the chunk holds
         self.run_update: tuple[Any, ...] | None = None   # (finished, status, counts, started, run_id)
         self.run_insert: tuple[Any, ...] | None = None
         self.lease_add: list[str] = []
@@ -638,9 +639,10 @@ class Store:
         events: list[Any] = []
         fps: dict[str, str] = {}
         extra: dict[str, Any] = {"values": {}, "notes": {}}
+        ids = json.loads(row["meta"]).get("ids", [])
         for (data,) in chunks:
             d = json.loads(data)
-            events.extend(d.get("events", ()))
+            events.extend(codec.decode(d["ev"], ids) if "ev" in d else d.get("events", ()))
             fps.update(d.get("fps", {}))
             extra["values"].update(d.get("values", {}))
             extra["notes"].update(d.get("notes", {}))

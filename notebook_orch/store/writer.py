@@ -68,8 +68,9 @@ class Writer:
         with self._cv:
             if not self._sources:
                 return True
-            if retry:
-                for src in self._sources:
+            for src in self._sources:
+                src.hurry = True           # events too, not only outputs
+                if retry:
                     src.retry_at = 0.0
             start = self._cycle
             self._wake.set()
