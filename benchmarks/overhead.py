@@ -84,6 +84,7 @@ def measure_orch(n: int, store: bool = True) -> dict:
     import asyncio
     import os
     import tempfile
+
     import notebook_orch as no
     os.chdir(tempfile.mkdtemp(prefix="overhead-"))   # the store file of this measurement only
     preds = layered(n)

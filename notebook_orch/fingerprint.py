@@ -1,3 +1,3 @@
 """Moved to `notebook_orch.store.fingerprint` (persistence is one package); this name stays importable."""
-from .store.fingerprint import *  # noqa: F401,F403
+from .store.fingerprint import *
 from .store.fingerprint import __all__  # noqa: F401

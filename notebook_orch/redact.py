@@ -30,15 +30,26 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["redact", "redact_obj", "redact_url", "redact_texts", "is_secret_name", "looks_like_key", "learn",
-           "learn_run", "refresh", "MASK", "secret_globals"]
+__all__ = [
+    "MASK",
+    "is_secret_name",
+    "learn",
+    "learn_run",
+    "looks_like_key",
+    "redact",
+    "redact_obj",
+    "redact_texts",
+    "redact_url",
+    "refresh",
+    "secret_globals",
+]
 
 MASK = "***"
 MIN_LEN = 6                    # shorter values of secret-named variables are not masked
 _ENV_EVERY = 1.0               # seconds between re-reads of the environment
 
-_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSW|PWD|CREDENTIAL|AUTH|PRIVATE|BEARER|SESSION|COOKIE)", re.I)
-_NOT_SECRET = re.compile(r"^(KEYBOARD|KEYMAP|AUTHOR|XAUTHORITY|PWD|OLDPWD)$|_(PATH|DIR|FILE|ENV|NAME|URL)$", re.I)
+_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSW|PWD|CREDENTIAL|AUTH|PRIVATE|BEARER|SESSION|COOKIE)", re.IGNORECASE)
+_NOT_SECRET = re.compile(r"^(KEYBOARD|KEYMAP|AUTHOR|XAUTHORITY|PWD|OLDPWD)$|_(PATH|DIR|FILE|ENV|NAME|URL)$", re.IGNORECASE)
 _KEY_SHAPES = (
     r"sk-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_\-]{16,}",
     r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{16,}",
@@ -52,7 +63,7 @@ _KEY_SHAPES = (
 )
 _SHAPE = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(_KEY_SHAPES) + r")")
 _VALUE_SHAPE = re.compile(r"^(?:" + "|".join(_KEY_SHAPES) + r")$")
-_PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.S)
+_PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL)
 _BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/\-]{12,}=*")
 _URL_CRED = re.compile(r"(?<=://)[^/\s:@'\"]+:[^/\s@'\"]+@")
 _SECRET_WORD = r"[A-Za-z0-9_\-]*(?:key|token|secret|passw|pwd|credential|auth|signature|sig)[A-Za-z0-9_\-]*"

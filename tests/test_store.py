@@ -145,7 +145,7 @@ def test_ttl_expiry_reruns_the_task(monkeypatch):
     wf.run()
     calls.clear()
     assert wf.run().statuses == {"fresh": "cached", "forever": "cached"}
-    import notebook_orch.store.sqlite as store_mod    # two hours later, as far as the store can tell
+    import notebook_orch.store.sqlite as store_mod  # two hours later, as far as the store can tell
     later = types.SimpleNamespace(time=lambda: time.time() + 7200, monotonic=time.monotonic, strftime=time.strftime)
     monkeypatch.setattr(store_mod, "time", later)
     run = wf.run()

@@ -12,8 +12,7 @@ import pytest
 
 from notebook_orch import Run, Workflow
 from notebook_orch import store as store_pkg
-from notebook_orch.store import StoreWarning, open_store
-from notebook_orch.store import sign
+from notebook_orch.store import StoreWarning, open_store, sign
 
 STORE = Path(".notebook_orch") / "store.sqlite"
 

@@ -23,8 +23,16 @@ from .cache import RunCache, cache_column
 from .recorder import Recorder
 from .sqlite import DEFAULT_DIR, DEFAULT_FILE, Store, StoreError, StoreWarning
 
-__all__ = ["Store", "StoreWarning", "StoreError", "open_store", "cache_column", "attach", "DEFAULT_DIR",
-           "DEFAULT_FILE"]
+__all__ = [
+    "DEFAULT_DIR",
+    "DEFAULT_FILE",
+    "Store",
+    "StoreError",
+    "StoreWarning",
+    "attach",
+    "cache_column",
+    "open_store",
+]
 
 _STORES: dict[Path, Store] = {}   # most recently used last
 _STORES_LOCK = threading.Lock()

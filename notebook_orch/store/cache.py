@@ -19,11 +19,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..model import Task, parse_ttl
-from .fingerprint import (Unhashable, agent_hash, combine_strings, function_globals, hash_callable, hash_value,
-                          options_hash, reads)
+from .fingerprint import (
+    Unhashable,
+    agent_hash,
+    combine_strings,
+    function_globals,
+    hash_callable,
+    hash_value,
+    options_hash,
+    reads,
+)
 from .sqlite import Store
 
-__all__ = ["RunCache", "cache_column", "age"]
+__all__ = ["RunCache", "age", "cache_column"]
 
 _MISS: tuple[bool, Any, str] = (False, None, "")
 LEASE_POLL = (0.02, 0.5)   # seconds between looks at another process's lease: first, at most

@@ -15,7 +15,7 @@ from array import array
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["encode", "decode"]
+__all__ = ["decode", "encode"]
 
 
 def _pack(typecode: str, values: Any) -> str:

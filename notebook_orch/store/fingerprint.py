@@ -40,8 +40,19 @@ from typing import Any
 
 from ..redact import is_secret_name, looks_like_key
 
-__all__ = ["Unhashable", "hash_value", "hash_callable", "body_hash", "options_hash", "agent_hash",
-           "globals_read", "combine", "combine_strings", "OPTION_FIELDS", "AGENT_FIELDS"]
+__all__ = [
+    "AGENT_FIELDS",
+    "OPTION_FIELDS",
+    "Unhashable",
+    "agent_hash",
+    "body_hash",
+    "combine",
+    "combine_strings",
+    "globals_read",
+    "hash_callable",
+    "hash_value",
+    "options_hash",
+]
 
 VERSION = b"notebook_orch-fp-1"
 OPTION_FIELDS: tuple[str, ...] = ("agent", "after", "output_model", "guardrails", "fallback", "trigger",
@@ -205,8 +216,8 @@ def _feed_pandas(h: Any, obj: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- callables
-_FN_CACHE: "weakref.WeakKeyDictionary[Any, tuple[Any, str]]" = weakref.WeakKeyDictionary()
-_NAMES_CACHE: "weakref.WeakKeyDictionary[types.CodeType, tuple[str, ...]]" = weakref.WeakKeyDictionary()
+_FN_CACHE: weakref.WeakKeyDictionary[Any, tuple[Any, str]] = weakref.WeakKeyDictionary()
+_NAMES_CACHE: weakref.WeakKeyDictionary[types.CodeType, tuple[str, ...]] = weakref.WeakKeyDictionary()
 
 
 def hash_callable(fn: Any, _seen: set[int] | None = None) -> str:

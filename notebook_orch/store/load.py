@@ -17,7 +17,7 @@ from ..run import Run
 from ..state import RunState
 from .sqlite import Store
 
-__all__ = ["StoredRun", "StoredError", "load_run"]
+__all__ = ["StoredError", "StoredRun", "load_run"]
 
 
 class StoredError(OrchError):
@@ -43,7 +43,7 @@ class _Compat(RunState):
         return None
 
 
-def load_run(store: Store, run_id: str | None = None) -> "StoredRun":
+def load_run(store: Store, run_id: str | None = None) -> StoredRun:
     from ..limits import Limits
     from ..workflow import Workflow
     row, raw_events, fps, extra = store.run_record(run_id)
@@ -77,8 +77,8 @@ def load_run(store: Store, run_id: str | None = None) -> "StoredRun":
         wf.tasks[t] = Task.model_construct(id=t, fn=None, prompt="", **tm)
     state = _Compat.from_events(row["run_id"], row["workflow"], graph, dict(wf.tasks), dict(wf.agents), events,
                                 results, errors, run_status, row["started"])
-    state.limits = Limits(lim.get("concurrency"), {a: ag.max_concurrency for a, ag in wf.agents.items()}, {},
-                          lim.get("pools") or {})
+    caps = {a: ag.max_concurrency for a, ag in wf.agents.items()}
+    state.limits = Limits(lim.get("concurrency"), caps, {}, lim.get("pools") or {})  # type: ignore[assignment]
     notes = dict(extra["notes"])
     return StoredRun(wf, state, row["run_id"], meta.get("options", {}), store,
                      {t: k for t, k in fps.items() if not k.startswith("run:")}, notes)
@@ -128,10 +128,10 @@ class StoredRun(Run):
     def retry_failed(self, **options: Any) -> Run:
         return self._read_only("retry (its task bodies are not stored)")
 
-    def wait(self, timeout: float | None = None) -> "StoredRun":
+    def wait(self, timeout: float | None = None) -> StoredRun:
         return self
 
-    async def _await(self) -> "StoredRun":
+    async def _await(self) -> StoredRun:
         return self
 
     def elapsed(self) -> float:

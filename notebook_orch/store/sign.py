@@ -20,7 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
-__all__ = ["sign", "verify", "secret_path", "reset"]
+__all__ = ["reset", "secret_path", "sign", "verify"]
 
 _SECRET_NAME = "store_secret"
 _secret: bytes | None = None

@@ -19,6 +19,7 @@ leases and the listing queries share the same locks and recovery path).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -37,7 +38,7 @@ from . import codec, sign
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-__all__ = ["Store", "StoreWarning", "StoreError", "DEFAULT_DIR", "DEFAULT_FILE", "Batch"]
+__all__ = ["DEFAULT_DIR", "DEFAULT_FILE", "Batch", "Store", "StoreError", "StoreWarning"]
 
 DEFAULT_DIR = ".notebook_orch"
 DEFAULT_FILE = "store.sqlite"
@@ -93,7 +94,7 @@ class _Unavailable(Exception):
 class Batch:
     """What one transaction writes (built by a recorder on the writer thread)."""
 
-    __slots__ = ("rows", "run_id", "chunk", "events", "run_update", "run_insert", "lease_add", "lease_drop")
+    __slots__ = ("chunk", "events", "lease_add", "lease_drop", "rows", "run_id", "run_insert", "run_update")
 
     def __init__(self, run_id: str = ""):
         self.rows: list[tuple[Any, ...]] = []   # (fingerprint, task, workflow, run_id, created, duration, size, sig, blob)
@@ -125,7 +126,7 @@ def _errname(exc: BaseException) -> str:
 class _Conn:
     """One connection and the lock its users hold while they use it."""
 
-    __slots__ = ("con", "ino", "gen", "lock")
+    __slots__ = ("con", "gen", "ino", "lock")
 
     def __init__(self) -> None:
         self.con: sqlite3.Connection | None = None
@@ -444,7 +445,8 @@ class Store:
         except _Unavailable:
             return False, None, {}
         if row is None:  # cleared or replaced by another kernel
-            index.pop(fingerprint, None)
+            if index is not None:
+                index.pop(fingerprint, None)
             return False, None, {}
         ok, value = self._loads(fingerprint, row[1], row[0], row[2])  # unpickling errors propagate: a miss
         if not ok:
@@ -563,7 +565,7 @@ class Store:
             raise StoreError(f"{exc}; nothing was cleared from the file. Try again when the other kernel is idle.") from None
         return int(n) + len(drop)
 
-    def results(self, task: str | None = None, workflow: str | None = None) -> "pd.DataFrame":
+    def results(self, task: str | None = None, workflow: str | None = None) -> pd.DataFrame:
         """Stored results (without values): fingerprint (index), task, workflow, run_id, created, duration_s, size_bytes."""
         import pandas as pd
         self.drain()
@@ -576,7 +578,7 @@ class Store:
         return df.set_index("fingerprint")
 
     # ------------------------------------------------------------------ runs
-    def runs(self, workflow: str | None = None) -> "pd.DataFrame":
+    def runs(self, workflow: str | None = None) -> pd.DataFrame:
         """One row per stored run, oldest first (index `run_id`): workflow, status, started, finished,
         duration_s, tasks, succeeded, cached, failed, stored. A run whose kernel died shows `interrupted`."""
         import pandas as pd
@@ -655,9 +657,8 @@ class Store:
         todo = [fp for fp in fps if fp not in out]
         for i in range(0, len(todo), 500):
             part = todo[i:i + 500]
-            rows = self._read(lambda c: c.execute(
-                f"SELECT fingerprint, sig, value, task FROM results WHERE fingerprint IN ({','.join('?' * len(part))})",
-                part).fetchall())
+            sql = f"SELECT fingerprint, sig, value, task FROM results WHERE fingerprint IN ({','.join('?' * len(part))})"
+            rows = self._read(functools.partial(_fetch_all, sql=sql, args=part))
             for fp, sig_, blob, task in rows:
                 try:
                     ok, value = self._loads(fp, blob, sig_, task)
@@ -692,6 +693,10 @@ def _alive(host: str | None, pid: int | None) -> bool:
     except OSError:
         return True
     return True
+
+
+def _fetch_all(c: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Any]:
+    return c.execute(sql, args).fetchall()
 
 
 def _where(task: str | None, workflow: str | None) -> tuple[str, list[str]]:

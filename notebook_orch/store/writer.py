@@ -23,7 +23,7 @@ from typing import Any
 
 from .sqlite import _Unavailable
 
-__all__ = ["Writer", "COMMIT_GAP", "RETRY_AFTER"]
+__all__ = ["COMMIT_GAP", "RETRY_AFTER", "Writer"]
 
 POLL = 0.01          # seconds between looks at live recorders
 COMMIT_GAP = 0.01    # seconds at least between two commits
@@ -31,7 +31,7 @@ RETRY_AFTER = 5.0    # seconds to wait after a failed write before the next atte
 RENEW_EVERY = 10.0   # seconds between lease renewals (leases last sqlite.LEASE_TTL)
 EXIT_WAIT = 30.0     # seconds the interpreter waits at exit for queued writes
 
-_WRITERS: "weakref.WeakSet[Writer]" = weakref.WeakSet()
+_WRITERS: weakref.WeakSet[Writer] = weakref.WeakSet()
 
 
 class Writer:
