@@ -229,6 +229,8 @@ class Workflow:
             store.bind(run)
         sched.run = run
         sched.finish_hooks.append(lambda: self._unlearned.append(run))  # read lazily: not on the run's clock
+        if store is not None:
+            sched.finish_hooks.append(store.finished)   # -- store: the run's last outputs, events and status
         sched.begin()
         run.started_wall = time.time() - (sched.events[0].t if sched.events else 0.0)
         self.runs.append(run)

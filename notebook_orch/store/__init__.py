@@ -14,6 +14,7 @@ Rooms, each knowing only those below it:
 """
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 from .cache import RunCache, cache_column
 from .recorder import Recorder
 from .sqlite import DEFAULT_DIR, DEFAULT_FILE, Store, StoreError, StoreWarning
+from .writer import EXIT_WAIT
 
 __all__ = [
     "DEFAULT_DIR",
@@ -55,6 +57,16 @@ def open_store(path: str | os.PathLike[str] | None = None) -> Store:
             if old.drain(0):
                 old.close()
         return st
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    """`python script.py` keeps what it computed: write what is queued (one more try for what failed)."""
+    for st in list(_STORES.values()):
+        try:
+            st.drain(EXIT_WAIT, retry=True)
+        except Exception:  # noqa: BLE001, S110 - never an error at exit
+            pass
 
 
 def attach(workflow: Any, graph: Any, options: dict[str, Any]) -> Recorder | None:

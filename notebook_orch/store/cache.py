@@ -56,6 +56,9 @@ class RunCache:
         self.uncacheable: dict[str, str] = {}   # task -> why its output is not reused / not reusable
         self.hits: dict[str, str] = {}          # task -> fingerprint it was found under (this run's lookups)
         self.reusable: set[str] = set()         # tasks whose output is stored / was found under their fingerprint
+        self.not_reusable: set[str] = set()     # finished tasks decided otherwise
+        self.fallback: set[str] = set()         # tasks whose output came from their fallback (seen in the events)
+        self._fb_seen = 0                       # events looked at for fallbacks
         self.leases: list[str] = []             # fingerprints to lease (the recorder writes them)
         self.state: Any = None                  # the run's state (statuses, results), set by the recorder
         self._keys: dict[str, str] = {}         # task -> what it contributes to its downstream fingerprints
@@ -150,13 +153,52 @@ class RunCache:
                 self._options[okey] = options
         return f"{task.id}\x00{body}\x00{options}"
 
+    def is_reusable(self, tid: str) -> bool:
+        """Whether a finished task's output is stored under its fingerprint (then downstream fingerprints
+        use that fingerprint, as after a store hit). Decided once, the first time someone asks."""
+        if tid in self.reusable:
+            return True
+        if tid in self.not_reusable:
+            return False
+        st = self.state.status[self.g.index[tid]]
+        ok = False
+        if st == "succeeded":
+            self._see_fallbacks()
+            ok = (self.tasks[tid].cache is not False and tid not in self.fallback
+                  and self.fingerprints.get(tid) is not None)
+        elif st == "cached":
+            ok = tid in self.hits or self._matches_store(tid)   # reused by only= / from_ / retry_failed
+        else:
+            return False
+        (self.reusable if ok else self.not_reusable).add(tid)
+        return ok
+
+    def _see_fallbacks(self) -> None:
+        events = self.state.events
+        n = len(events)
+        for ev in events[self._fb_seen:n]:
+            if ev[2] == "fallback":
+                self.fallback.add(ev[1])
+        self._fb_seen = n
+
+    def _matches_store(self, tid: str) -> bool:
+        """Whether an output reused from an earlier run equals the stored output of its fingerprint."""
+        fp = self.fingerprint(tid)
+        if fp is None or not self.store.may_have(fp):
+            return False
+        try:
+            hit, stored, _ = self.store.get(fp)
+            return bool(hit) and hash_value(stored) == hash_value(self.state.results.get(tid))
+        except Exception:  # noqa: BLE001 - unreadable or unhashable: treat as different
+            return False
+
     def _input_key(self, d: int) -> str:
         tid = self.g.ids[d]
         key = self._keys.get(tid)
         if key is not None:
             return key
         st = self.state.status[d]
-        if tid in self.reusable:
+        if self.is_reusable(tid):
             key = "fp:" + self.fingerprints[tid]
         elif st in ("succeeded", "cached"):
             try:

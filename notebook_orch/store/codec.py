@@ -29,7 +29,7 @@ def _unpack(typecode: str, text: str) -> array:
 
 
 def encode(events: Sequence[Any], index: Mapping[str, int], clean: Callable[[Any], Any]) -> dict[str, Any]:
-    """The packed form of `events` (Event tuples); `clean(info)` makes a non-None info JSON-able and redacted."""
+    """The packed form of `events` (Event tuples); `clean(kind, info)` makes a non-None info JSON-able and redacted."""
     kinds: dict[str, int] = {}
     codes = [kinds.setdefault(e[2], len(kinds)) for e in events]
     get = index.get
@@ -39,7 +39,7 @@ def encode(events: Sequence[Any], index: Mapping[str, int], clean: Callable[[Any
             "kind": _pack("B", codes) if len(kinds) < 256 else [e[2] for e in events],
             "kinds": list(kinds),
             "attempt": _pack("i", [e[3] for e in events]),
-            "info": [[k, clean(e[4])] for k, e in enumerate(events) if e[4] is not None]}
+            "info": [[k, clean(e[2], e[4])] for k, e in enumerate(events) if e[4] is not None]}
 
 
 def decode(d: Mapping[str, Any], ids: Sequence[str]) -> list[list[Any]]:

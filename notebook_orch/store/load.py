@@ -57,7 +57,7 @@ def load_run(store: Store, run_id: str | None = None) -> StoredRun:
     errors: dict[str, BaseException] = {ev.task: StoredError(str(ev.info)) for ev in events if ev.kind == "failed"}
     ended = {ev.task: ev.kind for ev in events if ev.kind in ("succeeded", "cached")}
     keys = {t: fps.get(t, f"run:{row['run_id']}:{t}") for t in ids if t in ended and t not in json_values}
-    values = store.values(keys.values())
+    values = store.values(keys.values(), run_id=row["run_id"])
     results = {t: values[k] for t, k in keys.items() if k in values}
     results.update({t: v for t, v in json_values.items() if t in ended})
     results = {t: results[t] for t in ids if t in results}

@@ -17,6 +17,7 @@ tasks that are not cached (`cache=False`) are kept in the events chunk itself, n
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pickle
@@ -29,7 +30,6 @@ from typing import Any
 from ..redact import learn_run, redact, redact_obj
 from . import codec, sign
 from .cache import RunCache
-from .fingerprint import hash_value
 from .sqlite import Batch, Store, StoreWarning, _Unavailable
 
 __all__ = ["Recorder"]
@@ -38,26 +38,37 @@ _SIMPLE = frozenset({type(None), int, float, bool})
 _JSON_VALUE = frozenset({type(None), int, float, bool, str})
 EVENTS_EVERY = 0.5   # seconds between events chunks of a live run (outputs are committed at once)
 _ENDED = frozenset({"failed", "upstream_failed", "skipped", "cancelled"})
+LOOP_PICKLE_BYTES = 1 << 20   # an output pickled bigger than this is left to the writer thread
+COMMIT_GAP = 0.01             # seconds at least between two commits of a run
 KEEP_ROWS = 3     # failed attempts at a finished run's batch before its outputs stay in memory only
 KEEP_EVENTS = 5   # ... before its events are given up too (its status is retried as long as the process lives)
 
 
+class _TooBig(Exception):
+    """An output pickles to more than the loop may spend on it: the writer thread takes over."""
+
+
 class _Buffer:
-    """A writable that keeps pickle's frames: writing through Python code lets the GIL go between frames,
-    so pickling a 200 MB output does not hold the event loop for the whole dump."""
+    """A writable that keeps pickle's frames (writing through Python code lets the GIL go between frames,
+    so pickling a 200 MB output on the writer thread does not hold the loop for the whole dump)."""
 
-    __slots__ = ("parts",)
+    __slots__ = ("parts", "size", "cap")
 
-    def __init__(self) -> None:
+    def __init__(self, cap: int | None) -> None:
         self.parts: list[bytes] = []
+        self.size = 0
+        self.cap = cap
 
     def write(self, b: Any) -> int:
         self.parts.append(bytes(b))
+        self.size += len(b)
+        if self.cap is not None and self.size > self.cap:
+            raise _TooBig
         return len(b)
 
 
-def _pickle(value: Any) -> bytes:
-    buf = _Buffer()
+def _pickle(value: Any, cap: int | None = None) -> bytes:
+    buf = _Buffer(cap)
     pickle.Pickler(buf, protocol=5).dump(value)
     return b"".join(buf.parts)
 
@@ -71,19 +82,20 @@ class Recorder:
         self.workflow = cache.workflow
         self.not_persisted: dict[str, str] = {}  # task -> why its output is only in memory (this process)
         self.retry_at = 0.0                      # the writer's: no new attempt before this monotonic time
+        self.on_loop = True                      # batches are written on the run's loop (else by the thread)
+        self.loop: Any = None
+        self._handle: Any = None                 # the loop's next _tick
+        self._last_commit = 0.0
         self.run: Any = None
         self.st: Any = None                      # the run's state (a RunState, or today's scheduler)
         self._run_id = ""
-        self._flushed = 0                        # events of the run already turned into rows / chunks
-        self._woke = False
-        self._fallback: set[str] = set()         # written on the loop: tasks whose output came from a fallback
-        self._matched: set[str] = set()          # reused outputs equal to the stored one of their fingerprint
-        self._outs: list[Any] = []               # succeeded / cached events not yet collected (appended on the loop)
+        self._outs: list[Any] = []               # succeeded / cached events not yet turned into rows
         self._ended: list[str] = []              # tasks that ended without an output, not yet collected
         self._urgent = False                     # an output for the cache (or the run's end) waits: write it now
-        self._handlers = {"running": self._on_running, "succeeded": self._on_succeeded, "cached": self._on_cached,
+        self._handlers = {"running": self._on_running, "succeeded": self._on_output, "cached": self._on_output,
                           "fallback": self._on_fallback, "failed": self._on_ended, "upstream_failed": self._on_ended,
-                          "skipped": self._on_ended, "cancelled": self._on_ended, "run_finished": self._on_finished}
+                          "skipped": self._on_ended, "cancelled": self._on_ended}
+        self._scanned = 0                        # events of the run already filed
         self._started: dict[str, float] = {}
         self._held: set[str] = set()             # fingerprints this run leases
         # what the next batch carries (kept across a failed write, sent again with the next one)
@@ -94,6 +106,7 @@ class Recorder:
         self._json: dict[str, Any] = {}
         self._notes: dict[str, str] = {}
         self._drop: list[str] = []
+        self._lease_add: list[str] = []
         self._meta_row: tuple[Any, ...] | None = None   # the run's row, until it is written
         self._inserted = False
         self._final: tuple[Any, ...] | None = None
@@ -115,67 +128,108 @@ class Recorder:
         run.not_persisted = self.not_persisted
         run._recorder = self
         learn_run(run)                   # secret-named globals of the bodies: masked wherever text leaves
-        run.subscribe(self._on_event)
-        self.store.enqueue(self)
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
+        self.store.inline.add(self)
+        if self.loop is None:
+            self.to_thread()
+        else:
+            self._handle = self.loop.call_later(COMMIT_GAP, self._tick)
 
-    def _on_event(self, ev: Any) -> None:
-        """On the loop, per event: one dict lookup; the few kinds that matter are handled below."""
-        h = self._handlers.get(ev[2])
-        if h is not None:
-            h(ev)
+    def finished(self) -> None:
+        """The scheduler's finish hook: write the rest at once (on the loop when the store is free)."""
+        self.hurry = True
+        if self.on_loop:
+            self._tick()
+        elif self.store.writer is not None:
+            self.store.writer.wake()
+
+    # ------------------------------------------------------------------ reading the events
+    def _scan(self) -> None:
+        """File the events added since the last look: outputs to write, start times, ends, fallbacks."""
+        events = self.st.events
+        n = len(events)
+        new = events[self._scanned:n]
+        self._scanned = n
+        handlers = self._handlers
+        for ev in new:
+            h = handlers.get(ev[2])
+            if h is not None:
+                h(ev)
+        self._events.extend(new)
 
     def _on_running(self, ev: Any) -> None:
         self._started.setdefault(ev[1], ev[0])
 
-    def _on_succeeded(self, ev: Any) -> None:
-        """Before downstream tasks are looked up: decide whether the output is reusable (downstream
-        fingerprints then use its fingerprint) and make it findable by this process at once."""
+    def _on_output(self, ev: Any) -> None:
         tid = ev[1]
         cache = self.cache
         self._outs.append(ev)
-        if cache.tasks[tid].cache is False:
-            cache.uncacheable[tid] = "cache=False on the task: it runs every time"
-            return
-        if tid in self._fallback:
-            cache.uncacheable[tid] = "its output came from its fallback: kept for this run, not reused"
-            return
-        fp = cache.fingerprints.get(tid)
-        if fp is not None:
-            cache.reusable.add(tid)
+        if ev[2] == "succeeded":
+            if cache.tasks[tid].cache is False:
+                cache.uncacheable[tid] = "cache=False on the task: it runs every time"
+            elif tid in cache.fallback:
+                cache.uncacheable[tid] = "its output came from its fallback: kept for this run, not reused"
+        if cache.is_reusable(tid):
+            fp = cache.fingerprints[tid]
             self.store.pending[fp] = (self.st.results.get(tid), {
                 "task": tid, "workflow": self.workflow, "run_id": self._run_id, "created": time.time(),
                 "duration": None})
             self._urgent = True
-            self._wake()
-
-    def _on_cached(self, ev: Any) -> None:
-        tid = ev[1]
-        self._outs.append(ev)
-        if tid in self.cache.hits:
-            self.cache.reusable.add(tid)
-        elif self._matches_store(tid):  # reused by only= / from_ / retry_failed, and stored as is
-            self.cache.reusable.add(tid)
-            self._matched.add(tid)
 
     def _on_fallback(self, ev: Any) -> None:
-        self._fallback.add(ev[1])
+        self.cache.fallback.add(ev[1])
 
     def _on_ended(self, ev: Any) -> None:
         if ev[1] in self.cache.fingerprints:
             self._ended.append(ev[1])
-        if ev[2] == "failed":
-            self._wake()
+            self._urgent = True
 
-    def _on_finished(self, ev: Any) -> None:
-        self._urgent = True
-        self._wake()
+    # ------------------------------------------------------------------ writing on the loop
+    def _tick(self) -> None:
+        """On the loop: build and write the next batch if that is cheap and needs no waiting; else hand the
+        run over to the writer thread (a locked store, an output that pickles big, any write error)."""
+        self._handle = None
+        if not self.on_loop or self._done:
+            return
+        try:
+            b = self.collect(cap=LOOP_PICKLE_BYTES)
+            if b is not None:
+                self.store.write(b, wait=False)
+                self._last_commit = time.monotonic()
+                self.committed(b)
+        except Exception:  # noqa: BLE001 - _TooBig, busy, disk full, a bug: the thread retries and reports
+            self.to_thread()
+            return
+        if not self._done:
+            self._handle = self.loop.call_later(COMMIT_GAP, self._tick)
 
-    def _wake(self) -> None:
-        if not self._woke:
-            self._woke = True
-            writer = self.store.writer
-            if writer is not None:
-                writer.wake()
+    def to_thread(self) -> None:
+        """From now on the writer thread collects and writes this run (it waits for locks, retries, warns)."""
+        if not self.on_loop:
+            return
+        self.on_loop = False
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.store.inline.discard(self)
+        self.store.enqueue(self)
+
+    def drain_here(self) -> None:
+        """For `Store.drain`: write what this run has now, on the calling thread when that is its loop's."""
+        if not self.on_loop:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and running is self.loop:
+            self.hurry = True
+            self._tick()
+        else:
+            self.to_thread()
 
     # ------------------------------------------------------------------ the writer's side
     def done(self) -> bool:
@@ -191,42 +245,47 @@ class Recorder:
             return True
         if not self.due(time.monotonic()):
             return True
-        return (not self._rows and not self._events and self._flushed >= len(self.st.events)
+        return (not self._rows and not self._events and self._scanned >= len(self.st.events)
                 and not self.cache.leases and not self.st.finished)
 
-    def collect(self) -> Batch | None:
-        """The next batch: new events, their outputs, leases, the run row (see the module docstring)."""
-        self._woke = False
+    def collect(self, cap: int | None = None) -> Batch | None:
+        """The next batch: new events, their outputs, leases, the run row (see the module docstring).
+        `cap`: raise _TooBig (leaving everything for the thread) when an output pickles bigger."""
         st = self.st
         finished = st.finished                  # read first: every event up to run_finished is in the list
-        events = st.events
-        n = len(events)
-        if not self._inserted:
+        if not self._inserted:   # the run's row first, alone: a store short of space still says it ran
             self._inserted = True
             self._meta_row = self._run_insert()
+        if self._meta_row is not None and not finished:
+            b = Batch(self._run_id)
+            b.run_insert = self._meta_row
+            return b
+        self._scan()
         now = time.monotonic()
         lazy = not (finished or self.hurry or self._urgent or self.cache.leases or self._meta_row is not None
-                    or now - self._events_at > EVENTS_EVERY)
-        if lazy:  # nothing the cache or a resume needs yet: leave the work for later (less GIL for the loop)
+                    or self._rows or now - self._events_at > EVENTS_EVERY)
+        if lazy:  # nothing the cache or a resume needs yet: leave the work for later
             return None
         self._urgent = False
         outs, self._outs = self._outs, []
-        for ev in outs:
-            if ev[2] == "succeeded":
-                self._output(ev, False)
-            else:
-                self._cached(ev)
+        for k, ev in enumerate(outs):
+            try:
+                if ev[2] == "succeeded":
+                    self._output(ev, False, cap)
+                else:
+                    self._cached(ev, cap)
+            except _TooBig:
+                self._outs[:0] = outs[k:]
+                raise
         ended, self._ended = self._ended, []
         for tid in ended:
             fp = self.cache.fingerprints.get(tid)
             if fp in self._held:
                 self._held.discard(fp)
                 self._drop.append(fp)
-        self._events.extend(events[self._flushed:n])
-        self._flushed = n
         leases, self.cache.leases = self.cache.leases, []
-        for fp in leases:
-            self._held.add(fp)
+        self._lease_add.extend(leases)
+        self._held.update(leases)
         if finished and self._final is None:
             counts = json.dumps(dict(Counter(st.status)))
             started = getattr(self.run, "started_wall", None) or getattr(st, "started_wall", None)
@@ -237,7 +296,7 @@ class Recorder:
         b = Batch(self._run_id)
         b.run_insert = self._meta_row
         b.rows = self._rows
-        b.lease_add = [fp for fp in leases]
+        b.lease_add = self._lease_add
         b.lease_drop = self._drop
         if finished or self.hurry or now - self._events_at > EVENTS_EVERY or len(self._events) > 100_000:
             if self._events or self._fps or self._json or self._notes:
@@ -293,17 +352,17 @@ class Recorder:
         self._done = True
 
     def _clear(self, b: Batch) -> None:
-        self._rows, self._values, self._drop = [], {}, []
+        self._rows, self._values, self._drop, self._lease_add = [], {}, [], []
         if b.chunk is not None:
             del self._events[:b.events]
             self._fps, self._json, self._notes = {}, {}, {}
         self._meta_row = None
 
     # ------------------------------------------------------------------ outputs (writer thread)
-    def _output(self, ev: Any, reused: bool) -> None:
+    def _output(self, ev: Any, reused: bool, cap: int | None = None) -> None:
         tid = ev[1]
         value = self.st.results.get(tid)
-        reusable = not reused and tid in self.cache.reusable   # decided on the loop (_on_event)
+        reusable = not reused and self.cache.is_reusable(tid)
         if not reusable and type(value) in _JSON_VALUE and (type(value) is not str or len(value) < 256):
             self._json[tid] = value   # not for the cache: kept with the events (no row, no pickle)
             return
@@ -315,7 +374,9 @@ class Recorder:
         start = self._started.get(tid)
         duration = None if start is None else ev[0] - start
         try:
-            blob = _pickle(value)
+            blob = _pickle(value, cap)
+        except _TooBig:
+            raise
         except BaseException as exc:  # noqa: BLE001 - even SystemExit / KeyboardInterrupt from a __reduce__
             reason = redact(f"output ({type(value).__name__}) cannot be pickled ({type(exc).__name__}: {exc}); "
                             f"kept in memory for this session only")
@@ -329,25 +390,12 @@ class Recorder:
                            sign.sign(key, blob), blob))
         self._values[key] = (value, tid, "pending")
 
-    def _cached(self, ev: Any) -> None:
+    def _cached(self, ev: Any, cap: int | None = None) -> None:
         tid = ev[1]
-        fp = self.cache.hits.get(tid)
-        if fp is not None:
-            self._fps[tid] = fp
-        elif tid in self._matched:
-            self._fps[tid] = self.cache.fingerprints[tid]
+        if self.cache.is_reusable(tid):
+            self._fps[tid] = self.cache.hits.get(tid) or self.cache.fingerprints[tid]
         else:  # reused, but not what the store holds for its fingerprint: keep it under this run
-            self._output(ev, True)
-
-    def _matches_store(self, tid: str) -> bool:
-        fp = self.cache.fingerprint(tid)
-        if fp is None or not self.store.may_have(fp):
-            return False
-        try:
-            hit, stored, _ = self.store.get(fp)
-            return hit and hash_value(stored) == hash_value(self.st.results.get(tid))
-        except Exception:  # noqa: BLE001 - unreadable or unhashable: treat as different
-            return False
+            self._output(ev, True, cap)
 
     def _run_insert(self) -> tuple[Any, ...]:
         run, st, g = self.run, self.st, self.cache.g
@@ -373,8 +421,16 @@ class Recorder:
                           stacklevel=2)
 
 
-def _clean(info: Any) -> Any:
-    return info if type(info) in _SIMPLE else redact_obj(info)
+_OWN_INFO = frozenset({"cached", "running", "blocked", "attempt_started", "item_done", "limit_changed", "run_started",
+                       "run_finished", "run_paused", "run_resumed"})   # info we write ourselves (ids, names, numbers)
+
+
+def _clean(kind: str, info: Any) -> Any:
+    if type(info) in _SIMPLE:
+        return info
+    if kind in _OWN_INFO and type(info) is str:
+        return info
+    return redact_obj(info)
 
 
 def _limits_meta(lim: Any) -> dict[str, Any]:

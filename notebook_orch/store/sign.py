@@ -24,6 +24,7 @@ __all__ = ["reset", "secret_path", "sign", "verify"]
 
 _SECRET_NAME = "store_secret"
 _secret: bytes | None = None
+_base: hmac.HMAC | None = None     # keyed once; each signature copies it (OpenSSL 3 fetches SHA-256 per new HMAC)
 _lock = threading.Lock()
 
 
@@ -82,16 +83,20 @@ def key() -> bytes:
 
 def reset() -> None:
     """Forget the cached secret (the next use reads the file again); for tests and a changed data dir."""
-    global _secret
+    global _secret, _base
     with _lock:
-        _secret = None
+        _secret = _base = None
 
 
 def sign(fingerprint: str, blob: bytes) -> bytes:
     """The 32-byte signature of one row: binds the value to its fingerprint (no swapping rows)."""
-    if len(blob) < 65536:
-        return hmac.digest(key(), fingerprint.encode() + b"\x00" + blob, "sha256")
-    h = hmac.new(key(), fingerprint.encode() + b"\x00", hashlib.sha256)
+    global _base
+    base = _base
+    if base is None:
+        base = _base = hmac.new(key(), digestmod=hashlib.sha256)
+    h = base.copy()
+    h.update(fingerprint.encode())
+    h.update(b"\x00")
     h.update(blob)
     return h.digest()
 

@@ -10,15 +10,18 @@ loses at most its last ~20 ms of outputs. A write that fails (another process ho
 lock past the busy timeout, a full disk) only delays this thread: the loop goes on, the
 recorder keeps the outputs in memory and tries again `RETRY_AFTER` seconds later.
 
-At interpreter exit the queue is drained (at most `EXIT_WAIT` seconds), so `python script.py`
-keeps what it computed.
+Runs start out writing on their own loop (`Recorder._tick`): while the store answers at once
+and outputs are small, that is cheaper than a second thread fighting the loop for the GIL.
+A lock held by another process, an output that pickles bigger than 1 MB, or any write error
+hands the run over to this thread for good.
+
+At interpreter exit everything queued is drained (at most `EXIT_WAIT` seconds, see
+`notebook_orch.store`), so `python script.py` keeps what it computed.
 """
 from __future__ import annotations
 
-import atexit
 import threading
 import time
-import weakref
 from typing import Any
 
 from .sqlite import _Unavailable
@@ -31,7 +34,6 @@ RETRY_AFTER = 5.0    # seconds to wait after a failed write before the next atte
 RENEW_EVERY = 10.0   # seconds between lease renewals (leases last sqlite.LEASE_TTL)
 EXIT_WAIT = 30.0     # seconds the interpreter waits at exit for queued writes
 
-_WRITERS: weakref.WeakSet[Writer] = weakref.WeakSet()
 
 
 class Writer:
@@ -46,7 +48,6 @@ class Writer:
         self._quiet = True       # the last pass found nothing left to write
         self._thread: threading.Thread | None = None
         self._renewed = time.monotonic()
-        _WRITERS.add(self)
 
     def add(self, source: Any) -> None:
         with self._cv:
@@ -128,14 +129,3 @@ class Writer:
             return False
         src.committed(batch)
         return True
-
-
-@atexit.register
-def _drain_at_exit() -> None:
-    for w in list(_WRITERS):
-        try:
-            for src in list(w._sources):
-                src.retry_at = 0.0  # one last attempt for what failed before (e.g. a run's end status)
-            w.drain(EXIT_WAIT)
-        except Exception:  # noqa: BLE001 - never an error at exit
-            pass
