@@ -28,6 +28,14 @@ def _unpack(typecode: str, text: str) -> array:
     return a
 
 
+def pack_ints(values: Sequence[int]) -> str:
+    return _pack("i", values)
+
+
+def unpack_ints(text: str) -> list[int]:
+    return list(_unpack("i", text))
+
+
 def encode(events: Sequence[Any], index: Mapping[str, int], clean: Callable[[Any], Any]) -> dict[str, Any]:
     """The packed form of `events` (Event tuples); `clean(kind, info)` makes a non-None info JSON-able and redacted."""
     kinds: dict[str, int] = {}

@@ -104,6 +104,7 @@ class Recorder:
         self._events: list[Any] = []
         self._fps: dict[str, str] = {}
         self._json: dict[str, Any] = {}
+        self._nones: list[int] = []              # indexes of cache=False tasks whose output is None
         self._notes: dict[str, str] = {}
         self._drop: list[str] = []
         self._lease_add: list[str] = []
@@ -161,16 +162,23 @@ class Recorder:
         self._events.extend(new)
 
     def _on_running(self, ev: Any) -> None:
-        self._started.setdefault(ev[1], ev[0])
+        if ev[1] not in self.cache.never:   # durations are kept for rows of the cache only
+            self._started.setdefault(ev[1], ev[0])
 
     def _on_output(self, ev: Any) -> None:
         tid = ev[1]
         cache = self.cache
+        if tid in cache.never:  # cache=False: never reused; a None output is one index in the events chunk
+            if ev[2] == "succeeded":
+                cache.uncacheable[tid] = _NEVER
+                if self.st.results.get(tid) is None:
+                    self._nones.append(cache.g.index[tid])
+                    return
+            self._outs.append(ev)
+            return
         self._outs.append(ev)
         if ev[2] == "succeeded":
-            if cache.tasks[tid].cache is False:
-                cache.uncacheable[tid] = "cache=False on the task: it runs every time"
-            elif tid in cache.fallback:
+            if tid in cache.fallback:
                 cache.uncacheable[tid] = "its output came from its fallback: kept for this run, not reused"
         if cache.is_reusable(tid):
             fp = cache.fingerprints[tid]
@@ -299,11 +307,11 @@ class Recorder:
         b.lease_add = self._lease_add
         b.lease_drop = self._drop
         if finished or self.hurry or now - self._events_at > EVENTS_EVERY or len(self._events) > 100_000:
-            if self._events or self._fps or self._json or self._notes:
+            if self._events or self._fps or self._json or self._notes or self._nones:
                 self._events_at, self.hurry = now, False
                 packed = codec.encode(self._events, self.cache.g.index, _clean)
-                b.chunk = json.dumps({"ev": packed, "fps": self._fps, "values": self._json, "notes": self._notes},
-                                     default=repr)
+                b.chunk = json.dumps({"ev": packed, "fps": self._fps, "values": self._json, "notes": self._notes,
+                                      "nones": codec.pack_ints(self._nones)}, default=repr)
                 b.events = len(self._events)
         b.run_update = self._final
         if not b:
@@ -344,7 +352,7 @@ class Recorder:
         if self._final_tries >= KEEP_ROWS:
             self._rows, self._values = [], {}
         if self._final_tries >= KEEP_EVENTS:
-            self._events, self._fps, self._json, self._notes = [], {}, {}, {}
+            self._events, self._fps, self._json, self._notes, self._nones = [], {}, {}, {}, []
 
     def broken(self, exc: BaseException) -> None:
         """A bug in collect(): say so once and stop recording this run (it goes on)."""
@@ -355,7 +363,7 @@ class Recorder:
         self._rows, self._values, self._drop, self._lease_add = [], {}, [], []
         if b.chunk is not None:
             del self._events[:b.events]
-            self._fps, self._json, self._notes = {}, {}, {}
+            self._fps, self._json, self._notes, self._nones = {}, {}, {}, []
         self._meta_row = None
 
     # ------------------------------------------------------------------ outputs (writer thread)
@@ -421,6 +429,7 @@ class Recorder:
                           stacklevel=2)
 
 
+_NEVER = "cache=False on the task: it runs every time"
 _OWN_INFO = frozenset({"cached", "running", "blocked", "attempt_started", "item_done", "limit_changed", "run_started",
                        "run_finished", "run_paused", "run_resumed"})   # info we write ourselves (ids, names, numbers)
 

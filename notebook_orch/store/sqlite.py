@@ -662,6 +662,8 @@ class Store:
             events.extend(codec.decode(d["ev"], ids) if "ev" in d else d.get("events", ()))
             fps.update(d.get("fps", {}))
             extra["values"].update(d.get("values", {}))
+            if d.get("nones"):
+                extra["values"].update(dict.fromkeys((ids[k] for k in codec.unpack_ints(d["nones"])), None))
             extra["notes"].update(d.get("notes", {}))
         return row, events, fps, extra
 
