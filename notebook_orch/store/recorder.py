@@ -323,7 +323,8 @@ class Recorder:
     def committed(self, b: Batch) -> None:
         pending, memory = self.store.pending, self.store.memory
         for key, (value, tid, where) in self._values.items():
-            if pending.get(key, (None,))[0] is value:
+            held = pending.get(key)
+            if held is not None and held[0] is value:
                 del pending[key]
             if where == "memory":  # written after all: no longer a session-only output
                 memory.pop(key, None)

@@ -567,6 +567,9 @@ class Store:
                 if (task_id is None or m["task"] == task_id) and (workflow is None or m["workflow"] == workflow)]
         for fp in drop:
             del self.memory[fp]
+        for fp, (_, m) in list(self.pending.items()):
+            if (task_id is None or m["task"] == task_id) and (workflow is None or m["workflow"] == workflow):
+                self.pending.pop(fp, None)
 
         def delete(c: sqlite3.Connection) -> int:
             n = c.execute(sql, args).rowcount
