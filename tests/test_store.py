@@ -441,3 +441,16 @@ def test_an_unexpected_store_failure_warns_and_never_fails_the_run(monkeypatch):
     assert run["total"] == 6
     assert set(run.not_persisted) == {"raw", "clean", "total"}      # said, and kept for the session
     assert set(_chain().run().statuses.values()) == {"cached"}
+
+
+def test_outputs_of_uncached_tasks_come_back_with_run_load():
+    wf = Workflow("uncached")
+    wf.task(lambda: None, id="nothing", cache=False)
+    wf.task(lambda: "short text", id="text", cache=False)
+    wf.task(lambda: {"a": [1, 2]}, id="mapping", cache=False)
+    wf.task(lambda: 7, id="kept")
+    live = wf.run()
+    loaded = Run.load(live.id)
+    assert loaded.results == live.results == {"nothing": None, "text": "short text", "mapping": {"a": [1, 2]},
+                                              "kept": 7}
+    assert loaded.metrics().equals(live.metrics())
