@@ -22,7 +22,7 @@ from typing import Any
 
 from .cache import RunCache, cache_column
 from .recorder import Recorder
-from .sqlite import DEFAULT_DIR, DEFAULT_FILE, Store, StoreError, StoreWarning
+from .sqlite import ALL_STORES, DEFAULT_DIR, DEFAULT_FILE, Store, StoreError, StoreWarning
 from .writer import EXIT_WAIT
 
 __all__ = [
@@ -62,7 +62,7 @@ def open_store(path: str | os.PathLike[str] | None = None) -> Store:
 @atexit.register
 def _drain_at_exit() -> None:
     """`python script.py` keeps what it computed: write what is queued (one more try for what failed)."""
-    for st in list(_STORES.values()):
+    for st in list(ALL_STORES):
         try:
             st.drain(EXIT_WAIT, retry=True)
         except Exception:  # noqa: BLE001, S110 - never an error at exit

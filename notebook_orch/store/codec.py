@@ -36,7 +36,7 @@ def unpack_ints(text: str) -> list[int]:
     return list(_unpack("i", text))
 
 
-def encode(events: Sequence[Any], index: Mapping[str, int], clean: Callable[[Any], Any]) -> dict[str, Any]:
+def encode(events: Sequence[Any], index: Mapping[str, int], clean: Callable[[str, Any], Any]) -> dict[str, Any]:
     """The packed form of `events` (Event tuples); `clean(kind, info)` makes a non-None info JSON-able and redacted."""
     kinds: dict[str, int] = {}
     codes = [kinds.setdefault(e[2], len(kinds)) for e in events]

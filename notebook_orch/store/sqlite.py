@@ -126,6 +126,9 @@ def _errname(exc: BaseException) -> str:
     return name
 
 
+ALL_STORES: weakref.WeakSet[Store] = weakref.WeakSet()   # drained at interpreter exit (notebook_orch.store)
+
+
 class _Conn:
     """One connection and the lock its users hold while they use it."""
 
@@ -169,6 +172,7 @@ class Store:
         self._moved_at = 0.0
         self._warned: set[str] = set()                             # fingerprints already warned about
         self.writer: Any = None                                    # the Writer thread, made on first use
+        ALL_STORES.add(self)
 
     def __repr__(self) -> str:
         return f"<Store {self.path}>"
@@ -677,7 +681,7 @@ class Store:
         out = {fp: self.memory[fp][0] for fp in fps if fp in self.memory}
         index = self._fresh_index() or {}
         ids = [index[fp][0] for fp in fps if fp not in out and fp in index]
-        queries = [("SELECT fingerprint, sig, value, task FROM results WHERE id IN "
+        queries: list[tuple[str, list[Any]]] = [("SELECT fingerprint, sig, value, task FROM results WHERE id IN "
                     f"({','.join('?' * len(ids[i:i + 500]))})", ids[i:i + 500]) for i in range(0, len(ids), 500)]
         if run_id is not None and any(fp.startswith("run:") and fp not in out for fp in fps):
             queries.append(("SELECT fingerprint, sig, value, task FROM results WHERE run_id=? AND fingerprint LIKE "
