@@ -37,6 +37,7 @@ __all__ = [
     "learn_run",
     "looks_like_key",
     "redact",
+    "redact_exception",
     "redact_obj",
     "redact_texts",
     "redact_url",
@@ -195,6 +196,20 @@ def redact_obj(obj: Any, _depth: int = 0) -> Any:
     if isinstance(obj, (list, tuple)):
         return [redact_obj(x, _depth + 1) for x in obj]
     return redact(repr(obj))
+
+
+def redact_exception(exc: BaseException) -> BaseException:
+    """`exc` with secrets masked in its string arguments and its recorded traceback (in place; returned)."""
+    try:
+        args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+        if args != exc.args:
+            exc.args = args
+        tb = getattr(exc, "__notebook_orch_traceback__", None)
+        if isinstance(tb, list):
+            exc.__notebook_orch_traceback__ = [redact(line) for line in tb]  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001, S110 - an exception type that refuses new args keeps its own
+        pass
+    return exc
 
 
 def redact_texts(run: Any, texts: Iterable[str | None]) -> list[str | None]:

@@ -38,7 +38,7 @@ from .executors import Executors
 from .graph import Graph, unresolved_params
 from .limits import Breaker, Limits
 from .model import Agent, Task
-from .redact import redact  # -- redaction
+from .redact import redact, redact_exception  # -- redaction
 
 __all__ = ["Scheduler", "AttemptError", "OutputInvalidError", "BreakerOpenError"]
 
@@ -350,7 +350,7 @@ class Scheduler:
 
     def _terminal(self, i: int, status: str, info: Any = None, exc: BaseException | None = None) -> None:
         if exc is not None:
-            self.errors[self.ids[i]] = exc
+            self.errors[self.ids[i]] = redact_exception(exc)  # -- redaction: run.errors shows no secret
         self._settle([(i, status, info)])
 
     # ------------------------------------------------------------------ dispatch

@@ -53,6 +53,8 @@ def test_secrets_appear_nowhere_text_leaves_a_run(ip, monkeypatch, tmp_path):
     run = registry(ip).current.last_run
     assert run.statuses["connect"] == "failed"
 
+    _clean(repr(run.errors) + str(run.errors["connect"]), "run.errors")
+    _clean("".join(run.errors["connect"].__notebook_orch_traceback__), "the recorded traceback")
     events = "\n".join(repr(e) for e in run.events)
     _clean(events, "run.events")
     assert "login failed" in events
