@@ -40,6 +40,7 @@ from .graph import Graph, unresolved_params
 from .limits import Breaker, Limits
 from .model import Agent, Task
 from .options import check_concurrency
+from .redact import redact, redact_exception
 from .state import RunState
 
 __all__ = ["Scheduler", "AttemptError", "OutputInvalidError", "BreakerOpenError"]
@@ -71,7 +72,8 @@ def _route_label(value: Any) -> Any:
 
 def _error_text(exc: BaseException) -> str:
     msg = str(exc)
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    text = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    return redact(text)  # -- redaction: error text in events never carries a secret (notebook_orch.redact)
 
 
 class Scheduler:
@@ -355,6 +357,9 @@ class Scheduler:
                 self.emit(i, "cache_error", 0, _error_text(exc))
             if hit:
                 return self._cached(i, value, where)
+            if hit is None:  # -- store lease: another process computes this output; wait for it (store/cache.py)
+                self._wait_lease(i, value, where)
+                return None
         self.status[i] = "ready"
         self.emit(i, "ready")
         if task.map_over is None:
@@ -380,6 +385,29 @@ class Scheduler:
             heapq.heappush(self.heap, policy.entry(key, k))
         return None
 
+    # -- store lease (begin): the cache hook answered (None, waiter, where): the task is ready but holds no
+    # slot while `waiter` resolves to (hit, value, where); a hit makes it `cached`, a miss queues it.
+    def _wait_lease(self, i: int, waiter: Any, where: str) -> None:
+        self.status[i] = "ready"
+        self.emit(i, "ready")
+        self.emit(i, "blocked", 0, "lease:" + where)
+
+        async def wait() -> None:
+            try:
+                hit, value, found = await waiter
+            except Exception:  # noqa: BLE001 - a broken wait: the task just runs
+                hit, value, found = False, None, ""
+            self.active.pop((i, -2), None)
+            if self.state.finished or self.status[i] in TERMINAL:
+                return
+            if hit:
+                self._settle([(i, *self._cached(i, value, found))])
+            else:
+                heapq.heappush(self.heap, self.key[i])
+                self._dispatch()
+        self.active[(i, -2)] = self.loop.create_task(wait())  # type: ignore[union-attr]
+    # -- store lease (end)
+
     def _cached(self, i: int, value: Any, where: str) -> tuple[str, Any]:
         self.results[self.ids[i]] = value
         self._after_output(i, value)
@@ -387,7 +415,7 @@ class Scheduler:
 
     def _terminal(self, i: int, status: str, info: Any = None, exc: BaseException | None = None) -> None:
         if exc is not None:
-            self.errors[self.ids[i]] = exc
+            self.errors[self.ids[i]] = redact_exception(exc)  # -- redaction: run.errors shows no secret
         self._settle([(i, status, info)])
 
     # ------------------------------------------------------------------ dispatch

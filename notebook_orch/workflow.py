@@ -13,10 +13,10 @@ from ._loop import running_loop
 from .errors import DefinitionError, LoopError, UnknownNameError
 from .graph import Graph, build_graph
 from .model import Agent, Task
-from ._runstore import attach_store
 from .options import check_concurrency, check_run_options
 from .run import PastRun, Run
 from .scheduler import Scheduler
+from .store import attach as attach_store
 from .timings import Timings
 
 __all__ = ["Workflow"]
@@ -250,7 +250,7 @@ class Workflow:
             assign = prepare(self, graph, options, skip=reuse)
         # <<< hierarchical mode
         params = {**self.params, **(options.get("params") or {})}
-        store = attach_store(self, graph, options)          # fingerprints, cache lookups, writes (None: store off)
+        store = attach_store(self, graph, options)          # the run's recorder and cache hook (None: store off)
         lookup = self.cache_lookup if options.get("cache", True) else None
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         sched = Scheduler(
@@ -258,7 +258,7 @@ class Workflow:
             concurrency=concurrency, resources=self.resources,
             params=params, namespace=self.namespace, fail_fast=options.get("fail_fast", self.fail_fast),
             estimates=self.estimates(graph), reuse=reuse,
-            cache_lookup=lookup or (store.lookup if store is not None else None),
+            cache_lookup=lookup or (store.cache.lookup if store is not None else None),
             max_cost_usd=self.max_cost_usd)
         sched.executors.dask_client = options.get("dask_client")
         sched.prepare = assign                                # hierarchical mode: the manager's pass, else None
@@ -266,6 +266,8 @@ class Workflow:
         if store is not None:
             store.bind(run)
         sched.run = run
+        if store is not None:
+            sched.finish_hooks.append(store.finished)   # the run's last outputs, events and status
         sched.finish_hooks.append(lambda: self._finished(run))  # learning is lazy: not on the run's clock
         self.runs.append(run)       # before begin(): a run whose tasks are all cached ends inside it
         try:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from notebook_orch import Agent, Task, Workflow
-from notebook_orch.fingerprint import Unhashable, agent_hash, body_hash, hash_callable, hash_value, options_hash
+from notebook_orch.store.fingerprint import Unhashable, agent_hash, body_hash, hash_callable, hash_value, options_hash
 
 
 # ------------------------------------------------------------------------------------------ values
@@ -64,7 +64,7 @@ def test_unhashable_value_says_what_it_is():
 
 
 def test_set_hash_is_stable_across_processes_with_different_hash_seeds():
-    code = "from notebook_orch.fingerprint import hash_value; print(hash_value({'alpha', 'beta', 'gamma', 'delta'}))"
+    code = "from notebook_orch.store.fingerprint import hash_value; print(hash_value({'alpha', 'beta', 'gamma', 'delta'}))"
     outs = set()
     for seed in ("1", "2", "3"):
         env = dict(os.environ, PYTHONHASHSEED=seed)

@@ -234,8 +234,10 @@ def _status(m: Any, args: Any) -> Any:
         elif ev.kind in ("succeeded", "failed", "cancelled", "cached", "skipped", "upstream_failed"):
             ended[ev.task] = ev.t
     now = run.elapsed()
+    from ..redact import learn_run, redact
     from ..store import cache_column
-    cache = cache_column(run)   # where a cached output came from, or why a task is not cacheable
+    learn_run(run)              # -- redaction: secret-named globals of the bodies are masked too
+    cache = cache_column(run)   # where a cached output came from, or why a task is not cacheable (redacted)
     rows = []
     for t, st in run.statuses.items():
         err = run.errors.get(t)
@@ -243,7 +245,7 @@ def _status(m: Any, args: Any) -> Any:
         rows.append({"task": t, "status": st, "agent": run.tasks[t].agent, "attempts": run.attempts[t],
                      "elapsed_s": None if took is None else round(took, 3),
                      "cache": cache.get(t, ""),
-                     "error": None if err is None else f"{type(err).__name__}: {err}"})
+                     "error": None if err is None else redact(f"{type(err).__name__}: {err}")})  # -- redaction
     return pd.DataFrame(rows).set_index("task")
 
 

@@ -5,6 +5,11 @@ The script rebuilds the same Workflow with the Python API and runs it with `pyth
 Python function tasks and notebook helpers are copied with `inspect.getsource`,
 modules become imports and plain values (numbers, strings, lists of them ...) literals.
 Anything else (a DataFrame in a global, a lambda) is refused with the name to fix.
+
+Secrets never reach the file (`notebook_orch.redact`): a secret-named global (API_TOKEN,
+DB_PASSWORD, ...) is read from the environment by the script instead of written; key-shaped
+strings and credentials in URLs in agent settings, prompts and literals are masked. The file
+is written 0600.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import ast
 import builtins
 import datetime as _dt
 import inspect
+import os
 import textwrap
 import types
 from collections.abc import Mapping
@@ -20,6 +26,7 @@ from typing import Any
 
 from ..errors import DefinitionError
 from ..model import Agent, Task
+from ..redact import is_secret_name, learn, redact, redact_url
 from ..workflow import Workflow
 from .compiler import CompiledBody
 
@@ -35,7 +42,10 @@ def export_script(wf: Workflow, path: str | Path, ns: Mapping[str, Any]) -> Path
         raise DefinitionError(f"export path {str(path)!r} should end in .py, e.g. %orch export {path.stem or 'workflow'}.py")
     text = script_text(wf, ns)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.chmod(path, 0o600)  # also when the file existed with wider modes
+        f.write(text)
     return path
 
 
@@ -44,6 +54,7 @@ def script_text(wf: Workflow, ns: Mapping[str, Any]) -> str:
     if not wf.tasks:
         raise DefinitionError(f"workflow {wf.name!r} has no tasks to export; define some with %%task first")
     wf.validate()
+    learn(ns)  # the values of secret-named globals are masked wherever they appear
     ex = _Exporter(wf, ns)
     return ex.build()
 
@@ -89,7 +100,11 @@ class _Exporter:
             self.defs[name] = _source(value, name, why)
             self.follow(value)
             return
-        literal = _literal(value)
+        if isinstance(value, str) and is_secret_name(name):  # never written: the script reads the environment
+            self.imports["os"] = "import os"
+            self.values[name] = f"{name} = os.environ[{name!r}]  # a secret: set it in the environment"
+            return
+        literal = _literal(redact(value) if isinstance(value, str) else value)
         if literal is None:
             raise DefinitionError(
                 f"cannot export notebook global {name!r} ({why}): a {type(value).__name__} has no literal form. "
@@ -183,7 +198,7 @@ class _Exporter:
                 opts.append(f"{field}={_plain(raw)}")
         extra = "".join(", " + o for o in opts)
         if task.prompt is not None:
-            return f"wf.prompt({task.id!r}, {task.prompt!r}{extra})"
+            return f"wf.prompt({task.id!r}, {redact(task.prompt)!r}{extra})"
         fname = self.task_function(task)
         return f"wf.task({fname}, id={task.id!r}{extra})"
 
@@ -195,6 +210,8 @@ class _Exporter:
                 opts.append(f"llm={self.name_of(raw, f'llm of agent {agent.name!r}')}")
             elif field == "tools":
                 opts.append("tools=[" + ", ".join(self.name_of(t, f"tool of agent {agent.name!r}") for t in raw) + "]")
+            elif isinstance(raw, str):
+                opts.append(f"{field}={(redact_url(raw) if field == 'base_url' else redact(raw))!r}")
             else:
                 opts.append(f"{field}={_plain(raw)}")
         return f"wf.agent({agent.name!r}" + "".join(", " + o for o in opts) + ")"
