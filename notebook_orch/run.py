@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import LoopError, OrchError, RunCancelledError, TaskFailedError, UnknownNameError
-from .events import TERMINAL, Event
+from .events import STATUSES, TERMINAL, Event
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -17,7 +17,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .scheduler import Scheduler
     from .workflow import Workflow
 
-__all__ = ["Run"]
+__all__ = ["Run", "counts_text"]
+
+
+# --- display (nb engineer): the counts line, written once; the notebook layer registers the live panel
+def counts_text(counts: dict[str, int]) -> str:
+    """'3 succeeded, 1 failed': status counts in the order of events.STATUSES (zeros left out)."""
+    return ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
+# --- end display
 
 
 class Run:
@@ -259,11 +266,15 @@ class Run:
                 return ev.t
         return 0.0 if self.started_wall is None else time.time() - self.started_wall
 
-    def _ipython_display_(self) -> None:
-        """In a notebook: the live run panel (widgets), or a static summary where widgets cannot show."""
-        from .ipython.display import display_run
-        display_run(self)
+    # --- display (nb engineer): a plain rich repr; `%load_ext notebook_orch` registers the live panel
+    def _repr_html_(self) -> str:
+        import html
+        rows = "".join(f"<tr><td>{html.escape(t)}</td><td>{st}</td></tr>" for t, st in list(self.statuses.items())[:50])
+        more = len(self.statuses) - 50
+        return (f"<p><b>Run {html.escape(self.id)}</b>: {self.status} ({html.escape(counts_text(self.counts()))})</p>"
+                f"<table><tr><th>task</th><th>status</th></tr>{rows}</table>"
+                + (f"<p>… {more} more tasks</p>" if more > 0 else ""))
 
     def __repr__(self) -> str:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))
-        return f"<Run {self.id} {self.status}: {len(self._s.ids)} tasks ({counts})>"
+        return f"<Run {self.id} {self.status}: {len(self.statuses)} tasks ({counts_text(self.counts())})>"
+    # --- end display

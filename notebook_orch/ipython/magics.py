@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import builtins
-import shlex
 import types
 import weakref
 from collections.abc import Callable
@@ -17,6 +16,11 @@ from ..errors import CycleError, DefinitionError, OrchError, UnknownNameError, c
 from ..graph import build_graph
 from ..model import EXECUTORS, TRIGGERS, Agent, Task
 from ..workflow import Workflow
+from .args import parse as _parse
+from .args import parse_resources as _parse_resources
+from .args import parse_routes as _parse_routes
+from .args import short_error
+from .args import split as _split
 from .compiler import compile_body
 
 __all__ = ["OrchMagics", "Registry", "registry", "short_error"]
@@ -58,46 +62,6 @@ def registry(shell: Any) -> Registry:
     if reg is None:
         reg = _registries[shell] = Registry(shell)
     return reg
-
-
-# ---------------------------------------------------------------- errors
-def short_error(exc: OrchError) -> OrchError:
-    """The same exception, shown by IPython as its message only (no traceback of our internals).
-
-    IPython calls `_render_traceback_()` when an exception has it; the class stays the
-    notebook_orch one, so `except DefinitionError` and the kernel's `ename` are unchanged.
-    """
-    lines = [f"{type(exc).__name__}: {exc}"]
-    exc._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
-    return exc
-
-
-def _split(text: str | None) -> list[str]:
-    return [s.strip() for s in (text or "").split(",") if s.strip()]
-
-
-def _parse_routes(text: str) -> dict[str, list[str]]:
-    routes: dict[str, list[str]] = {}
-    for part in _split(text):
-        label, sep, targets = part.partition(":")
-        names = [t.strip() for t in targets.split("+") if t.strip()]
-        if not sep or not label.strip() or not names:
-            raise DefinitionError(
-                f"--routes entry {part!r} is not LABEL:TASK; write e.g. "
-                f"--routes technical:tech_support,billing:billing_support (several tasks: complex:escalate+notify)")
-        routes.setdefault(label.strip(), []).extend(names)
-    return routes
-
-
-def _parse_resources(text: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for part in _split(text):
-        name, sep, n = part.partition("=")
-        try:
-            out[name.strip()] = int(n) if sep else 1
-        except ValueError:
-            raise DefinitionError(f"--resources entry {part!r} is not NAME=COUNT; write e.g. --resources gpu=1,api=2") from None
-    return out
 
 
 # ---------------------------------------------------------------- the magics
@@ -339,9 +303,11 @@ class OrchMagics(Magics):
     # ------------------------------------------------------------ %orch
     @line_magic
     def orch(self, line: str) -> Any:
-        """(replaced by the command overview; see commands.py)"""
-        from .commands import dispatch
-        return dispatch(self, line)
+        """(the %orch command overview; `load()` writes it here from the registered commands)"""
+        return self.dispatch(self, line)
+
+    # `load()` sets this to commands.dispatch: the %orch subcommands are plugged in, not imported here
+    dispatch: Callable[[Any, str], Any] = staticmethod(lambda m, line: None)  # type: ignore[assignment]
 
 
 def _without_forward_refs(wf: Workflow, tid: str) -> tuple[dict[str, Task], list[str]]:
@@ -426,22 +392,3 @@ def _did_you_mean(names: list[str], choices: list[str]) -> str:
 
 def _agent_fields() -> list[str]:
     return [f for f in Agent.model_fields if f != "name"]
-
-
-def _parse(magic: Callable[..., Any], line: str) -> Any:
-    """Parse a magic line with the magic's parser; a UsageError that carries the usage line on misuse."""
-    parser = magic.parser  # type: ignore[attr-defined]
-    if {"-h", "--help"} & set(line.split()):
-        print(parser.format_help())
-        return None
-    try:
-        return parser.parse_args(shlex.split(line))   # POSIX quoting: --description "two words"
-    except UsageError as exc:
-        raise UsageError(f"{exc}\nusage: {usage_line(parser)}\n(`{usage_line(parser).split(' [')[0]} --help` for details)") from None
-    except ValueError as exc:  # unbalanced quotes in the line
-        raise UsageError(f"{exc}\nusage: {usage_line(parser)}") from None
-
-
-def usage_line(parser: Any) -> str:
-    """The parser's usage on one line, without the reST decoration IPython's formatter adds."""
-    return " ".join(parser.format_usage().replace("::", " ").split()).removeprefix("usage: ")
