@@ -246,8 +246,8 @@ class RunPanel:
         return self._launch(lambda: run.workflow.start(**run.options))
 
     def refresh(self, dag: bool = True) -> None:
-        """Redraw now; with `dag`, render a changed DAG synchronously (else in a worker thread when the loop runs)."""
-        self._redraw(threaded=False if dag else None)
+        """Redraw now; with `dag`, render a changed DAG synchronously too (else it follows from a worker thread)."""
+        self._redraw(threaded=False if dag else None, now=True)
 
     def show_dag(self) -> None:
         """Render the DAG once, now (graphs too large to be re-drawn live; Graphviz may take a while)."""
@@ -396,8 +396,9 @@ class RunPanel:
             self._redraw(force_dag=self.live_dag)
 
     # ------------------------------------------------------------------ drawing
-    def _redraw(self, threaded: bool | None = None, force_dag: bool = False) -> None:
-        """Compute the view now; apply it at once, or with the DAG of the same instant when the picture changed."""
+    def _redraw(self, threaded: bool | None = None, force_dag: bool = False, now: bool = False) -> None:
+        """Compute the view now; apply it at once, or with the DAG of the same instant when the picture changed
+        (`now`: apply it at once anyway; the DAG follows)."""
         run = self.run
         if run is None:
             return
@@ -409,6 +410,8 @@ class RunPanel:
         if not ((self.live_dag and changed) or force_dag):
             self._apply(view)
             return
+        if now and threaded:
+            self._apply(view)
         if self._dag_busy and threaded:
             self._dag_again = True                   # the running render's callback redraws again
             return
