@@ -38,14 +38,19 @@ def unregister(shell: Any) -> None:
 
 
 def prepare(workflow: Any) -> "RunPanel | None":
-    """A panel built for `workflow`'s next run, before it starts (None outside a kernel or without widgets)."""
+    """A panel for `workflow`'s next run, built and shown in this cell before the run starts; `display_run(run,
+    panel)` then attaches it. None outside a kernel (or if it fails: display_run will make one and say why)."""
     ip = _shell()
     if ip is None or getattr(ip, "kernel", None) is None:
         return None
     try:
         from .panel import RunPanel
-        return RunPanel.prepare(workflow)
-    except Exception:   # the run goes on without a prepared panel; display_run says what went wrong
+        panel = RunPanel.prepare(workflow)
+        panel.show()
+        import sys
+        sys.stdout.flush()   # ipykernel: waits until the IOPub thread has sent the widgets, before the run's clock
+        return panel
+    except Exception:
         return None
 
 
@@ -63,13 +68,12 @@ def display_run(run: Run, panel: "RunPanel | None" = None) -> None:
             return                                               # already shown by this cell
         from .panel import RunPanel
 
-        if isinstance(run._display, RunPanel):
-            shown = run._display
-        elif panel is not None:
-            shown = panel
-            shown.attach(run)
-        else:
-            shown = RunPanel(run)
+        if panel is not None and panel.run is None:   # prepared and shown before the run started
+            panel.attach(run)
+            if count is not None:
+                _shown[run] = count
+            return
+        shown = run._display if isinstance(run._display, RunPanel) else RunPanel(run)
         if count is not None:
             _shown[run] = count
         shown.show()

@@ -34,7 +34,7 @@ import ipywidgets as w
 
 from ..errors import LoopError
 from ..render import build, svg_html
-from .snapshot import (Follow, View, chips_html, snapshot_html, state_of, summary_text, table_html,
+from .snapshot import (CSS, Follow, View, chips_html, snapshot_html, state_of, summary_text, table_html,
                        title_html, view_of)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,6 +98,11 @@ class RunPanel:
     def prepare(cls, workflow: Any) -> "RunPanel":
         """A panel for `workflow`'s next run, built (widgets, first DAG) before the run starts: `attach(run)` next."""
         panel = cls()
+        try:
+            loop = asyncio.get_running_loop()
+            loop.run_in_executor(None, int)          # the DAG's worker thread exists before the run starts
+        except RuntimeError:
+            pass
         try:
             graph = workflow.validate()
         except Exception:   # the run will say what is wrong
@@ -202,8 +207,11 @@ class RunPanel:
             self._redraw(threaded=False, force_dag=self.live_dag)
             return
         _when_finished(run, lambda: self._finished(run))
-        self._redraw()
-        if not run.done:
+        if self._loop_running():   # the first redraw off the hot moment: the first tasks are starting now
+            self._listen()
+            self._schedule(1.0 / self.MAX_REDRAWS_PER_S)
+        else:
+            self._redraw()
             self._listen()
             self._schedule(self.HEARTBEAT_S)
 
@@ -325,7 +333,10 @@ class RunPanel:
             self._handles.append(handle)
 
     def _static_bundle(self) -> dict[str, str]:
-        run = self._current()
+        run = self.run
+        if run is None:                                    # shown before its run starts (see prepare)
+            return {"text/html": f'<div class="norch-static" data-final="false">{self._dag_inner()}</div>{CSS}',
+                    "text/plain": "(run panel: the run is starting)"}
         if self.view is None or self.view.run != run.id:   # the first view is still waiting for its DAG
             view = view_of(run, Follow(), self.TABLE_ROWS)
             return {"text/html": snapshot_html(view, self._dag_inner()), "text/plain": summary_text(run)}
