@@ -164,7 +164,7 @@ def build(graph: "Graph", tasks: Mapping[str, "Task"], run: "Run | None" = None,
     g = DagGraph(name=name, body=body, format="png" if format == "png" else "svg",
                  graph_attr=_graph_attr(graph, rankdir, compact),
                  node_attr={"shape": "box", "style": "filled,rounded", "fontname": "Helvetica",
-                            "fontsize": "9" if compact else "10", "margin": "0.08,0.04"},
+                            "fontsize": "9" if compact else "10", "margin": "0.14,0.05"},  # room for thick borders
                  edge_attr={"color": "#555555", "arrowsize": "0.6", "fontname": "Helvetica",
                             "fontsize": "8"})
     g._orch_format = format

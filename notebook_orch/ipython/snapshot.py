@@ -35,11 +35,11 @@ STREAM_CHARS = 240          # tail of a streamed answer shown in the table
 
 CSS = """<style>
 .norch-tasks{border-collapse:collapse;font-size:12px;width:100%}
-.norch-tasks th,.norch-tasks td{border-bottom:1px solid #ddd;padding:1px 6px;text-align:left;vertical-align:top}
-.norch-tasks td.num{text-align:right;font-variant-numeric:tabular-nums}
+.norch-tasks.norch-tasks th,.norch-tasks.norch-tasks td{border-bottom:1px solid #ddd;padding:1px 6px;text-align:left;vertical-align:top;background:none}
+.norch-tasks.norch-tasks td.num{text-align:right;font-variant-numeric:tabular-nums}
 .norch-tasks .norch-why,.norch-tasks .norch-stream{color:#666;font-size:11px}
 .norch-tasks .norch-stream{white-space:pre-wrap;max-width:600px}
-.norch-tasks td.err{color:#a00;max-width:420px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.norch-tasks.norch-tasks td.err{color:#a00;max-width:420px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 .jp-OutputArea-child:has(.norch-panel) + .jp-OutputArea-child:has(.norch-static){display:none}
 .jp-OutputArea-child:not(:has(.norch-panel)):has(+ .jp-OutputArea-child .norch-static){display:none}
 </style>"""
