@@ -209,8 +209,7 @@ def _status(m: Any, args: Any) -> Any:
         elif ev.kind in ("succeeded", "failed", "cancelled", "cached", "skipped", "upstream_failed"):
             ended[ev.task] = ev.t
     now = run.elapsed()
-    from ..store import cache_column
-    cache = cache_column(run)   # where a cached output came from, or why a task is not cacheable
+    cache = _cache_column(run)
     rows = []
     for t, st in run.statuses.items():
         err = run.errors.get(t)
@@ -219,7 +218,48 @@ def _status(m: Any, args: Any) -> Any:
                      "elapsed_s": None if took is None else round(took, 3),
                      "cache": cache.get(t, ""),
                      "error": None if err is None else f"{type(err).__name__}: {err}"})
-    return pd.DataFrame(rows).set_index("task")
+    return _wide(pd.DataFrame(rows).set_index("task"))
+
+
+def _cache_column(run: Run) -> dict[str, str]:
+    """Task -> its cache state in one phrase: 'reused from run X', 'cached from store: run X (2 min ago)', 'stored',
+    or why its output is not cached / not persisted."""
+    where = {ev.task: str(ev.info) for ev in run.events if ev.kind == "cached"}
+    unc = getattr(run, "uncacheable", {}) or {}
+    notp = getattr(run, "not_persisted", {}) or {}
+    fps = getattr(run, "fingerprints", {}) or {}
+    out = {}
+    for t, st in run.statuses.items():
+        if t in notp:
+            out[t] = "not persisted: " + notp[t]
+        elif st == "cached":
+            w = where.get(t, "the store")
+            out[t] = w if w.startswith("reused") else "cached from " + w
+        elif t in unc:
+            out[t] = unc[t]
+        elif st == "succeeded" and t in fps:
+            out[t] = "stored"
+    return out
+
+
+def _wide(df: Any) -> Any:
+    """The frame, shown without pandas cutting long cells ('…' after 50 characters)."""
+    import pandas as pd
+
+    class Wide(pd.DataFrame):
+        @property
+        def _constructor(self) -> Any:
+            return pd.DataFrame
+
+        def _repr_html_(self) -> Any:
+            with pd.option_context("display.max_colwidth", None):
+                return super()._repr_html_()
+
+        def __repr__(self) -> str:
+            with pd.option_context("display.max_colwidth", None, "display.width", 0, "display.max_columns", None):
+                return super().__repr__()
+
+    return Wide(df)
 
 
 @command("results")

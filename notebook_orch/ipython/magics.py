@@ -179,12 +179,7 @@ class OrchMagics(Magics):
         old = self.wf.agents.get(agent.name)
         self.wf.agent(agent)
         verb = "redefined" if old is not None else "defined"
-        extra = [f"llm={agent.llm!r}" if isinstance(agent.llm, str) else ""]
-        if agent.max_concurrency:
-            extra.append(f"max_concurrency={agent.max_concurrency}")
-        if agent.rate_limit:
-            extra.append(f"rate_limit={agent.rate_limit}")
-        text = ", ".join(e for e in extra if e)
+        text = ", ".join(_echo(agent))
         print(f"✓ {verb} agent {agent.name}" + (f" ({text})" if text else "") + f" in workflow {self.wf.name!r}")
 
     # ------------------------------------------------------------ %%task
@@ -370,6 +365,8 @@ def _confirmation(wf: Workflow, task: Task, pending: list[str], ns: Any, redefin
         down = []
     if redefined and down:
         text += f"\n  now stale downstream: {', '.join(down)}"
+    if task.prompt is not None and task.agent is None:
+        text += "\n  note: no agent yet: give one with --agent, or run with --mode hierarchical (a manager assigns it)"
     if pending:
         text += (f"\n  note: {', '.join(repr(p) for p in pending)} {'are' if len(pending) > 1 else 'is'} not defined "
                  f"yet; define {'them' if len(pending) > 1 else 'it'} before running")
@@ -388,6 +385,26 @@ def _did_you_mean(names: list[str], choices: list[str]) -> str:
         if near:
             return f" (did you mean {near[0]!r} for {name!r}?)"
     return ""
+
+
+def _echo(agent: Agent) -> list[str]:
+    """`field=value` for every field the definition set (on the line or in the body), in Agent's field order;
+    long text cut, tools and model objects by name."""
+    out = []
+    for name in Agent.model_fields:
+        if name == "name" or name not in agent.model_fields_set:
+            continue
+        value = getattr(agent, name)
+        if name == "tools":
+            shown = "[" + ", ".join(getattr(t, "__name__", type(t).__name__) for t in value) + "]"
+        elif name == "llm" and not isinstance(value, str):
+            shown = getattr(value, "__name__", type(value).__name__)
+        elif isinstance(value, str):
+            shown = repr(value if len(value) <= 40 else value[:39] + "…")
+        else:
+            shown = repr(value)
+        out.append(f"{name}={shown}")
+    return out
 
 
 def _agent_fields() -> list[str]:

@@ -640,3 +640,36 @@ def test_runs_cache_clear_and_cache_column(ip, capsys):
         orch(ip, "cache clear totl")
     orch(ip, "cache clear")
     assert set(orch(ip, "run --wait").statuses.values()) == {"succeeded"}
+
+
+# ---------------------------------------------------------------- what the cells say back
+def test_agent_echoes_every_option_it_was_given(ip, capsys):
+    cell(ip, "%agent vendor --breaker-failures 2 --breaker-cooldown 5 --max-concurrency 1 --retries 1", "")
+    out = capsys.readouterr().out
+    for part in ("max_concurrency=1", "retries=1", "breaker_failures=2", "breaker_cooldown=5.0"):
+        assert part in out, out
+    cell(ip, "%%agent writer --llm demo", "role: Report writer\nrate_limit: 10/min\n")
+    out = capsys.readouterr().out
+    assert "llm='demo'" in out and "role='Report writer'" in out and "rate_limit='10/min'" in out
+
+
+def test_a_prompt_task_without_an_agent_gets_a_note_when_its_cell_runs(ip, capsys):
+    cell(ip, "%%task summary --prompt", "Summarise the findings\n")
+    assert "no agent yet: give one with --agent, or run with --mode hierarchical" in capsys.readouterr().out
+    cell(ip, "%%agent writer --llm demo", "")
+    capsys.readouterr()
+    cell(ip, "%%task summary --prompt --agent writer", "Summarise the findings\n")
+    assert "no agent yet" not in capsys.readouterr().out
+
+
+def test_status_after_retry_says_reused_from_the_run_and_shows_it_whole(ip):
+    ip.run_cell("attempts = []")
+    cell(ip, "%%task flaky", "attempts.append(1)\nif len(attempts) == 1:\n    raise RuntimeError('first time')\n'ok'\n")
+    cell(ip, "%%task steady_task_with_a_long_name", "'fine'\n")
+    first = orch(ip, "run")
+    orch(ip, "retry")
+    status = orch(ip, "status")
+    cache = status.loc["steady_task_with_a_long_name", "cache"]
+    assert cache == f"reused from run {first.id}"
+    assert cache in status._repr_html_() and cache in repr(status)      # not cut to 50 characters
+    assert status.loc["flaky", "cache"] == "stored"
