@@ -1,0 +1,35 @@
+"""What later cells show in a real kernel: a pyplot figure made by a task stays its output, not every cell's."""
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+
+
+def _execute(cells, cwd):
+    from nbclient import NotebookClient
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+def _images(cell):
+    return [o for o in cell.outputs if o.output_type in ("display_data", "execute_result") and "image/png" in o.data]
+
+
+DEFINE = ["%load_ext notebook_orch\n%matplotlib inline\nimport matplotlib.pyplot as plt",
+          "%%task chart\nfig = plt.figure()\nplt.plot([1, 2, 3])\nplt.title('sales')\nfig",
+          "%%task other\n1"]
+RUN = "r = %orch run --wait\nprint(r.statuses['chart'])"
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(240)
+def test_a_pyplot_figure_made_in_a_task_does_not_reappear_under_later_cells(tmp_path):
+    nb = _execute([*DEFINE, RUN, RUN, "1 + 1", "%orch result chart"], tmp_path)
+    first, second, plain, result = nb.cells[3:7]
+    assert first.outputs[-1].text.strip() == "succeeded" and second.outputs[-1].text.strip() == "cached"
+    assert not _images(first) and not _images(second) and not _images(plain)
+    assert len(_images(result)) == 1                          # the task's output is still the whole figure
+    # a new kernel (after a restart): the stored figure is loaded from the cache and still not shown again
+    nb = _execute([*DEFINE, RUN, "1 + 1"], tmp_path)
+    assert nb.cells[3].outputs[-1].text.strip() == "cached"
+    assert not _images(nb.cells[3]) and not _images(nb.cells[4])
