@@ -390,3 +390,101 @@ def test_real_kernel_keeps_the_final_state_as_a_static_output_and_nbconvert_show
     static_at = body.index('class="norch-static"')
     child = body.rindex('<div class="jp-OutputArea-child', 0, static_at)
     assert "widget-view+json" not in body[child:static_at]     # the snapshot is an output of its own
+
+
+# ---------------------------------------------------------------------------- what the panel shows
+
+
+def test_a_running_prompt_task_shows_its_streamed_answer_and_tokens():
+    from notebook_orch.attempt import current
+
+    wf = Workflow("streaming")
+    gate = asyncio.Event()
+
+    @wf.task
+    async def answer():
+        emit = current().emit
+        emit("stream", {"text": "The market", "tokens": 2})
+        emit("stream", {"text": "The market grew <fast>", "tokens": 5})
+        await gate.wait()
+        return "done"
+
+    async def main():
+        run = wf.start()
+        panel = RunPanel(run)
+        await asyncio.sleep(0.05)
+        panel.refresh(dag=False)
+        live_row, live_html = panel.view.rows[0], panel.html()
+        gate.set()
+        await run
+        return live_row, live_html, panel
+    row, html, panel = asyncio.run(main())
+    assert row.status == "running" and row.stream == ("The market grew <fast>", 5)
+    assert "5 tokens: The market grew &lt;fast&gt;" in html
+    assert panel.view.rows[0].stream is None and "tokens:" not in panel.html()   # only while it runs
+
+
+def test_the_dask_dashboard_link_is_shown_when_the_run_has_one():
+    wf = Workflow("dash")
+    wf.task(lambda: 1, id="one")
+    run = wf.run()
+    assert "Dask dashboard" not in RunPanel(run).html()
+    run.dashboard_link = "http://127.0.0.1:8787/status"
+    panel = RunPanel(run)
+    assert panel.view.dashboard == run.dashboard_link
+    assert 'href="http://127.0.0.1:8787/status"' in panel.html()
+
+
+def test_a_map_tasks_wait_is_the_queueing_of_its_items():
+    wf = Workflow("mapwait", concurrency=1)
+
+    @wf.task
+    def split():
+        return [1, 2, 3, 4]
+
+    @wf.task(map_over="split")
+    async def each(item):
+        await asyncio.sleep(0.05)
+        return item
+
+    async def main():
+        run = wf.start()
+        panel = RunPanel(run)
+        await run
+        return run, panel
+    run, panel = asyncio.run(main())
+    row = {r.task: r for r in panel.view.rows}["each"]
+    assert row.items == (4, 4)
+    assert row.wait >= 0.05 * (1 + 2 + 3) * 0.9            # items 2, 3, 4 queued behind the one slot
+
+
+@pytest.mark.needs_dot
+def test_the_live_dag_never_lags_the_table():
+    wf = Workflow("lag", concurrency=3)
+
+    @wf.task
+    def split():
+        return list(range(40))
+
+    @wf.task(map_over="split")
+    async def each(item):
+        await asyncio.sleep(0.02)
+        return item
+
+    def dag_items(html):
+        m = re.search(r"map (\d+)/(\d+) items", html)
+        return m and (int(m.group(1)), int(m.group(2)))
+
+    async def main():
+        run = wf.start()
+        panel = RunPanel(run)
+        pairs = []
+        while not run.done:
+            await asyncio.sleep(0.03)
+            if panel.view is not None and dag_items(panel.dag_html):
+                pairs.append(({r.task: r for r in panel.view.rows}["each"].items, dag_items(panel.dag_html)))
+        await run
+        return pairs
+    pairs = asyncio.run(main())
+    assert len({p[0] for p in pairs}) >= 2                 # it was seen moving
+    assert all(table == dag for table, dag in pairs), pairs
