@@ -44,8 +44,9 @@ def overview() -> str:
     """The %orch help: every subcommand's usage line and first doc line."""
     lines = ["%orch COMMAND [options]: run and inspect the active workflow (`%orch COMMAND --help` for details).", ""]
     for name, fn in COMMANDS.items():
-        usage = usage_line(fn.parser)
-        doc = (fn.parser.description or "").strip().splitlines()
+        parser = fn.parser  # type: ignore[attr-defined]
+        usage = usage_line(parser)
+        doc = (parser.description or "").strip().splitlines()
         lines.append(f"  {usage}")
         if doc:
             lines.append(f"      {doc[0]}")
@@ -253,7 +254,7 @@ def _wide(df: Any) -> Any:
 
         def _repr_html_(self) -> Any:
             with pd.option_context("display.max_colwidth", None):
-                return super()._repr_html_()
+                return pd.DataFrame._repr_html_(self)  # type: ignore[attr-defined]
 
         def __repr__(self) -> str:
             with pd.option_context("display.max_colwidth", None, "display.width", 0, "display.max_columns", None):

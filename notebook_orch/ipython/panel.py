@@ -443,7 +443,8 @@ class RunPanel:
             self._apply(view, svg_html(dg))
             return
         self._dag_busy = True
-        fut.add_done_callback(lambda f, r=run, v=view, gen=self._dag_gen: self._dag_done(f, r, v, gen))
+        gen = self._dag_gen
+        fut.add_done_callback(lambda f: self._dag_done(f, run, view, gen))
 
     def _dag_done(self, fut: "asyncio.Future[str]", run: "Run", view: View, gen: int) -> None:
         self._dag_busy = False

@@ -5,7 +5,6 @@ Screenshots go to artifacts/screenshots/ under the repository root (the path is 
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time

@@ -451,8 +451,8 @@ def test_a_map_tasks_wait_is_the_queueing_of_its_items():
         run = wf.start()
         panel = RunPanel(run)
         await run
-        return run, panel
-    run, panel = asyncio.run(main())
+        return panel
+    panel = asyncio.run(main())
     row = {r.task: r for r in panel.view.rows}["each"]
     assert row.items == (4, 4)
     assert row.wait >= 0.05 * (1 + 2 + 3) * 0.9            # items 2, 3, 4 queued behind the one slot
@@ -464,11 +464,11 @@ def test_the_live_dag_never_lags_the_table():
 
     @wf.task
     def split():
-        return list(range(40))
+        return list(range(60))
 
     @wf.task(map_over="split")
     async def each(item):
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.03)      # 20 waves of 3: about 0.6 s, several live pictures
         return item
 
     def dag_items(html):
