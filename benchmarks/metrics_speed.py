@@ -34,7 +34,7 @@ def build_run(n: int):  # type: ignore[no-untyped-def]
 
 
 def main(n: int) -> None:
-    from notebook_orch._metrics import extract
+    from notebook_orch import timings as extract
 
     run, run_s = build_run(n)
     assert run.status == "succeeded", run

@@ -338,7 +338,7 @@ class RunCache:
 
     def _schedule(self) -> None:
         loop = self.s.loop
-        if self._handle is None and loop is not None and not self.s.finished:
+        if self._handle is None and loop is not None and not self.run.state.finished:
             wait = max(self._last_commit + COMMIT_GAP, self._retry_after) - time.monotonic()
             self._handle = loop.call_soon(self._timed_flush) if wait <= 0 else loop.call_later(wait, self._timed_flush)
 
@@ -367,7 +367,7 @@ class RunCache:
         if final:
             counts = json.dumps(dict(Counter(self.s.status)))
             started = self.run.started_wall if self.run is not None and self.run.started_wall else None
-            update = (time.time(), self.s.run_status, counts, started, run_id)
+            update = (time.time(), self.run.state.run_status, counts, started, run_id)
         try:
             self.store.write_batch([row for row, _ in pending], run_id, chunk, update, run_insert=self._run_row)
             self._run_row = None

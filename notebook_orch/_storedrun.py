@@ -9,6 +9,7 @@ from .events import STATUSES, Bus, Event
 from .graph import Graph
 from .model import Agent, Task
 from .run import Run
+from .state import RunState, run_start
 from .store import Store
 
 __all__ = ["StoredRun", "StoredError"]
@@ -16,13 +17,6 @@ __all__ = ["StoredRun", "StoredError"]
 
 class StoredError(OrchError):
     """A task's error as it was recorded (the original exception object is not stored)."""
-
-
-class _Frozen:
-    """The parts of a Scheduler a Run reads, rebuilt from the store."""
-
-    def __init__(self, **kw: Any):
-        self.__dict__.update(kw)
 
 
 class StoredRun(Run):
@@ -70,21 +64,14 @@ class StoredRun(Run):
                 if name in tm:
                     tm[name] = tuple(tm[name])
             wf.tasks[t] = Task.model_construct(id=t, fn=None, prompt="", **tm)
-        limits = Limits(meta["limits"].get("concurrency"), {a: ag.max_concurrency for a, ag in wf.agents.items()},
-                        {}, meta["limits"].get("pools") or {})
-        frozen = _Frozen(ids=ids, g=graph, status=[status[t] for t in ids], attempts=[attempts[t] for t in ids],
-                         results=results, errors=errors, events=events, outputs={}, run_status=run_status,
-                         finished=True, limits=limits, bus=Bus(), loop=None, done=None, agents=dict(wf.agents),
-                         tasks=[wf.tasks[t] for t in ids])
+        state = RunState.from_events(row["run_id"], row["workflow"], graph, dict(wf.tasks), dict(wf.agents), events,
+                                     results, errors, run_status, row["started"])
+        if not run_start(events):   # recorded before runs kept their starting limits in their first event
+            state.limits = Limits(meta["limits"].get("concurrency"),
+                                  {a: ag.max_concurrency for a, ag in wf.agents.items()}, {},
+                                  meta["limits"].get("pools") or {})
         self = cls.__new__(cls)
-        self.id = row["run_id"]
-        self.workflow = wf
-        self.options = meta.get("options", {})
-        self.tasks = dict(wf.tasks)
-        self.agents = dict(wf.agents)
-        self._s = frozen
-        self.started_wall = row["started"]
-        self._display = None
+        Run.__init__(self, wf, state, None, meta.get("options", {}))
         self.fingerprints = {t: k for t, k in fps.items() if not k.startswith("run:")}
         self.uncacheable = {}
         self.not_persisted = {}
@@ -126,10 +113,7 @@ class StoredRun(Run):
         return self
 
     def elapsed(self) -> float:
-        for ev in reversed(self._s.events):
-            if ev.kind == "run_finished":
-                return ev.t
-        return self._s.events[-1].t if self._s.events else 0.0
+        return self.state.elapsed()
 
     def __repr__(self) -> str:
         return "<Stored" + super().__repr__()[1:]

@@ -30,18 +30,100 @@ notes -- no status change:
     breaker_closed   a probe after the cooldown succeeded: the breaker closed again (info: agent)
     not_persisted    the output could not be written to the store; kept in memory (info: why)
     cache_error      the cache lookup raised; the task runs (info: error text)
-    usage            one model call's usage (info: {"tokens_in", "tokens_out", "cost_usd" or None})
-    tool_call        one tool call by an agent (info: {"tool", "input", "duration_ms", "success",
-                     "error"} and "agent" when it is not the task's agent)
+    usage            one model request's usage (info: `Usage`)
+    tool_call        one tool call by an agent (info: `ToolCall`)
+    stream           a prompt task's partial answer while it streams (info: `Stream`), coalesced
+    message          one message of a prompt task's conversation (info: `Message`)
+    abandoned        a timed-out or cancelled sync body was left running in its thread (info: why)
+    worker           the cluster worker an attempt ran on (info: address)
+    assigned         the manager (or the capability match) gave the task an agent (info: `Assigned`)
+    retrying         also for a model request retried after HTTP 429/5xx inside the attempt
+                     (info: `ModelRetrying`, a dict; the task-level one is a `Retrying` tuple)
 run events (task is ''):
     run_started, run_paused, run_resumed, limit_changed (info: (what, value)), run_finished (info: status)
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
-__all__ = ["Event", "TERMINAL", "STATUSES", "Bus"]
+__all__ = ["Event", "TERMINAL", "STATUSES", "Bus", "RunStarted", "Usage", "ToolCall", "Stream", "Message",
+           "Assigned", "ModelRetrying", "Retrying", "ItemDone", "AttemptStarted"]
+
+
+# ---------------------------------------------------------------- payloads (Event.info by kind)
+class RunStarted(TypedDict):
+    """`run_started`: what the run started with, so that every metric is a function of the events."""
+    tasks: int
+    limits: dict[str, Any]      # limits.Limits.snapshot(): concurrency, agents, rates, tokens, pools
+    remaining: list[float]      # per node, the longest remaining path the ready order used
+
+
+class Usage(TypedDict, total=False):
+    """`usage`: one model request."""
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float | None      # None when the price is unknown (shown as NaN, never 0)
+    model: str
+    duration_ms: float
+
+
+class ToolCall(TypedDict, total=False):
+    """`tool_call`: one call of a tool by a model."""
+    tool: str
+    input: Any                  # the validated arguments (secrets redacted)
+    duration_ms: float
+    success: bool
+    error: str | None
+    agent: str                  # only when it is not the task's agent
+
+
+class Stream(TypedDict):
+    """`stream`: the partial answer so far (its tail) and the tokens counted."""
+    text: str
+    tokens: int
+
+
+class Message(TypedDict, total=False):
+    """`message`: one message of a prompt task's conversation (run.messages(task))."""
+    role: str                   # system, user, assistant, tool
+    content: str
+    tool: str | None
+    tokens: int | None
+
+
+class Assigned(TypedDict):
+    """`assigned`: who does a task in a hierarchical run, and why."""
+    agent: str
+    reason: str
+    source: str                 # 'manager' or 'capability'
+
+
+class ModelRetrying(TypedDict, total=False):
+    """`retrying` emitted inside an attempt: a model request retried after an HTTP error."""
+    status: int
+    delay_s: float
+    error: str
+
+
+class Retrying(NamedTuple):
+    """`retrying` emitted by the scheduler: the attempt failed; the next one starts after `delay_s`."""
+    error: str
+    delay_s: float
+
+
+class ItemDone(NamedTuple):
+    """`item_done`: one item of a map task finished."""
+    index: int
+    n_items: int
+    ok: bool
+    t_start: float | None       # start of its last attempt (seconds since the run started)
+
+
+class AttemptStarted(NamedTuple):
+    """`attempt_started`: an attempt that `running` does not mark (a map item, a fallback)."""
+    item: int                   # -1: not a map item
+    agent: str | None
 
 STATUSES: tuple[str, ...] = ("pending", "ready", "running", "retrying", "succeeded", "cached",
                              "failed", "upstream_failed", "skipped", "cancelled")

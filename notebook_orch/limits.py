@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
+from typing import Any
+
+from .policy import rate_span
 
 __all__ = ["Limits", "Breaker", "TokenWindow"]
 
@@ -118,8 +121,9 @@ class Limits:
         if agent is not None and agent in self.rates:
             count, period = self.rates[agent]
             window = self.starts[agent]
-            if len(window) >= count and now - window[0] < period:
-                return "rate:" + agent, window[0] + period
+            span = rate_span(period)
+            if len(window) >= count and now - window[0] < span:
+                return "rate:" + agent, window[0] + span
         return None
 
     def acquire(self, agent: str | None, resources: Mapping[str, int], now: float) -> None:
@@ -140,14 +144,30 @@ class Limits:
         for r, n in resources.items():
             self.pool_used[r] -= n
 
+    def snapshot(self) -> dict[str, Any]:
+        """The limits as plain data (recorded in the run's first event, so a replay starts from them)."""
+        return {"concurrency": self.concurrency, "agents": dict(self.agent_caps),
+                "rates": {a: list(r) for a, r in self.rates.items()},
+                "tokens": {a: [w.capacity, w.period] for a, w in self.token_windows.items()},
+                "pools": dict(self.pools)}
+
+    @classmethod
+    def from_snapshot(cls, snap: Mapping[str, Any]) -> "Limits":
+        """Limits rebuilt from `snapshot()` data (a run read back from the store)."""
+        return cls(snap.get("concurrency"), snap.get("agents") or {},
+                   {a: (int(r[0]), float(r[1])) for a, r in (snap.get("rates") or {}).items()},
+                   snap.get("pools") or {},
+                   {a: (int(r[0]), float(r[1])) for a, r in (snap.get("tokens") or {}).items()})
+
     def request_wait(self, agent: str, now: float) -> float:
         """Seconds until the agent's rate window lets one more model request through (0: now)."""
         if agent not in self.rates:
             return 0.0
         count, period = self.rates[agent]
         window = self.starts[agent]
-        if len(window) >= count and now - window[0] < period:
-            return window[0] + period - now
+        span = rate_span(period)
+        if len(window) >= count and now - window[0] < span:
+            return window[0] + span - now
         return 0.0
 
     def take_request(self, agent: str, now: float) -> None:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from ._metrics import extract as _x
-from ._metrics.paths import TOL, critical, durations, realised_deps
+from . import timings as _x
+from .timings import TOL, critical, durations, realised_deps
 from ._metrics.simulate import build, no_gc, simulate
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,6 +87,8 @@ def task_metrics(run: "Run") -> pd.DataFrame:
     ends = _ends(f)
     upto = np.where(started, f.start, ends)
     wait = np.where(np.isnan(f.ready), np.nan, upto - f.ready)
+    queued = np.bincount(f.seg_node, weights=f.seg_t1 - f.seg_t0, minlength=f.n) if f.n else np.zeros(0)
+    wait = np.where(f.is_map & ~np.isnan(wait), queued, wait)   # a map task: the time its items queued
     run_s = np.where(started, ends - f.start, 0.0)
     df = pd.DataFrame({
         "agent": pd.Series(f.agent, dtype=object),
@@ -105,6 +107,8 @@ def task_metrics(run: "Run") -> pd.DataFrame:
         "cost_usd": f.cost,
         "error": pd.Series(f.errors, dtype=object),
         "busy_s": d.busy,
+        "queued_s": queued,
+        "abandoned": f.abandoned,
     })
     df.index = pd.Index(f.ids, name="task")
     return df
@@ -113,7 +117,7 @@ def task_metrics(run: "Run") -> pd.DataFrame:
 # ---------------------------------------------------------------------- summary
 def _max_concurrency(run: "Run", f: _x.Facts) -> float | None:
     """The largest global concurrency in force during the run (None: unlimited at some point)."""
-    values = [run._s.limits.concurrency]
+    values = [run.state.limits.concurrency]
     if any(w == "concurrency" for _, w, _ in f.limit_changes):
         opts = run.options
         values.append(1 if opts.get("mode") == "sequential" else opts.get("concurrency", run.workflow.concurrency))
@@ -182,12 +186,14 @@ def _unit_costs(f: _x.Facts, d: _Derived) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _waits_by_limit(f: _x.Facts) -> tuple[list[str], np.ndarray]:
-    """(limit labels, array node x limit of seconds waited)."""
-    codes, labels = pd.factorize(pd.Series(f.seg_limit, dtype=object)) if f.seg_limit else (np.zeros(0, int), [])
+    """(limit labels, array node x limit of seconds waited), queued or inside an attempt's model requests."""
+    limits = f.seg_limit + f.inner_limit
+    codes, labels = pd.factorize(pd.Series(limits, dtype=object)) if limits else (np.zeros(0, int), [])
     L = len(labels)
     out = np.zeros((f.n, max(L, 1)))
     if L:
-        np.add.at(out, (f.seg_node, codes), f.seg_t1 - f.seg_t0)
+        np.add.at(out, (np.concatenate([f.seg_node, f.inner_node]), codes),
+                  np.concatenate([f.seg_t1 - f.seg_t0, f.inner_t1 - f.inner_t0]))
     return list(labels), out
 
 
@@ -195,11 +201,14 @@ def _cause_label(limit: str) -> str:
     kind, _, name = limit.partition(":")
     return {"agent": f"queued on agent {name}", "resource": f"waiting for resource {name}",
             "rate": f"rate limit of agent {name}", "breaker": f"circuit breaker of agent {name}",
+            "tokens": f"token limit of agent {name}",
             "concurrency": "concurrency limit"}.get(kind, "waiting")
 
 
 def _causes(f: _x.Facts, d: _Derived) -> list[str]:
     retry, final = _unit_costs(f, d)
+    if len(f.inner_node):   # time held inside an attempt (a model request waiting for a window) is not work
+        final = final - np.bincount(f.inner_node, weights=f.inner_t1 - f.inner_t0, minlength=f.n)
     labels, waits = _waits_by_limit(f)
     usable = [j for j, lab in enumerate(labels) if lab != _x.UNLIMITED]
     out = []
@@ -273,8 +282,8 @@ def what_if(run: "Run", *, concurrency: Any = ..., max_concurrency: dict[str, in
         if a not in run.agents:
             raise UnknownNameError("agent", a, "what_if", sorted(run.agents))
     for p in pools or {}:
-        if p not in run._s.limits.pools:
-            raise UnknownNameError("resource pool", p, "what_if", sorted(run._s.limits.pools))
+        if p not in run.state.limits.pools:
+            raise UnknownNameError("resource pool", p, "what_if", sorted(run.state.limits.pools))
     alt = simulate(d.model, concurrency=concurrency, caps=max_concurrency, rates=rates, pools=pools)
     return pd.Series({"makespan_s": f.now, "simulated_s": base, "what_if_s": alt, "saving_s": base - alt},
                      name=run.id)
@@ -301,15 +310,17 @@ def utilization(run: "Run") -> pd.DataFrame:
     and the most of them waiting at once; then kind, name, peak (most held at once).
     """
     f, d = _analysis(run)
-    lim = run._s.limits
+    lim = run.state.limits
     span = f.now
-    seg_lim = np.array(f.seg_limit, dtype=object)
+    seg_lim = np.array(f.seg_limit + f.inner_limit, dtype=object)
+    seg_t0 = np.concatenate([f.seg_t0, f.inner_t0])
+    seg_t1 = np.concatenate([f.seg_t1, f.inner_t1])
     att_agent = np.array(f.att_agent, dtype=object)
     rows: dict[str, dict[str, Any]] = {}
 
     def waits(key: str) -> tuple[float, float]:
         m = seg_lim == key
-        return float((f.seg_t1[m] - f.seg_t0[m]).sum()), _peak(f.seg_t0[m], f.seg_t1[m])
+        return float((seg_t1[m] - seg_t0[m]).sum()), _peak(seg_t0[m], seg_t1[m])
 
     def util(busy: float, cap: float) -> float:
         return busy / (cap * span) if cap == cap and cap and span > 0 else np.nan
@@ -339,6 +350,15 @@ def utilization(run: "Run") -> pd.DataFrame:
             rows["rate:" + a] = dict(capacity=count, busy_s=np.nan,
                                      utilization=(int(m.sum()) / allowed) if allowed == allowed and allowed else np.nan,
                                      wait_s=w, max_queue=q, kind="rate", name=a, peak=np.nan)
+        tokens = lim.token_windows.get(a)
+        if tokens is not None:
+            used = float(f.tokens_in[[run.tasks[t].agent == a for t in f.ids]].sum()
+                         + f.tokens_out[[run.tasks[t].agent == a for t in f.ids]].sum()) if f.n else 0.0
+            allowed = tokens.capacity * (np.floor(span / tokens.period) + 1) if span > 0 else np.nan
+            w, q = waits("tokens:" + a)
+            rows["tokens:" + a] = dict(capacity=tokens.capacity, busy_s=np.nan,
+                                       utilization=used / allowed if allowed == allowed and allowed else np.nan,
+                                       wait_s=w, max_queue=q, kind="tokens", name=a, peak=np.nan)
     pools = _capacities(run, f, "resource", dict(lim.pools))
     tasks = [run.tasks[t] for t in f.ids]
     for p in lim.pools:

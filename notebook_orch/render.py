@@ -28,6 +28,7 @@ import graphviz
 
 from .errors import DefinitionError
 from .events import TERMINAL
+from .timings import Timings, critical_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph
@@ -135,8 +136,11 @@ def build(graph: "Graph", tasks: Mapping[str, "Task"], run: "Run | None" = None,
         statuses = run.statuses
         times = Timings()
         times.feed(run.events)
-        crit_nodes, crit_edges = (_critical_path(graph, times, statuses) if run.done and run.status != "cancelled"
-                                  else (set(), set()))
+        if run.done and run.status != "cancelled":
+            cp = critical_path(run)            # the realised one: the same as the metrics'
+            crit_nodes, crit_edges = set(cp.tasks), cp.edges
+        else:
+            crit_nodes, crit_edges = set(), set()
     else:
         statuses, times, crit_nodes, crit_edges = {}, None, set(), set()
     changed = set(changed)
@@ -174,80 +178,6 @@ def build(graph: "Graph", tasks: Mapping[str, "Task"], run: "Run | None" = None,
 
 
 # ---------------------------------------------------------------------------- timings
-
-
-class Timings:
-    """Per-task times read from run events, fed incrementally: ready, first start, end, map items, limits."""
-
-    __slots__ = ("ready", "start", "end", "items", "blocked", "seen")
-
-    def __init__(self) -> None:
-        self.ready: dict[str, float] = {}               # task -> first `ready` (or `cached`) time
-        self.start: dict[str, float] = {}               # task -> first `running` time
-        self.end: dict[str, float] = {}                 # task -> terminal status time
-        self.items: dict[str, list[int]] = {}           # map task -> [items done, items total]
-        self.blocked: dict[str, str] = {}               # queued task -> the limit holding it ('agent:NAME', ...)
-        self.seen = 0                                   # events consumed so far
-
-    def feed(self, events: list[Any]) -> None:
-        """Consume the events not seen yet (the list only grows)."""
-        ready, start, end, items, blocked = self.ready, self.start, self.end, self.items, self.blocked
-        terminal = TERMINAL
-        n = len(events)
-        for k in range(self.seen, n):
-            t, tid, kind, _, info = events[k]
-            if kind == "running":
-                if tid not in start:
-                    start[tid] = t
-                blocked.pop(tid, None)
-            elif kind == "ready":
-                if tid not in ready:
-                    ready[tid] = t
-            elif kind in terminal:
-                end[tid] = t
-                blocked.pop(tid, None)
-            elif kind == "blocked":
-                blocked[tid] = info
-            elif kind == "item_done":
-                done = items.get(tid)
-                if done is None:
-                    done = items[tid] = [0, info[1]]
-                done[0] += 1
-        self.seen = n
-
-    def duration(self, tid: str, now: float | None = None) -> float | None:
-        """Seconds from first start to the end (to `now` while running); None if it never started."""
-        s = self.start.get(tid)
-        if s is None:
-            return None
-        e = self.end.get(tid, now)
-        return None if e is None else max(0.0, e - s)
-
-    def wait(self, tid: str, now: float | None = None) -> float | None:
-        """Seconds from ready to first start (to `now` while still queued); None if never ready."""
-        r = self.ready.get(tid)
-        if r is None:
-            return None
-        s = self.start.get(tid, self.end.get(tid) if tid in self.end else now)
-        return None if s is None else max(0.0, s - r)
-
-
-def _critical_path(graph: "Graph", times: Timings, statuses: Mapping[str, str]
-                   ) -> tuple[set[str], set[tuple[str, str]]]:
-    """The longest path through the DAG under the measured durations of the tasks that ran to the end.
-
-    Tasks that did not finish an attempt (skipped, cancelled, cached...) count 0 and are
-    trimmed from the ends of the path; a path of length 0 is no path.
-    """
-    durations = [(times.duration(t) or 0.0) if statuses.get(t) in ("succeeded", "failed") else 0.0
-                 for t in graph.ids]
-    path, length = graph.critical_path(durations)
-    if length <= 0.0:
-        return set(), set()
-    ran = [durations[graph.index[t]] > 0.0 for t in path]
-    first, last = ran.index(True), len(ran) - 1 - ran[::-1].index(True)
-    path = path[first:last + 1]
-    return set(path), set(zip(path, path[1:]))
 
 
 # ---------------------------------------------------------------------------- DOT text

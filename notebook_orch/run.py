@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .graph import Graph
     from .scheduler import Scheduler
+    from .state import RunState
     from .workflow import Workflow
 
 __all__ = ["Run", "counts_text"]
@@ -30,18 +30,35 @@ def counts_text(counts: dict[str, int]) -> str:
 class Run:
     """One execution of a workflow. Returned by `wf.run()`, `await wf.arun()`, `wf.start()` and `%orch run`."""
 
-    def __init__(self, workflow: "Workflow", scheduler: "Scheduler", run_id: str, options: dict[str, Any]):
-        self.id = run_id                      # unique, sortable: '<workflow>-<YYYYmmdd-HHMMSS>-<hex>'
+    def __init__(self, workflow: "Workflow", state: "RunState", scheduler: "Scheduler | None",
+                 options: dict[str, Any]):
+        self.state = state                    # what the run is now; written only by its scheduler
+        self.id = state.run_id                # unique, sortable: '<workflow>-<YYYYmmdd-HHMMSS>-<hex>'
         self.workflow = workflow
         self.options = options                # the run() arguments, for re-runs and display
-        self.tasks = {t: workflow.tasks[t] for t in scheduler.ids}   # definitions as of the start
-        self.agents = dict(scheduler.agents)
-        self._s = scheduler
-        self.started_wall: float | None = None   # time.time() when the run started
+        self.tasks = state.tasks              # definitions as of the start
+        self.agents = state.agents
+        self._sched = scheduler               # the controls of a live run; None for a run read back
         self._display: Any = None                # the panel, when one is shown
         self.fingerprints: dict[str, str] = {}   # task -> fingerprint (filled by the store as tasks become ready)
         self.uncacheable: dict[str, str] = {}    # task -> why its output is not reused / not reusable
         self.not_persisted: dict[str, str] = {}  # task -> why its output is kept in memory only (e.g. unpicklable)
+
+    @property
+    def _s(self) -> Any:
+        """Transitional alias for readers not yet moved to `state` (the scheduler of a live run)."""
+        return self._sched if self._sched is not None else self.state
+
+    @property
+    def started_wall(self) -> float | None:
+        """time.time() when the run started."""
+        return self.state.started_wall
+
+    def _controls(self) -> "Scheduler":
+        if self._sched is None:
+            raise OrchError(f"run {self.id} was loaded from the store and is read-only; re-define the "
+                            f"workflow and run it again (finished tasks come back as `cached`)")
+        return self._sched
 
     @classmethod
     def load(cls, run_id: str | None = None, store: Any = None) -> "Run":
@@ -58,44 +75,44 @@ class Run:
     @property
     def graph_(self) -> "Graph":
         """The validated DAG this run executes."""
-        return self._s.g
+        return self.state.graph
 
     @property
     def status(self) -> str:
         """pending, running, paused, succeeded, failed or cancelled."""
-        return self._s.run_status
+        return self.state.run_status
 
     @property
     def done(self) -> bool:
-        return self._s.finished
+        return self.state.finished
 
     @property
     def statuses(self) -> dict[str, str]:
         """Task id -> its current status (see SPEC §4)."""
-        return dict(zip(self._s.ids, self._s.status))
+        return self.state.statuses()
 
     @property
     def results(self) -> dict[str, Any]:
         """Task id -> output, for the tasks that succeeded or were cached so far."""
-        return dict(self._s.results)
+        return dict(self.state.results)
 
     @property
     def errors(self) -> dict[str, BaseException]:
         """Task id -> the exception of its last failed attempt."""
-        return dict(self._s.errors)
+        return dict(self.state.errors)
 
     @property
     def events(self) -> list[Event]:
         """Every event so far, in order (immutable records; see notebook_orch.events)."""
-        return self._s.events
+        return self.state.events
 
     @property
     def attempts(self) -> dict[str, int]:
-        return dict(zip(self._s.ids, self._s.attempts))
+        return dict(zip(self.state.ids, self.state.attempts))
 
     @property
     def concurrency(self) -> int | None:
-        return self._s.limits.concurrency
+        return self.state.limits.concurrency
 
     @concurrency.setter
     def concurrency(self, n: int | None) -> None:
@@ -103,18 +120,18 @@ class Run:
 
     def counts(self) -> dict[str, int]:
         """Status -> number of tasks in it now."""
-        return dict(Counter(self._s.status))
+        return self.state.counts()
 
     def __getitem__(self, task_id: str) -> Any:
-        s = self._s
+        s = self.state
         if task_id in s.results:
             return s.results[task_id]
-        if task_id not in s.g.index:
+        if task_id not in s.graph.index:
             raise UnknownNameError("task", task_id, f"run {self.id}", s.ids)
-        st = s.status[s.g.index[task_id]]
+        st = s.status[s.graph.index[task_id]]
         if st == "failed":
             err = s.errors.get(task_id)
-            n = s.attempts[s.g.index[task_id]]
+            n = s.attempts[s.graph.index[task_id]]
             raise TaskFailedError(f"task {task_id!r} failed after {n} attempt(s): {type(err).__name__}: {err}; "
                                   f"see run.errors[{task_id!r}] and run.output({task_id!r})") from err
         if st == "cancelled":
@@ -126,45 +143,45 @@ class Run:
 
     def output(self, task_id: str) -> str:
         """What the task printed (stdout and stderr) while it ran."""
-        if task_id not in self._s.g.index:
-            raise UnknownNameError("task", task_id, f"run {self.id}", self._s.ids)
-        return "".join(self._s.outputs.get(task_id, ()))
+        if task_id not in self.state.graph.index:
+            raise UnknownNameError("task", task_id, f"run {self.id}", self.state.ids)
+        return "".join(self.state.outputs.get(task_id, ()))
 
     def subscribe(self, fn: Callable[[Event], Any]) -> Callable[[], None]:
         """Call fn(event) for each new event; returns an unsubscribe function."""
-        return self._s.bus.subscribe(fn)
+        return self.state.bus.subscribe(fn)
 
     # ---------------------------------------------------------------- controls
     def cancel(self, reason: str = "cancelled by user") -> bool:
         """Cancel at once: running tasks get CancelledError, unstarted ones become `cancelled`."""
-        return self._s.cancel(reason)
+        return False if self._sched is None else self._sched.cancel(reason)
 
     def pause(self) -> None:
         """Stop starting tasks; the running ones finish."""
-        self._s.pause()
+        self._controls().pause()
 
     def resume(self) -> None:
-        self._s.resume()
+        self._controls().resume()
 
     def set_concurrency(self, n: int | None) -> None:
         """Change the global limit of running tasks while the run is live."""
-        self._s.set_concurrency(n)
+        self._controls().set_concurrency(n)
 
     def set_limit(self, agent: str, max_concurrency: Any = ..., *, rate_limit: Any = ...) -> None:
         """Change an agent's limits while the run is live; only what you pass changes (None removes a limit).
 
         `run.set_limit("researcher", 4)`, `run.set_limit("researcher", rate_limit="120/min")`."""
-        self._s.set_agent_limit(agent, None if max_concurrency is ... else max_concurrency,
+        self._controls().set_agent_limit(agent, None if max_concurrency is ... else max_concurrency,
                                 None if rate_limit is ... else rate_limit,
                                 change_cap=max_concurrency is not ..., change_rate=rate_limit is not ...)
 
     def set_pool(self, pool: str, capacity: int) -> None:
         """Change a resource pool's capacity while the run is live."""
-        self._s.set_pool(pool, capacity)
+        self._controls().set_pool(pool, capacity)
 
     def retry_failed(self, **options: Any) -> "Run":
         """A new run of the same workflow that reuses this run's outputs and re-runs the rest."""
-        keep = {t: (v, f"reused from run {self.id}") for t, v in self._s.results.items()}
+        keep = {t: (v, f"reused from run {self.id}") for t, v in self.state.results.items()}
         opts = {**self.options, **options}
         return self.workflow._launch(opts, reuse=keep, wait=opts.pop("_wait", None))
 
@@ -173,7 +190,9 @@ class Run:
         return self._await().__await__()
 
     async def _await(self) -> "Run":
-        done = self._s.done
+        if self.done:
+            return self
+        done = self._controls().done
         if done is None:
             raise LoopError(f"run {self.id} was never started")
         try:
@@ -187,8 +206,9 @@ class Run:
         """Block until the run ends (works inside a running loop, e.g. a notebook cell)."""
         if self.done:
             return self
-        loop = self._s.loop
-        if loop is None:
+        sched = self._controls()
+        loop = sched.loop
+        if loop is None or sched.done is None:
             raise LoopError(f"run {self.id} was never started")
         try:
             running = asyncio.get_running_loop()
@@ -201,7 +221,7 @@ class Run:
             allow_nested(loop)
         try:
             # shield: a timeout ends the wait, not the run
-            loop.run_until_complete(asyncio.wait_for(asyncio.shield(self._s.done), timeout))
+            loop.run_until_complete(asyncio.wait_for(asyncio.shield(sched.done), timeout))
         except asyncio.TimeoutError:
             raise OrchError(f"run {self.id} still {self.status} after {timeout} s") from None
         except (KeyboardInterrupt, asyncio.CancelledError):
@@ -261,10 +281,7 @@ class Run:
 
     def elapsed(self) -> float:
         """Seconds since the run started (its makespan once done)."""
-        for ev in reversed(self._s.events):
-            if ev.kind == "run_finished":
-                return ev.t
-        return 0.0 if self.started_wall is None else time.time() - self.started_wall
+        return self.state.elapsed(time.time())
 
     # --- display (nb engineer): a plain rich repr; `%load_ext notebook_orch` registers the live panel
     def _repr_html_(self) -> str:
@@ -276,5 +293,5 @@ class Run:
                 + (f"<p>… {more} more tasks</p>" if more > 0 else ""))
 
     def __repr__(self) -> str:
-        return f"<Run {self.id} {self.status}: {len(self.statuses)} tasks ({counts_text(self.counts())})>"
+        return f"<Run {self.id} {self.status}: {len(self.state.ids)} tasks ({counts_text(self.counts())})>"
     # --- end display

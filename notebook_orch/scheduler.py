@@ -24,27 +24,26 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import random
 import threading
 import traceback
 from collections.abc import Callable, Mapping
 from time import perf_counter
 from typing import Any
 
-from . import capture
+from . import capture, policy
 from .errors import DefinitionError, OrchError, UnknownNameError
-from .events import TERMINAL, Bus, Event
+from .events import TERMINAL, AttemptStarted, Event, ItemDone, Retrying
 from .executors import Executors
 from .graph import Graph, unresolved_params
 from .limits import Breaker, Limits
 from .model import Agent, Task
+from .state import RunState
 
 __all__ = ["Scheduler", "AttemptError", "OutputInvalidError", "BreakerOpenError"]
 
 _FAILED = frozenset({"failed", "upstream_failed"})
 _DONE_OK = frozenset({"succeeded", "cached"})
 _NO_RES: dict[str, int] = {}
-_MAX_BACKOFF = 60.0
 
 
 class AttemptError(OrchError):
@@ -76,6 +75,7 @@ class Scheduler:
     """Executes one run of a validated graph. Not reusable: a new run makes a new Scheduler."""
 
     def __init__(self, graph: Graph, tasks: Mapping[str, Task], agents: Mapping[str, Agent], *,
+                 run_id: str = "run", workflow: str = "workflow",
                  concurrency: int | None, resources: Mapping[str, int], params: Mapping[str, Any],
                  namespace: Mapping[str, Any] | None, fail_fast: bool, estimates: list[float],
                  reuse: Mapping[str, tuple[Any, str]] | None = None,
@@ -104,18 +104,22 @@ class Scheduler:
                          for a, ag in agents.items() if ag.breaker_failures}
         self.executors = Executors(concurrency or 64)
 
-        # invariant: status[i] is one of events.STATUSES; once in TERMINAL it never changes
-        self.status = ["pending"] * n
+        # The run's state: this scheduler is its only writer. The lists below are the state's own
+        # objects (aliases for the hot path), never copies; see state.RunState for the invariants.
+        st = self.state = RunState(run_id, workflow, graph, {t: tasks[t] for t in graph.ids}, self.agents,
+                                   self.limits)
+        self.status = st.status
         self.npend = [len(d) for d in graph.deps]                 # upstream not yet terminal
-        self.attempts = [0] * n                                   # attempts started (map: max per item)
-        self.results: dict[str, Any] = {}                         # id -> output (succeeded / cached only)
-        self.errors: dict[str, BaseException] = {}                # id -> last exception
-        self.outputs: dict[str, list[str]] = {}                   # id -> printed text chunks
-        self.events: list[Event] = []
-        self.bus = Bus()
+        self.attempts = st.attempts
+        self.results = st.results
+        self.errors = st.errors
+        self.outputs = st.outputs
+        self.events = st.events
+        self.bus = st.bus
         self._subs = self.bus._subs                               # truthy when anyone listens
         self.rem = graph.remaining(estimates)                     # longest path to the end, per node
         self.prio = [t.priority for t in self.tasks]
+        self.key = policy.ready_keys(self.prio, self.rem)          # per node: its ready-heap entry
         # per-node facts read on the hot path (plain lists: no model attribute access per attempt)
         self.fn = [t.fn for t in self.tasks]
         self.kind = [_kind(t) for t in self.tasks]                # coro | loop | thread | process | dask | prompt
@@ -128,12 +132,18 @@ class Scheduler:
                         (agents[t.agent].retries or 0) if t.agent else 0 for t in self.tasks]
         self.timeout = [t.timeout if t.timeout is not None else
                         agents[t.agent].timeout if t.agent else None for t in self.tasks]
-        self.heap: list[tuple[int, float, int, int]] = []        # (-priority, -remaining, node, item or -1)
+        self.heap: list[policy.Key] = []                          # ready entries, policy.ready_keys order
         self.parked: dict[str, list[tuple[int, float, int, int]]] = {}   # limit key -> heap of held entries
         self.rate_timers: dict[str, asyncio.TimerHandle] = {}
         self.retry_timers: set[asyncio.TimerHandle] = set()
         self.active: dict[tuple[int, int], asyncio.Task[Any]] = {}       # running attempts
-        self.route_skip: dict[int, str] = {}                      # node -> why its route was not taken
+        # routing: router node -> the branch nodes its label picked (set once it routed), and per node
+        # the routers that feed it a route edge. An edge r -> c is dead when r picked without c.
+        self.picked: dict[int, tuple[str, frozenset[int]]] = {}   # router -> (label, picked branch nodes)
+        self.route_in: dict[int, list[int]] = {}
+        for r, table in graph.routers.items():
+            for t in dict.fromkeys(t for ts in table.values() for t in ts):
+                self.route_in.setdefault(t, []).append(r)
         self.items: dict[int, list[Any]] = {}                     # map node -> its items
         self.item_out: dict[int, list[Any]] = {}                  # map node -> outputs by item
         self.item_att: dict[int, list[int]] = {}                  # map node -> attempts by item
@@ -144,8 +154,6 @@ class Scheduler:
         self.left = n                                             # nodes not yet terminal
         self.paused = False
         self.cancelling = False
-        self.finished = False
-        self.run_status = "pending"
         self.t0 = 0.0
         self.done: asyncio.Future[str] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -167,9 +175,10 @@ class Scheduler:
         self._check_inputs()
         self.done = self.loop.create_future()
         self.t0 = perf_counter()
-        self.run_status = "running"
+        self.state.run_status = "running"
         capture.install()
-        self.emit(-1, "run_started", 0, len(self.ids))
+        self.emit(-1, "run_started", 0, {"tasks": len(self.ids), "limits": self.limits.snapshot(),
+                                         "remaining": self.rem})
         work = []
         for i in self.g.order:
             if self.ids[i] in self.g.fallback_only:
@@ -192,7 +201,7 @@ class Scheduler:
             missing = unresolved_params(task, self.g, params, ns)
             if missing and self.ids[i] not in self.g.fallback_only:
                 known = [t for t in self.ids if t != self.ids[i]] + list(self.params)
-                known += [n for n in (self.namespace or ()) if not n.startswith("_")]
+                known += [n for n, v in (self.namespace or {}).items() if _user_name(n, v)]
                 what = "prompt placeholder" if task.prompt is not None else "parameter"
                 raise UnknownNameError(
                     "input", missing[0], f"{what} {missing[0]!r} of task {self.ids[i]!r}", known,
@@ -224,48 +233,80 @@ class Scheduler:
                 if status[c] != "pending":
                     continue
                 npend[c] -= 1
-                if npend[c] == 0 or (failed and self.tasks[c].trigger == "one_failed"):
+                if npend[c] == 0 or (self.trig[c] == "one_failed" and self._fires_early(c)):
                     work.append((c, None, None))
-        if any_failed and self.fail_fast and not self.cancelling and not self.finished:
+        if any_failed and self.fail_fast and not self.cancelling and not self.state.finished:
             self.cancel("fail_fast: a task failed")
-        elif self.left == 0 and not self.finished and self.done is not None:
+        elif self.left == 0 and not self.state.finished and self.done is not None:
             self._finish()
 
+    def _fires_early(self, c: int) -> bool:
+        """A pending `one_failed` task may run before all its upstream ended: once one failed and
+        every router feeding it has decided (a branch waits for its routers)."""
+        status = self.status
+        routers = self.route_in.get(c, ())
+        if any(status[r] not in TERMINAL for r in routers):
+            return False
+        return any(status[d] in _FAILED for d in self.g.deps[c])
+
+    def _dead(self, d: int, i: int) -> str | None:
+        """Why the edge d -> i carries nothing (d skipped, or d routed elsewhere), or None if it is live."""
+        s = self.status[d]
+        if s == "skipped":
+            return f"upstream {self.ids[d]} skipped"
+        if s in _DONE_OK and d in self.picked and d in self.route_in.get(i, ()):
+            label, chosen = self.picked[d]
+            if i not in chosen:
+                return f"route {label!r} of {self.ids[d]} picked"
+        return None
+
     def _evaluate(self, i: int) -> tuple[str | None, Any]:
-        """Given upstream outcomes: (None, None) to run, or (terminal status, info)."""
+        """Given upstream outcomes: (None, None) to run, or (terminal status, info).
+
+        The rule (docs/semantics.md, "Routing"): an edge from a skipped task, or from a router that
+        picked a label without this task, is dead. A branch none of whose routers picked it is
+        `skipped` whatever its trigger, unless a plain (non-route) upstream succeeded: another live
+        path reaches it. A task all of whose edges are dead is `skipped`. Otherwise the trigger rule
+        is applied to the live edges."""
         if self.cancelling:
             return "cancelled", "run cancelled"
-        if self.route_skip and i in self.route_skip:
-            return "skipped", self.route_skip[i]
         trig = self.trig[i]
         status = self.status
-        if trig != "one_failed":
-            for d in self.g.deps[i]:
+        deps = self.g.deps[i]
+        routers = self.route_in.get(i)
+        if trig != "one_failed" and routers is None:
+            for d in deps:
                 if status[d] not in _DONE_OK:
                     break
             else:
-                return None, None  # every upstream succeeded: the usual case
-        up_failed = up_skipped = up_cancelled = None
-        for d in self.g.deps[i]:
-            s = self.status[d]
-            if s in _DONE_OK:
+                return None, None  # every upstream succeeded and no router feeds it: the usual case
+        up_failed = up_cancelled = dead_why = None
+        live = waiting = 0
+        route_alive = plain_ok = False
+        for d in deps:
+            s = status[d]
+            if s not in TERMINAL:      # one_failed fired early: others still running
+                waiting += 1
                 continue
+            why = self._dead(d, i)
+            is_route = routers is not None and d in routers
+            if why is not None:
+                dead_why = dead_why or why
+                continue
+            live += 1
+            if is_route:
+                route_alive = True
+            elif s in _DONE_OK:
+                plain_ok = True
             if s in _FAILED:
                 up_failed = up_failed or self.ids[d]
-            elif s == "skipped":
-                up_skipped = up_skipped or self.ids[d]
             elif s == "cancelled":
                 up_cancelled = up_cancelled or self.ids[d]
-            elif trig == "one_failed":  # fired early: a failure arrived, others still running
-                continue
-        if trig == "all_success":
-            if up_failed:
-                return "upstream_failed", up_failed
-            if up_cancelled:
-                return "cancelled", f"upstream {up_cancelled} cancelled"
-            if up_skipped:
-                return "skipped", f"upstream {up_skipped} skipped"
-        elif trig == "none_failed":
+        if routers is not None and not route_alive and not plain_ok:
+            return "skipped", dead_why      # a branch not picked, with no other live path to it
+        if deps and not live and not waiting:
+            return "skipped", dead_why
+        if trig == "all_success" or trig == "none_failed":
             if up_failed:
                 return "upstream_failed", up_failed
             if up_cancelled:
@@ -293,7 +334,7 @@ class Scheduler:
         self.status[i] = "ready"
         self.emit(i, "ready")
         if task.map_over is None:
-            heapq.heappush(self.heap, (-self.prio[i], -self.rem[i], i, -1))
+            heapq.heappush(self.heap, self.key[i])
             return None
         try:
             items = list(self.results.get(task.map_over) or ())
@@ -310,9 +351,9 @@ class Scheduler:
         if not items:
             self.results[tid] = []
             return "succeeded", "no items"
-        p, r = -self.prio[i], -self.rem[i]
+        key = self.key[i]
         for k in range(len(items)):
-            heapq.heappush(self.heap, (p, r, i, k))
+            heapq.heappush(self.heap, policy.entry(key, k))
         return None
 
     def _cached(self, i: int, value: Any, where: str) -> tuple[str, Any]:
@@ -327,7 +368,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self) -> None:
-        if self.paused or self.cancelling or self.finished:
+        if self.paused or self.cancelling or self.state.finished:
             return
         heap, limits, status = self.heap, self.limits, self.status
         now = perf_counter()
@@ -391,7 +432,7 @@ class Scheduler:
         self.rate_timers.pop(why, None)
         self._unpark(why, 1)
         self._dispatch()
-        if self.parked.get(why) and why not in self.rate_timers and not self.finished:
+        if self.parked.get(why) and why not in self.rate_timers and not self.state.finished:
             # the entry we put back may have started: arm the timer for the next one
             held = self.limits.blocker(why[5:], _NO_RES, perf_counter())
             wake = held[1] if held and held[0] == why else perf_counter()
@@ -426,7 +467,7 @@ class Scheduler:
             self.status[i] = "running"
             self.emit(i, "running", attempt, agent)
         if k >= 0 or not first:  # map items and fallback attempts: 'running' does not mark their start
-            self.emit(i, "attempt_started", attempt, (k, agent))
+            self.emit(i, "attempt_started", attempt, _new_event(AttemptStarted, (k, agent)))
         br = self.breakers.get(agent) if agent is not None and self.breakers else None
         if br is not None and br.consecutive >= br.failures:  # cooled down: this attempt is the probe
             br.probing = True
@@ -453,18 +494,18 @@ class Scheduler:
             if self.checks[i]:
                 value = self._check_output(i, value)
         except asyncio.CancelledError:
-            if self.cancelling or self.finished:
+            if self.cancelling or self.state.finished:
                 return  # the cancel already recorded every status
             raise
         except Exception as exc:  # any body failure is recorded, never lost
             self.active.pop((i, k), None)
-            if not self.finished:
+            if not self.state.finished:
                 self._release(i, k)
                 self._attempt_failed(i, k, attempt, exc)
                 self._dispatch()
             return
         self.active.pop((i, k), None)
-        if self.finished or self.status[i] in TERMINAL:
+        if self.state.finished or self.status[i] in TERMINAL:
             return
         self._release(i, k)
         if self.breakers:
@@ -548,18 +589,17 @@ class Scheduler:
         self._record_breaker(i, k, False)
         task = self.tasks[i]
         if attempt <= self.retries[i] and (i, k) not in self.fb_used:
-            delay = min(_MAX_BACKOFF, task.retry_backoff * 2 ** (attempt - 1))
-            delay += random.uniform(0, delay * 0.25)  # jitter: retries of many tasks do not align
+            delay = policy.jittered(policy.backoff(task.retry_backoff, attempt))
             if k < 0:
                 self.status[i] = "retrying"
-                self.emit(i, "retrying", attempt, (text, delay))
-            self._requeue_later((-self.prio[i], -self.rem[i], i, k), delay)
+                self.emit(i, "retrying", attempt, _new_event(Retrying, (text, delay)))
+            self._requeue_later(policy.entry(self.key[i], k), delay)
             return
         if task.fallback is not None and (i, k) not in self.fb_used:
             self.fb_used.add((i, k))
             fb = task.fallback
             self.emit(i, "fallback", attempt, fb if isinstance(fb, str) else getattr(fb, "__name__", repr(fb)))
-            heapq.heappush(self.heap, (-self.prio[i], -self.rem[i], i, k))
+            heapq.heappush(self.heap, policy.entry(self.key[i], k))
             return
         exc.__notebook_orch_traceback__ = traceback.format_exception(exc)  # type: ignore[attr-defined]
         if k < 0:
@@ -570,7 +610,7 @@ class Scheduler:
     def _requeue_later(self, entry: tuple[int, float, int, int], delay: float) -> None:
         def put_back() -> None:
             self.retry_timers.discard(handle)
-            if not self.finished and self.status[entry[2]] not in TERMINAL:
+            if not self.state.finished and self.status[entry[2]] not in TERMINAL:
                 heapq.heappush(self.heap, entry)
                 self._dispatch()
         handle = self.loop.call_later(delay, put_back)  # type: ignore[union-attr]
@@ -599,7 +639,7 @@ class Scheduler:
         if fb is not None and (i, k) not in self.fb_used:  # the fallback may use another agent
             self.fb_used.add((i, k))
             self.emit(i, "fallback", self.attempts[i], fb if isinstance(fb, str) else getattr(fb, "__name__", repr(fb)))
-            heapq.heappush(self.heap, (-self.prio[i], -self.rem[i], i, k))
+            heapq.heappush(self.heap, policy.entry(self.key[i], k))
             return
         if k < 0:
             self._terminal(i, "failed", _error_text(exc), exc)
@@ -614,7 +654,7 @@ class Scheduler:
         else:
             self.item_failed.setdefault(i, (k, exc))  # type: ignore[arg-type]
         self.items_left[i] -= 1
-        self.emit(i, "item_done", self.item_att[i][k], (k, n, ok, t_start))
+        self.emit(i, "item_done", self.item_att[i][k], _new_event(ItemDone, (k, n, ok, t_start)))
         if self.items_left[i] == 0:
             if i in self.item_failed:
                 k0, first = self.item_failed[i]
@@ -632,29 +672,25 @@ class Scheduler:
         self._settle([(i, "succeeded", None)])
 
     def _after_output(self, i: int, value: Any) -> None:
-        """A router's output decides which of its branches are skipped (before they are evaluated)."""
+        """A router's output decides which of its route edges are live (before its branches are evaluated)."""
         table = self.g.routers.get(i)
         if not table:
             return
         label = _route_label(value)
-        picked = set(table.get(label, ()))
+        self.picked[i] = (label, frozenset(table.get(label, ())))
         self.emit(i, "routed", self.attempts[i], label)
-        for targets in table.values():
-            for t in targets:
-                if t not in picked:
-                    self.route_skip[t] = f"route {label!r} of {self.ids[i]} picked"
 
     # ------------------------------------------------------------------ controls
     def pause(self) -> None:
-        if not self.finished and not self.paused:
+        if not self.state.finished and not self.paused:
             self.paused = True
-            self.run_status = "paused"
+            self.state.run_status = "paused"
             self.emit(-1, "run_paused")
 
     def resume(self) -> None:
-        if not self.finished and self.paused:
+        if not self.state.finished and self.paused:
             self.paused = False
-            self.run_status = "running"
+            self.state.run_status = "running"
             self.emit(-1, "run_resumed")
             self._dispatch()
 
@@ -693,7 +729,7 @@ class Scheduler:
 
     def cancel(self, reason: str = "cancelled by user") -> bool:
         """Cancel running attempts at once and mark every unfinished task cancelled; False if already over."""
-        if self.finished:
+        if self.state.finished:
             return False
         self.cancelling = True
         for t in self.active.values():
@@ -714,16 +750,16 @@ class Scheduler:
         return True
 
     def _finish(self) -> None:
-        if self.finished:
+        if self.state.finished:
             return
-        self.finished = True
+        self.state.finished = True
         if self.cancelling:
-            self.run_status = "cancelled"
+            self.state.run_status = "cancelled"
         elif any(s in _FAILED for s in self.status):
-            self.run_status = "failed"
+            self.state.run_status = "failed"
         else:
-            self.run_status = "succeeded"
-        self.emit(-1, "run_finished", 0, self.run_status)
+            self.state.run_status = "succeeded"
+        self.emit(-1, "run_finished", 0, self.state.run_status)
         self.executors.shutdown()
         capture.uninstall()
         for hook in self.finish_hooks:
@@ -732,7 +768,7 @@ class Scheduler:
             except Exception as exc:  # bookkeeping must never turn a finished run into an error
                 self.bus.errors.append((hook, exc))
         if self.done is not None and not self.done.done():
-            self.done.set_result(self.run_status)
+            self.done.set_result(self.state.run_status)
 
 
 _new_event = tuple.__new__  # Event(...) without NamedTuple's Python-level __new__: hot path
@@ -748,6 +784,15 @@ def _kind(task: Task) -> str:
     if task.executor == "loop":
         return "coro" if task.is_async else "loop"
     return task.executor
+
+
+_SHELL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
+
+
+def _user_name(name: str, value: Any) -> bool:
+    """Whether a notebook global is worth suggesting as an input (not IPython's own, not a module)."""
+    import types
+    return not name.startswith("_") and name not in _SHELL_NAMES and not isinstance(value, types.ModuleType)
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:

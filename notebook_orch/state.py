@@ -21,9 +21,18 @@ from .events import STATUSES, Bus, Event
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph
+    from .limits import Limits
     from .model import Agent, Task
 
-__all__ = ["RunState"]
+__all__ = ["RunState", "run_start"]
+
+
+def run_start(events: list[Event]) -> dict[str, Any]:
+    """The info of the run's `run_started` event: {"tasks", "limits" (Limits.snapshot()), "remaining"}
+    ({} for a run recorded before these were kept)."""
+    if events and events[0].kind == "run_started" and isinstance(events[0].info, dict):
+        return events[0].info
+    return {}
 
 
 class RunState:
@@ -34,7 +43,7 @@ class RunState:
                  "__weakref__")
 
     def __init__(self, run_id: str, workflow: str, graph: "Graph", tasks: dict[str, "Task"],
-                 agents: dict[str, "Agent"], limits: dict[str, Any]):
+                 agents: dict[str, "Agent"], limits: "Limits"):
         self.run_id = run_id
         self.workflow = workflow                    # the workflow's name
         self.graph = graph                          # the validated DAG of this run
@@ -51,7 +60,7 @@ class RunState:
         self.bus = Bus()                             # live subscribers (empty for a stored run)
         self.run_status = "pending"                  # pending, running, paused, succeeded, failed, cancelled, interrupted
         self.finished = False
-        self.limits = limits                         # the limits now: concurrency, agents, rates, tokens, pools
+        self.limits = limits                         # the limits now (live changes included); the start's are in run_start()
         self.started_wall: float | None = None       # time.time() at the run's t=0
 
     # ------------------------------------------------------------ reading
@@ -79,8 +88,9 @@ class RunState:
                     agents: dict[str, "Agent"], events: list[Event], results: dict[str, Any],
                     errors: dict[str, BaseException], run_status: str, started_wall: float | None) -> "RunState":
         """A finished (or interrupted) run rebuilt from its recorded events and stored outputs."""
-        limits = dict(events[0].info.get("limits", {})) if events and isinstance(events[0].info, dict) else {}
-        st = cls(run_id, workflow, graph, tasks, agents, limits)
+        from .limits import Limits
+        start = run_start(events)
+        st = cls(run_id, workflow, graph, tasks, agents, Limits.from_snapshot(start.get("limits") or {}))
         index = graph.index
         for ev in events:
             i = index.get(ev.task)

@@ -16,6 +16,7 @@ from .model import Agent, Task
 from ._runstore import attach_store
 from .run import Run
 from .scheduler import Scheduler
+from .timings import Timings
 
 __all__ = ["Workflow"]
 
@@ -211,26 +212,29 @@ class Workflow:
             concurrency = 1
         elif mode != "workflow":
             raise DefinitionError(f"mode {mode!r} is not available; choose 'workflow' or 'sequential'")
+        if mode != "hierarchical":
+            _check_prompt_agents(graph, self.tasks)
         reuse = dict(reuse or {})
         reuse.update(self._selection_reuse(graph, options))
         params = {**self.params, **(options.get("params") or {})}
         store = attach_store(self, graph, options)          # fingerprints, cache lookups, writes (None: store off)
         lookup = self.cache_lookup if options.get("cache", True) else None
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         sched = Scheduler(
-            graph, self.tasks, self.agents, concurrency=concurrency, resources=self.resources,
+            graph, self.tasks, self.agents, run_id=f"{self.name}-{stamp}-{os.urandom(2).hex()}", workflow=self.name,
+            concurrency=concurrency, resources=self.resources,
             params=params, namespace=self.namespace, fail_fast=options.get("fail_fast", self.fail_fast),
             estimates=self.estimates(graph), reuse=reuse,
             cache_lookup=lookup or (store.lookup if store is not None else None),
             max_cost_usd=self.max_cost_usd)
         sched.executors.dask_client = options.get("dask_client")
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run = Run(self, sched, f"{self.name}-{stamp}-{os.urandom(2).hex()}", dict(options))
+        run = Run(self, sched.state, sched, dict(options))
         if store is not None:
             store.bind(run)
         sched.run = run
         sched.finish_hooks.append(lambda: self._unlearned.append(run))  # read lazily: not on the run's clock
         sched.begin()
-        run.started_wall = time.time() - (sched.events[0].t if sched.events else 0.0)
+        sched.state.started_wall = time.time() - (sched.events[0].t if sched.events else 0.0)
         self.runs.append(run)
         return run
 
@@ -247,7 +251,7 @@ class Workflow:
             selected |= graph.descendants([start])
         known: dict[str, tuple[Any, str]] = {}
         for past in self.runs:  # newer runs win
-            for t, v in past._s.results.items():
+            for t, v in past.state.results.items():
                 known[t] = (v, f"reused from run {past.id}")
         return {t: known[t] for t in graph.ids if t not in selected and t in known}
 
@@ -257,15 +261,26 @@ class Workflow:
 
     def _learn(self, run: Run) -> None:
         """After a run: keep measured durations (for priorities) and clear staleness of what succeeded."""
-        started: dict[str, float] = {}
-        for t, task, kind, _, _ in run.events:
-            if kind == "running":
-                started[task] = t
-            elif kind == "succeeded" or kind == "cached":
-                if task in started:
-                    self._durations[task] = t - started.pop(task)
+        times = Timings()
+        times.feed(run.events)
+        for task, status in run.statuses.items():
+            if status == "succeeded" or status == "cached":
+                took = times.duration(task)
+                if took is not None:
+                    self._durations[task] = took
                 if run.tasks.get(task) is self.tasks.get(task):
                     self._stale.discard(task)
+
+
+def _check_prompt_agents(graph: Graph, tasks: Mapping[str, Task]) -> None:
+    """Before anything starts: every prompt task needs an agent, unless a manager assigns them."""
+    missing = [t for t in graph.ids if tasks[t].prompt is not None and tasks[t].agent is None]
+    if missing:
+        names = ", ".join(repr(t) for t in missing[:8]) + (" …" if len(missing) > 8 else "")
+        raise DefinitionError(
+            f"prompt task{'s' if len(missing) > 1 else ''} {names} {'have' if len(missing) > 1 else 'has'} no agent: "
+            f"give one (agent=NAME, or %%task ... --agent NAME), or run with mode='hierarchical' and "
+            f"manager=NAME (%orch run --mode hierarchical --manager NAME) so that a manager assigns them")
 
 
 def _same_definition(a: Task, b: Task) -> bool:

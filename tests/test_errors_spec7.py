@@ -185,7 +185,7 @@ def test_rate_limit_that_does_not_parse(ip, wf):
     wf.task(lambda: 1, id="job", agent="r")
     run = wf.run()
     raised(lambda: run.set_limit("r", 1, rate_limit="often"), DefinitionError)
-    assert run._s.limits.agent_caps["r"] == 3 and run._s.limits.rates["r"] == (60, 60.0)   # unchanged
+    assert run.state.limits.agent_caps["r"] == 3 and run.state.limits.rates["r"] == (60, 60.0)   # unchanged
     seen(ip, "%agent r --rate-limit 10/s")
     text = refused(ip, "%agent r --rate-limit often", "DefinitionError")
     assert "agent 'r': rate limit 'often'" in text and "COUNT/PERIOD" in text

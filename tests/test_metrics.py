@@ -104,7 +104,10 @@ def test_timestamps_are_consistent(mixed_run):
     ran = m[m.started_at.notna()]
     assert len(ran) >= 7
     assert (ran.ready_at <= ran.started_at).all() and (ran.started_at <= ran.finished_at).all()
-    assert np.allclose(ran.wait_s, secs(run, ran.started_at) - secs(run, ran.ready_at), atol=STAMP)
+    plain = ran[[run.tasks[t].map_over is None for t in ran.index]]
+    assert np.allclose(plain.wait_s, secs(run, plain.started_at) - secs(run, plain.ready_at), atol=STAMP)
+    maps = ran[[run.tasks[t].map_over is not None for t in ran.index]]
+    assert np.allclose(maps.wait_s, maps.queued_s)      # a map task's wait: the time its items queued
     assert np.allclose(ran.run_s, secs(run, ran.finished_at) - secs(run, ran.started_at), atol=STAMP)
     not_run = m[m.started_at.isna()]
     assert (not_run.run_s == 0).all() and not not_run.on_critical_path.any() and not_run.slack_s.isna().all()
@@ -329,19 +332,23 @@ def test_timeline_is_a_step_function_within_the_limits(mixed_run):
 
 # ---------------------------------------------------------------------- LLM usage and tool calls (event contract)
 def test_usage_and_tool_call_events_fill_their_columns():
+    from notebook_orch import attempt
     wf = Workflow("llm", concurrency=None)
     wf.agent("writer")
-    wf.task(sleeper(0.005, "draft"), id="draft", agent="writer")
+
+    async def draft():
+        ctx = attempt.current()     # what the LLM layer reports per request and tool call
+        ctx.after_request(120, 30, 0.002)
+        ctx.after_request(80, 20, 0.001)
+        ctx.emit("tool_call", {"tool": "search", "input": {"q": "x"}, "duration_ms": 12.5, "success": True,
+                               "error": None})
+        ctx.emit("tool_call", {"tool": "fetch", "input": {"url": "u"}, "duration_ms": 3.0, "success": False,
+                               "error": "TimeoutError"})
+        return "draft"
+
+    wf.task(draft, id="draft", agent="writer")
     wf.task(sleeper(0.005, "other"), id="other")
     run = wf.run(cache=False)
-    s, i = run._s, run.graph_.index["draft"]
-    # what the LLM layer emits per call (documented in docs/metrics.md)
-    s.emit(i, "usage", 1, {"tokens_in": 120, "tokens_out": 30, "cost_usd": 0.002})
-    s.emit(i, "usage", 1, {"tokens_in": 80, "tokens_out": 20, "cost_usd": 0.001})
-    s.emit(i, "tool_call", 1, {"tool": "search", "input": {"q": "x"}, "duration_ms": 12.5, "success": True,
-                               "error": None})
-    s.emit(i, "tool_call", 1, {"tool": "fetch", "input": {"url": "u"}, "duration_ms": 3.0, "success": False,
-                               "error": "TimeoutError"})
     m = run.metrics()
     assert (m.loc["draft", "tokens_in"], m.loc["draft", "tokens_out"]) == (200, 50)
     assert m.loc["draft", "cost_usd"] == pytest.approx(0.003)

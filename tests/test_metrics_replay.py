@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notebook_orch._metrics.paths import critical
+from notebook_orch.timings import critical
 from notebook_orch._metrics.simulate import Model, simulate
 
 

@@ -551,12 +551,12 @@ def test_set_limit_changes_only_what_is_passed():
     async def main():
         run = wf.start()
         run.set_limit("api", rate_limit="5/s")
-        caps = dict(run._s.limits.agent_caps)
+        caps = dict(run.state.limits.agent_caps)
         run.set_limit("api", 3)
-        rates = dict(run._s.limits.rates)
+        rates = dict(run.state.limits.rates)
         await run
         return caps, rates, run
 
     caps, rates, run = asyncio.run(main())
     assert caps == {"api": 2} and rates == {"api": (5, 1.0)}
-    assert run._s.limits.agent_caps == {"api": 3}
+    assert run.state.limits.agent_caps == {"api": 3}

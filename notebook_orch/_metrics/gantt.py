@@ -9,11 +9,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from .extract import CANCELLED, FAILED, OPEN
+from ..timings import CANCELLED, FAILED, OPEN
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
-    from .extract import Facts
+    from ..timings import Facts
 
 _WAIT = "#d9d9d9"
 _FAIL = "#d62728"

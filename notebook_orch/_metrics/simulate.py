@@ -32,11 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .extract import NAN
+from .. import policy
+from ..limits import Limits
+from ..state import run_start
+from ..timings import NAN
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
-    from .extract import Facts
+    from ..timings import Facts
 
 _DONE, _REQUEUE, _WAKE, _CHANGE, _ROOT = 0, 1, 2, 3, 4
 Attempt = tuple[float, Any, float]          # (duration, agent, gap before the next attempt is queued)
@@ -90,28 +93,13 @@ def build(run: "Run", f: "Facts", deps: list[tuple[int, ...]], dur: list[float])
         cur.append((max(0.0, t1[j] - t0[j]), agents[j], gap if gap > 0 else 0.0))
     tasks = [run.tasks[t] for t in g.ids]
     m.res = [dict(t.resources) if t.resources else None for t in tasks]
-    m.key = _keys(run, tasks, dur)
-    lim = run._s.limits
+    start = run_start(run.events)
+    m.key = _keys(tasks, start.get("remaining") or run.graph_.remaining(dur))
+    lim = Limits.from_snapshot(start["limits"]) if start else run.state.limits   # the limits the run started with
     m.concurrency = lim.concurrency
     m.caps = dict(lim.agent_caps)
-    m.rates = dict(getattr(lim, "rates", None) or {})
+    m.rates = dict(lim.rates)
     m.pools = dict(lim.pools)
-    changed = {w for _, w, _ in f.limit_changes}
-    for a, agent in run.agents.items():  # a run read back from the store keeps rates only in its agents
-        if a not in m.rates and f"rate:{a}" not in changed and agent.rate_limit:
-            m.rates[a] = parse_rate(agent.rate_limit)
-    if "concurrency" in changed:  # the limits now are the last values set: start from the definitions
-        opts = run.options
-        m.concurrency = 1 if opts.get("mode") == "sequential" else opts.get("concurrency", run.workflow.concurrency)
-    for w in changed:
-        kind, _, name = w.partition(":")
-        agent = run.agents.get(name)
-        if kind == "agent" and agent is not None:
-            _set(m.caps, name, agent.max_concurrency)
-        elif kind == "rate" and agent is not None:
-            _set(m.rates, name, parse_rate(agent.rate_limit) if agent.rate_limit else None)
-        elif kind == "resource" and name in run.workflow.resources:
-            m.pools[name] = run.workflow.resources[name]
     m.changes = [(t, w, parse_rate(v) if (w.startswith("rate:") and isinstance(v, str)) else v)
                  for t, w, v in f.limit_changes]
     m.changes += [(t, "pause" if p else "resume", None) for t, p in f.pauses]
@@ -126,16 +114,9 @@ def _set(d: dict[str, Any], key: str, value: Any) -> None:
         d.pop(key, None)
 
 
-def _keys(run: "Run", tasks: list[Any], dur: list[float]) -> list[tuple[float, float]]:
-    """The heap keys the scheduler used: (-priority, -longest remaining path by its estimates)."""
-    s = run._s
-    key = getattr(s, "key", None)
-    if key is not None:
-        return [(k[0], k[1]) for k in key]
-    rem = getattr(s, "rem", None)
-    if rem is None:
-        rem = run.graph_.remaining(dur)
-    return [(-t.priority, -r) for t, r in zip(tasks, rem)]
+def _keys(tasks: list[Any], remaining: list[float]) -> list[tuple[int, float]]:
+    """The heap keys the scheduler used (policy.ready_keys, without node and item)."""
+    return [k[:2] for k in policy.ready_keys([t.priority for t in tasks], remaining)]
 
 
 def simulate(m: Model, zero: int = -1, concurrency: Any = ..., caps: Mapping[str, int | None] | None = None,
@@ -234,11 +215,11 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
                 if ag in rate:
                     cnt, period = rate[ag]
                     w = starts[ag]
-                    if len(w) >= cnt and t - w[0] < period:
+                    if len(w) >= cnt and t - w[0] < policy.rate_span(period):
                         heappush(parked.setdefault("rate:" + ag, []), e)
                         if ag not in armed:
                             armed.add(ag)
-                            heappush(timers, (w[0] + period, seq, _WAKE, ag, 0, 0))
+                            heappush(timers, (w[0] + policy.rate_span(period), seq, _WAKE, ag, 0, 0))
                             seq += 1
                         continue
                     w.append(t)

@@ -173,7 +173,7 @@ class RunPanel:
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._loop = getattr(getattr(run, "_s", None), "loop", None)
+            self._loop = getattr(_scheduler(run), "loop", None)
         self._follow = Follow()
         self._dag_visual = -1
         self._dag_at = -1e9
@@ -567,9 +567,14 @@ class RunPanel:
                                f"{html.escape(str(exc))}</span>")
 
 
+def _scheduler(run: "Run") -> Any:
+    """The live run's scheduler (its loop and finish hooks); None for a run read back from the store."""
+    return getattr(run, "_sched", None)
+
+
 def _when_finished(run: "Run", fn: Any) -> None:
     """Call fn() once the run has ended (its scheduler's finish hook; else when its done-future resolves)."""
-    s = getattr(run, "_s", None)
+    s = _scheduler(run)
     hooks = getattr(s, "finish_hooks", None)
     if hooks is not None:
         hooks.append(fn)

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..events import STATUSES, TERMINAL
-from ..render import PALETTE, Timings, format_secs
+from ..render import PALETTE, format_secs
+from ..timings import Timings
 from ..run import counts_text
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,9 +50,8 @@ CSS = """<style>
 
 
 def state_of(run: "Run") -> Any:
-    """The run's state (`run.state`; `run._s` before the RunState refactor: same field names)."""
-    st = getattr(run, "state", None)
-    return st if st is not None else run._s
+    """The run's `RunState` (ids, status, attempts, errors, events, ...), read only."""
+    return run.state
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class View:
 
 
 class Follow:
-    """The events folded for the panel: `render.Timings` plus streams, agents and map item queueing."""
+    """The events folded for the panel: `timings.Timings` plus streams, agents and map item queueing."""
 
     def __init__(self) -> None:
         self.times = Timings()

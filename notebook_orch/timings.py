@@ -1,7 +1,14 @@
-"""One pass over a run's events -> per-task times, per-attempt intervals and attributed waits (cached per run).
+"""The one fold from a run's events to timings, and the one (realised) critical path.
 
-Everything the metrics frames show is derived here from `run.events` alone (plus the run's
-definitions for agents and resources); the scheduler knows nothing of it.
+Everything that shows a time of a run (the metrics frames, the summary, the DAG picture, the
+panel, the learned duration estimates) reads it from here, so they cannot disagree.
+
+* `facts(run)`: one pass over the events -> per-task times, per-attempt intervals and
+  attributed waits (cached per run; the metrics are built on it).
+* `critical_path(run)`: the longest chain of the *realised* DAG (edges a task really waited
+  for) under measured durations; a task that ran is on it when its time is.
+* `Timings`: the same per-task definitions (ready, first start, end, map items, the limit
+  holding a queued task) fed incrementally, for live views that redraw while a run goes on.
 
 Intervals, in seconds since the run started (event `t`):
 
@@ -11,7 +18,7 @@ Intervals, in seconds since the run started (event `t`):
 * a *wait* is the time a unit was queued for a slot: from 'ready' (first attempt), from the end
   of the retry backoff ('retrying' t + delay), or from 'fallback', until its attempt started.
   Map items retried after a failure have no backoff event; their queue time starts after the
-  nominal backoff (retry_backoff * 2**(attempt-1) * 1.125, the mean jitter), clipped to the start.
+  nominal backoff (`policy.mean_backoff`: the backoff with its mean jitter), clipped to the start.
 * a wait is split into *segments* by the 'blocked' events of its task: before the first one the unit
   waited for the global concurrency (heap entries are only examined while a global slot is free);
   from a 'blocked' event on, it waited for that limit ('agent:X', 'resource:Y', 'rate:X') until the next
@@ -27,8 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import policy
+from .events import TERMINAL
+
 if TYPE_CHECKING:  # pragma: no cover
-    from ..run import Run
+    from .graph import Graph
+    from .run import Run
 
 NAN = float("nan")
 # attempt outcome codes (Facts.att_ok)
@@ -67,6 +78,12 @@ class Facts:
         self.seg_t0 = self.seg_t1 = np.zeros(0)
         self.tokens_in = self.tokens_out = self.cost = np.zeros(0)
         self.tool_rows: list[dict[str, Any]] = []
+        # waits inside a running attempt (a model request held by the agent's request or token window):
+        # from a 'blocked' event of a running task to its next event
+        self.inner_node = np.zeros(0, int)
+        self.inner_limit: list[str] = []       # 'rate:X' or 'tokens:X'
+        self.inner_t0 = self.inner_t1 = np.zeros(0)
+        self.abandoned = np.zeros(0, int)      # per node: attempts whose body was abandoned (sync body timed out)
         self.limit_changes: list[tuple[float, str, Any]] = []   # (t, 'concurrency' | 'agent:X' | ..., value)
         self.pauses: list[tuple[float, bool]] = []              # (t, paused?)
         self.errors: list[str | None] = []
@@ -84,11 +101,11 @@ def facts(run: "Run") -> Facts:
 
 
 def _nominal_backoff(task: Any, attempt: int) -> float:
-    return min(60.0, task.retry_backoff * 2 ** (attempt - 1)) * 1.125
+    return policy.mean_backoff(task.retry_backoff, attempt)
 
 
 def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events, by kind
-    s = run._s
+    s = run.state
     g = run.graph_
     ids = g.ids
     idx = g.index
@@ -103,6 +120,9 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
     map_open: dict[int, set[int]] = {}
     next_q: dict[tuple[int, int], float] = {}                        # when the next attempt was queued
     blocked: dict[int, list[tuple[float, str]]] = {}
+    inner_open: dict[int, tuple[float, str]] = {}                    # node -> (t, limit) while a request waits
+    inner: list[tuple[int, str, float, float]] = []
+    abandoned = [0] * n
     att_rows: list[tuple[int, int, int, Any, float, float, float, int]] = []   # node, item, no, agent, t0, t1, queued, ok
     add_att = att_rows.append
     waits: list[tuple[int, float, float]] = []                        # (node, queued, started)
@@ -125,6 +145,10 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
             waits.append((i, q, t))
 
     for t, task, kind, att, info in run.events:
+        if inner_open and kind != "blocked" and task in idx and idx[task] in inner_open:
+            i0 = idx[task]
+            tb, lim = inner_open.pop(i0)
+            inner.append((i0, lim, tb, t))
         if kind == "ready":
             i = idx[task]
             ready[i] = t
@@ -180,7 +204,13 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
             if kind == "cancelled" and start[i] != start[i] and ready[i] == ready[i]:
                 waits.append((i, ready[i], t))   # queued until the cancel
         elif kind == "blocked":
-            blocked.setdefault(idx[task], []).append((t, info))
+            i = idx[task]
+            if (i, -1) in open_ or i in map_open:   # held inside a running attempt (a model request)
+                inner_open.setdefault(i, (t, info))
+            else:
+                blocked.setdefault(i, []).append((t, info))
+        elif kind == "abandoned":
+            abandoned[idx[task]] += 1
         elif kind == "attempt_failed":
             i = idx[task]
             k = info[0] if isinstance(info, tuple) else -1
@@ -190,7 +220,8 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
                     map_open[i].discard(k)
                     next_q[(i, k)] = t + _nominal_backoff(tasks[i], att)
         elif kind == "retrying":
-            next_q[(idx[task], -1)] = t + float(info[1])
+            if isinstance(info, tuple):     # the scheduler's; a dict is a model request retried inside the attempt
+                next_q[(idx[task], -1)] = t + float(info[1])
         elif kind == "fallback":
             i = idx[task]
             if not is_map[i]:
@@ -253,6 +284,13 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
     f.tokens_in, f.tokens_out = np.array(tok_in), np.array(tok_out)
     f.cost = np.array([c if known else NAN for c, known in zip(cost, cost_known)])
     f.tool_rows = tool_rows
+    for i0, (tb, lim) in inner_open.items():
+        inner.append((i0, lim, tb, now))
+    f.inner_node = np.array([w[0] for w in inner], int)
+    f.inner_limit = [w[1] for w in inner]
+    f.inner_t0 = np.array([w[2] for w in inner], float)
+    f.inner_t1 = np.array([w[3] for w in inner], float)
+    f.abandoned = np.array(abandoned, int)
     f.limit_changes = limit_changes
     f.pauses = pauses
     errs = run.errors
@@ -307,3 +345,176 @@ def _segments(f: Facts, waits: list[tuple[int, float, float]], blocked: dict[int
 def _error_text(exc: BaseException) -> str:
     msg = str(exc)
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------- the realised DAG
+TOL = 1e-9   # seconds: two path lengths closer than this are equal (float summation order only)
+
+
+def realised_deps(g: "Graph", f: Facts) -> list[tuple[int, ...]]:
+    """node -> the upstream nodes it really waited for.
+
+    An edge d -> c was executed when c was resolved (became ready, or reached a status without
+    running) after d ended. Edges a task did not wait for are dropped: a `one_failed` task fired by
+    the first failure, or an upstream still running when the run was cancelled. Edges to branches a
+    router did not pick stay, but those branches are skipped and take no time.
+    """
+    end = f.end.tolist()
+    resolved = f.resolved.tolist()
+    out: list[tuple[int, ...]] = []
+    for c, ds in enumerate(g.deps):
+        rc = resolved[c]
+        if not ds or rc != rc:  # a root, or not resolved yet (live run): keep every edge
+            out.append(ds)
+        else:
+            out.append(tuple(d for d in ds if end[d] <= rc))
+    return out
+
+
+def durations(f: Facts) -> list[float]:
+    """Measured node durations: first start -> end (now, while running); 0 for tasks that never started."""
+    end = f.end.tolist()
+    now = f.now
+    out = []
+    for st, en in zip(f.start.tolist(), end):
+        if st != st:
+            out.append(0.0)
+        else:
+            out.append((en if en == en else now) - st)
+    return out
+
+
+def critical(order: list[int], deps: list[tuple[int, ...]], dur: list[float]) -> tuple[float, list[float]]:
+    """(critical path length, longest path through each node) on the DAG `deps` with node weights `dur`."""
+    n = len(dur)
+    head = [0.0] * n                      # longest path ending just before the node starts
+    children: list[list[int]] = [[] for _ in range(n)]
+    for i in order:
+        best = 0.0
+        for d in deps[i]:
+            children[d].append(i)
+            v = head[d] + dur[d]
+            if v > best:
+                best = v
+        head[i] = best
+    tail = [0.0] * n                      # longest path starting just after the node ends
+    for i in reversed(order):
+        best = 0.0
+        for c in children[i]:
+            v = dur[c] + tail[c]
+            if v > best:
+                best = v
+        tail[i] = best
+    through = [head[i] + dur[i] + tail[i] for i in range(n)]
+    return (max(through) if through else 0.0), through
+
+
+class CriticalPath:
+    """The realised critical path of a run: its tasks in order, its edges and its length in seconds."""
+
+    __slots__ = ("tasks", "edges", "length")
+
+    def __init__(self, tasks: list[str], edges: set[tuple[str, str]], length: float):
+        self.tasks = tasks
+        self.edges = edges
+        self.length = length
+
+    def __contains__(self, task: object) -> bool:
+        return task in self.tasks
+
+    def __repr__(self) -> str:
+        return f"<CriticalPath {' → '.join(self.tasks) or '(none)'}: {self.length:.3f} s>"
+
+
+def critical_path(run: "Run") -> CriticalPath:
+    """The longest chain of the realised DAG under measured durations (empty while nothing ran).
+
+    The chain is followed from its last task backwards through the upstream task whose path
+    length is tight (head + duration = the next task's head); tasks that took no time at its
+    ends are trimmed."""
+    f = facts(run)
+    g = run.graph_
+    deps = realised_deps(g, f)
+    dur = durations(f)
+    length, through = critical(g.order, deps, dur)
+    if length <= 0.0:
+        return CriticalPath([], set(), 0.0)
+    head = [0.0] * f.n
+    for i in g.order:
+        head[i] = max((head[d] + dur[d] for d in deps[i]), default=0.0)
+    ends = [h + d for h, d in zip(head, dur)]
+    last = max((i for i in range(f.n) if through[i] >= length - TOL), key=lambda i: (ends[i], -i))
+    chain = [last]
+    while True:
+        i = chain[-1]
+        up = [d for d in deps[i] if abs(head[d] + dur[d] - head[i]) <= TOL and through[d] >= length - TOL]
+        if not up:
+            break
+        chain.append(min(up))
+    chain.reverse()
+    while chain and dur[chain[0]] <= 0.0:
+        chain.pop(0)
+    while chain and dur[chain[-1]] <= 0.0:
+        chain.pop()
+    ids = g.ids
+    names = [ids[i] for i in chain]
+    return CriticalPath(names, set(zip(names, names[1:])), length)
+
+
+# ---------------------------------------------------------------------------- live, incremental
+
+
+class Timings:
+    """Per-task times read from run events, fed incrementally: ready, first start, end, map items, limits."""
+
+    __slots__ = ("ready", "start", "end", "items", "blocked", "seen")
+
+    def __init__(self) -> None:
+        self.ready: dict[str, float] = {}               # task -> first `ready` (or `cached`) time
+        self.start: dict[str, float] = {}               # task -> first `running` time
+        self.end: dict[str, float] = {}                 # task -> terminal status time
+        self.items: dict[str, list[int]] = {}           # map task -> [items done, items total]
+        self.blocked: dict[str, str] = {}               # queued task -> the limit holding it ('agent:NAME', ...)
+        self.seen = 0                                   # events consumed so far
+
+    def feed(self, events: list[Any]) -> None:
+        """Consume the events not seen yet (the list only grows)."""
+        ready, start, end, items, blocked = self.ready, self.start, self.end, self.items, self.blocked
+        terminal = TERMINAL
+        n = len(events)
+        for k in range(self.seen, n):
+            t, tid, kind, _, info = events[k]
+            if kind == "running":
+                if tid not in start:
+                    start[tid] = t
+                blocked.pop(tid, None)
+            elif kind == "ready":
+                if tid not in ready:
+                    ready[tid] = t
+            elif kind in terminal:
+                end[tid] = t
+                blocked.pop(tid, None)
+            elif kind == "blocked":
+                blocked[tid] = info
+            elif kind == "item_done":
+                done = items.get(tid)
+                if done is None:
+                    done = items[tid] = [0, info[1]]
+                done[0] += 1
+        self.seen = n
+
+    def duration(self, tid: str, now: float | None = None) -> float | None:
+        """Seconds from first start to the end (to `now` while running); None if it never started."""
+        s = self.start.get(tid)
+        if s is None:
+            return None
+        e = self.end.get(tid, now)
+        return None if e is None else max(0.0, e - s)
+
+    def wait(self, tid: str, now: float | None = None) -> float | None:
+        """Seconds from ready to first start (to `now` while still queued); None if never ready."""
+        r = self.ready.get(tid)
+        if r is None:
+            return None
+        s = self.start.get(tid, self.end.get(tid) if tid in self.end else now)
+        return None if s is None else max(0.0, s - r)

@@ -1,0 +1,55 @@
+"""The scheduling policy, written once: which ready task goes first, and how long a retry waits.
+
+The scheduler and the replay behind `bottlenecks()` / `what_if()` both import these, so a
+change here changes both: the replay never simulates a different scheduler than the one that ran.
+
+* Ready order: a heap of `(-priority, -longest remaining path, node, item)`; higher priority
+  first, then the task with the longest expected path to the end of the DAG, then definition
+  order, then item order (map items; -1 for a plain task).
+* Rate windows: with COUNT/PERIOD, a start is let through only when the COUNT-th last start is
+  `rate_span(PERIOD)` ago: the period plus a margin (1 %, at least 5 ms), because a provider
+  counts arrivals, and a body starts a little after its dispatch (a worker thread up to a few ms).
+* Retry delay before attempt `n + 1`: `retry_backoff * 2**(n - 1)`, capped at `MAX_BACKOFF`,
+  plus a uniform jitter of up to `JITTER` of it, so retries of many tasks do not align.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+__all__ = ["MAX_BACKOFF", "JITTER", "ready_keys", "entry", "backoff", "jittered", "mean_backoff", "rate_span"]
+
+MAX_BACKOFF = 60.0   # seconds: no retry waits longer than this (before jitter)
+JITTER = 0.25        # a retry waits up to this fraction more than its backoff, uniformly
+
+Key = tuple[int, float, int, int]
+
+
+def ready_keys(priorities: Sequence[int], remaining: Sequence[float]) -> list[Key]:
+    """Per node, its heap entry as a plain task: (-priority, -remaining, node, -1)."""
+    return [(-p, -r, i, -1) for i, (p, r) in enumerate(zip(priorities, remaining))]
+
+
+def entry(key: Key, item: int) -> Key:
+    """The heap entry of one item of a node (`item` -1: the node itself)."""
+    return key if item < 0 else (key[0], key[1], key[2], item)
+
+
+def backoff(base: float, attempt: int) -> float:
+    """The delay before the attempt after `attempt` (1-based), without jitter."""
+    return min(MAX_BACKOFF, base * 2 ** (attempt - 1))
+
+
+def jittered(delay: float) -> float:
+    """`delay` plus its random jitter."""
+    return delay + random.uniform(0, delay * JITTER)
+
+
+def mean_backoff(base: float, attempt: int) -> float:
+    """The expected delay (with the mean jitter): what a replay assumes when none was recorded."""
+    return backoff(base, attempt) * (1 + JITTER / 2)
+
+
+def rate_span(period: float) -> float:
+    """The window a rate limit of `period` seconds is held over, margin included."""
+    return period + max(0.005, 0.01 * period)
