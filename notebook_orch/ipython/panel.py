@@ -21,6 +21,9 @@ Buttons call the public methods, which tests call directly: `pause()`, `resume()
 to it), `set_concurrency(n)`, `refresh()`, `show_dag()`, `show_output(task)`. What is
 shown is readable as data (`view`, `dag_html`, `message`, `output_html`, `buttons`) and as
 the static HTML (`html()`); `controls` names the interactive widgets.
+
+Longer than 500 lines on purpose: one widget class whose controls, coalescing and drawing
+share one state; what it shows (data and HTML) already lives in `snapshot`.
 """
 from __future__ import annotations
 
