@@ -14,6 +14,7 @@ ipywidgets, creating the widgets and drawing the first DAG never run on the run'
 """
 from __future__ import annotations
 
+import asyncio
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -69,9 +70,13 @@ def display_run(run: Run, panel: "RunPanel | None" = None) -> None:
         from .panel import RunPanel
 
         if panel is not None and panel.run is None:   # prepared and shown before the run started
-            panel.attach(run)
+            run._display = panel
             if count is not None:
                 _shown[run] = count
+            try:     # attach after the first tasks have taken their first step (call_soon is FIFO)
+                asyncio.get_running_loop().call_soon(panel.attach, run)
+            except RuntimeError:
+                panel.attach(run)
             return
         shown = run._display if isinstance(run._display, RunPanel) else RunPanel(run)
         if count is not None:
