@@ -44,6 +44,34 @@ def test_load_and_unload_extension(ip):
     assert ip.find_cell_magic("task") is not None and ip.find_cell_magic("agent") is not None
 
 
+def test_the_extension_registers_how_a_run_displays(ip):
+    from notebook_orch import Run
+    from notebook_orch.ipython.display import display_run
+
+    printers = ip.display_formatter.ipython_display_formatter.type_printers
+    assert printers.get(Run) is display_run                   # the core's Run names no IPython layer
+    ip.run_line_magic("unload_ext", "notebook_orch")
+    assert Run not in printers
+    ip.run_line_magic("load_ext", "notebook_orch")
+    assert printers.get(Run) is display_run
+    assert "%orch COMMAND" in ip.find_line_magic("orch").__doc__   # `%orch?` lists the subcommands
+
+
+def test_magics_and_commands_do_not_import_each_other():
+    import ast
+    import inspect
+
+    from notebook_orch.ipython import commands, magics
+
+    def imported(mod):
+        names = set()
+        for node in ast.walk(ast.parse(inspect.getsource(mod))):
+            if isinstance(node, ast.ImportFrom):
+                names.add(("." * node.level) + (node.module or ""))
+        return names
+    assert ".commands" not in imported(magics) and ".magics" not in imported(commands)
+
+
 def test_workflows_survive_reload(ip):
     define_chain(ip)
     ip.run_line_magic("unload_ext", "notebook_orch")
