@@ -97,7 +97,12 @@ def _show(run: Run, panel: Any = None) -> Run:
 def _start(m: Any, launch: Callable[[], Run], wait: bool) -> Run:
     from .display import prepare
     panel = prepare(m.wf)      # widgets and the first DAG are built before the run's clock starts
-    run = launch()
+    try:
+        run = launch()
+    except BaseException:      # refused before it started: the error is the cell's output, not an empty panel
+        if panel is not None:
+            panel.discard()
+        raise
     _show(run, panel)
     if wait:
         try:

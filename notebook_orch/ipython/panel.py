@@ -79,6 +79,7 @@ class RunPanel:
         self.live_dag = True                        # set per run by attach
         self.view: View | None = None
         self._handles: list["DisplayHandle"] = []   # static snapshot outputs, replaced when a run ends
+        self._live_handles: list["DisplayHandle"] = []   # the widget's outputs (blanked only by discard())
         self._unsub: Any = None                     # unsubscribe from the current run's events
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -286,6 +287,17 @@ class RunPanel:
         self._output.value = (f'<pre class="norch-output" data-task="{html.escape(task)}" '
                               f'style="margin:0;font-size:12px">{body}</pre>')
 
+    def discard(self) -> None:
+        """A prepared panel whose run was refused: close the widgets and blank the snapshot shown for it."""
+        for handle in (*self._live_handles, *self._handles):
+            try:
+                handle.update({"text/plain": ""}, raw=True)
+            except Exception:  # a closed frontend: nothing to blank
+                pass
+        self._handles.clear()
+        self._live_handles.clear()
+        self.close()
+
     def close(self) -> None:
         """Stop following the run and close the widgets."""
         self._stop_listening()
@@ -330,10 +342,12 @@ class RunPanel:
     def show(self) -> None:
         """Display in the current cell: the live widget, then its static snapshot (replaced when the run ends)."""
         from IPython.display import display
-        display(self._repr_mimebundle_(), raw=True)
+        live = display(self._repr_mimebundle_(), raw=True, display_id=True)
         handle = display(self._static_bundle(), raw=True, display_id=True)
         if handle is not None:
             self._handles.append(handle)
+        if live is not None:
+            self._live_handles.append(live)
 
     def _static_bundle(self) -> dict[str, str]:
         run = self.run

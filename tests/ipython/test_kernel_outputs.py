@@ -33,3 +33,17 @@ def test_a_pyplot_figure_made_in_a_task_does_not_reappear_under_later_cells(tmp_
     nb = _execute([*DEFINE, RUN, "1 + 1"], tmp_path)
     assert nb.cells[3].outputs[-1].text.strip() == "cached"
     assert not _images(nb.cells[3]) and not _images(nb.cells[4])
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(120)
+def test_a_refused_run_leaves_its_error_and_no_empty_panel(tmp_path):
+    from nbclient import NotebookClient
+    cells = ["%load_ext notebook_orch", "%%task a\nmissing_name + 1", "r = %orch run --wait"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[2].outputs
+    assert outputs[-1].output_type == "error" and "missing_name" in outputs[-1].evalue
+    shown = [o.data for o in outputs if o.output_type == "display_data"]
+    assert all(set(d) == {"text/plain"} and not d["text/plain"] for d in shown)   # the panel was blanked
