@@ -11,6 +11,11 @@ def _execute(cells, cwd):
     return nb
 
 
+def _stdout(cell):
+    """What the cell printed (ipykernel may send one print in several stream messages)."""
+    return "".join(o.text for o in cell.outputs if o.output_type == "stream").strip()
+
+
 def _images(cell):
     return [o for o in cell.outputs if o.output_type in ("display_data", "execute_result") and "image/png" in o.data]
 
@@ -26,12 +31,12 @@ RUN = "r = %orch run --wait\nprint(r.statuses['chart'])"
 def test_a_pyplot_figure_made_in_a_task_does_not_reappear_under_later_cells(tmp_path):
     nb = _execute([*DEFINE, RUN, RUN, "1 + 1", "%orch result chart"], tmp_path)
     first, second, plain, result = nb.cells[3:7]
-    assert first.outputs[-1].text.strip() == "succeeded" and second.outputs[-1].text.strip() == "cached"
+    assert _stdout(first) == "succeeded" and _stdout(second) == "cached"
     assert not _images(first) and not _images(second) and not _images(plain)
     assert len(_images(result)) == 1                          # the task's output is still the whole figure
     # a new kernel (after a restart): the stored figure is loaded from the cache and still not shown again
     nb = _execute([*DEFINE, RUN, "1 + 1"], tmp_path)
-    assert nb.cells[3].outputs[-1].text.strip() == "cached"
+    assert _stdout(nb.cells[3]) == "cached"
     assert not _images(nb.cells[3]) and not _images(nb.cells[4])
 
 
