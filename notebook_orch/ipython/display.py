@@ -32,6 +32,8 @@ _shown: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()   # 
 def register(shell: Any) -> None:
     """Show every `Run` (and StoredRun) through `display_run` in this shell."""
     shell.display_formatter.ipython_display_formatter.for_type(Run, display_run)
+    if getattr(shell, "kernel", None) is not None:
+        import ipywidgets  # noqa: F401 - imported now, not on the clock of a run displayed by the Python API
 
 
 def unregister(shell: Any) -> None:

@@ -122,6 +122,9 @@ class Follow:
             elif kind == "running":
                 if isinstance(ev.info, str):
                     agent[ev.task] = ev.info
+            elif kind == "assigned":                          # hierarchical: the manager's choice
+                if isinstance(ev.info, dict) and ev.info.get("agent"):
+                    agent[ev.task] = str(ev.info["agent"])
             elif kind == "attempt_started":
                 info = ev.info
                 if isinstance(info, tuple) and len(info) == 2:
