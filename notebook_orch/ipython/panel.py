@@ -99,9 +99,11 @@ class RunPanel:
             self.attach(run)
 
     @classmethod
-    def prepare(cls, workflow: Any) -> "RunPanel":
-        """A panel for `workflow`'s next run, built (widgets, first DAG) before the run starts: `attach(run)` next."""
-        panel = cls()
+    def prepare(cls, workflow: Any, panel: "RunPanel | None" = None) -> "RunPanel":
+        """A panel for `workflow`'s next run, built (widgets, first DAG) before the run starts: `attach(run)` next.
+
+        `panel`: an unused panel built earlier (its widgets are reused)."""
+        panel = panel if panel is not None and panel.run is None else cls()
         try:
             loop = asyncio.get_running_loop()
             loop.run_in_executor(None, int)          # the DAG's worker thread exists before the run starts
@@ -210,7 +212,7 @@ class RunPanel:
         if run.done:     # e.g. every task cached: no clock left to disturb, so the final picture now
             self._redraw(threaded=False, force_dag=self.live_dag)
             return
-        _when_finished(run, lambda: self._finished(run))
+        when_finished(run, lambda: self._finished(run))
         if self._loop_running():   # the first redraw off the hot moment: the first tasks are starting now
             self._listen()
             self._schedule(1.0 / self.MAX_REDRAWS_PER_S)
@@ -589,7 +591,7 @@ def _scheduler(run: "Run") -> Any:
     return getattr(run, "_sched", None)
 
 
-def _when_finished(run: "Run", fn: Any) -> None:
+def when_finished(run: "Run", fn: Any) -> None:
     """Call fn() once the run has ended (its scheduler's finish hook; else when its done-future resolves)."""
     s = _scheduler(run)
     hooks = getattr(s, "finish_hooks", None)
