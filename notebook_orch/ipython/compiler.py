@@ -356,10 +356,15 @@ def _function(task_id: str, stmts: list[ast.stmt], required: list[str], optional
     body: list[ast.stmt] = [mark, ast.Try(body=prologue + stmts, handlers=[], orelse=[], finalbody=[release])]
     cls = ast.AsyncFunctionDef if is_async else ast.FunctionDef
     return cls(name=task_id, args=args, body=body, decorator_list=[], returns=None,
-               type_comment=None, **({"type_params": []} if _HAS_TYPE_PARAMS else {}))
+               type_comment=None, **_type_params())
 
 
 _HAS_TYPE_PARAMS = "type_params" in ast.FunctionDef._fields
+
+
+def _type_params() -> dict[str, Any]:
+    """The `type_params` field function nodes need on Python 3.12+ (absent before)."""
+    return {"type_params": []} if _HAS_TYPE_PARAMS else {}
 
 
 def _factory_module(task_id: str, stmts: list[ast.stmt], required: tuple[str, ...],
@@ -371,7 +376,7 @@ def _factory_module(task_id: str, stmts: list[ast.stmt], required: tuple[str, ..
                            vararg=None, kwonlyargs=[],
                            kw_defaults=[], kwarg=None, defaults=[]),
         body=[fn, ast.Return(value=ast.Name(id=task_id, ctx=ast.Load()))],
-        decorator_list=[], returns=None, type_comment=None, **({"type_params": []} if _HAS_TYPE_PARAMS else {}))
+        decorator_list=[], returns=None, type_comment=None, **_type_params())
     mod = ast.Module(body=[factory], type_ignores=[])
     for node in ast.walk(mod):  # wrapper nodes sit on line 1, the magic line of the cell
         if "lineno" in node._attributes and not hasattr(node, "lineno"):

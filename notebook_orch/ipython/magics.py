@@ -69,6 +69,8 @@ def registry(shell: Any) -> Registry:
 class OrchMagics(Magics):
     """%%agent, %%task and %orch: define agents and tasks cell by cell, then run and inspect the workflow."""
 
+    shell: Any   # always set: the magics are registered on a shell
+
     def __init__(self, shell: Any):
         super().__init__(shell)
         registry(shell)

@@ -33,7 +33,7 @@ import html
 import time
 from typing import TYPE_CHECKING, Any
 
-import ipywidgets as w
+import ipywidgets as w  # type: ignore[import-untyped]
 
 from ..errors import LoopError
 from ..render import build, svg_html
