@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install system-deps system-deps-test bench clean
+.PHONY: demo lab test docs gallery install system-deps system-deps-test bench clean
 
 # Debian packages: graphviz (the `dot` binary) for everyone; chromium for the browser test.
 system-deps:
@@ -25,7 +25,20 @@ install: system-deps $(STAMP)
 demo: install
 	$(BIN)/python -m notebook_orch.demo
 
+# JupyterLab on the gallery (notebooks/), on this machine only (localhost); Ctrl-C stops it.
+lab: install
+	$(BIN)/python -m jupyter lab $$([ "$$(id -u)" -eq 0 ] && echo --allow-root) notebooks
+
+# Execute every notebooks/*.ipynb into artifacts/gallery/ (skips the copies that are still fresh).
+gallery: install
+	$(BIN)/python scripts/gallery.py
+
+# The documentation site in artifacts/site/ (executes the gallery first if it is stale).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
+
 test: system-deps-test $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: install

@@ -404,6 +404,8 @@ class RunCache:
             return _redact(info, self._secrets)
         if isinstance(info, (tuple, list)):
             return [self._clean(x) for x in info]
+        if isinstance(info, dict):   # usage, message, tool_call, stream events: kept as JSON objects
+            return {str(k): self._clean(v) for k, v in info.items()}
         return _redact(repr(info), self._secrets)
 
 

@@ -10,9 +10,11 @@ __all__ = [
     "CycleError",
     "UnknownNameError",
     "InvalidIdError",
+    "KeywordIdError",
     "TaskFailedError",
     "RunCancelledError",
     "LoopError",
+    "PlanError",
     "closest",
 ]
 
@@ -42,6 +44,16 @@ class InvalidIdError(DefinitionError):
             f"{kind} id {name!r} is not {what}; {why}, so use letters, "
             f"digits and '_' (not starting with a digit), e.g. {_as_identifier(name)!r}"
         )
+
+
+class KeywordIdError(InvalidIdError):
+    """A task id or agent name is a Python keyword (it could not name the parameter receiving the output)."""
+
+    def __init__(self, kind: str, name: str):
+        self.kind, self.name = kind, name
+        DefinitionError.__init__(
+            self, f"{kind} id {name!r} is a Python keyword, so it cannot name the parameter that receives "
+                  f"its output in other tasks' bodies; use another name, e.g. {name + '_'!r}")
 
 
 def _as_identifier(name: str) -> str:
@@ -95,3 +107,12 @@ class RunCancelledError(OrchError):
 
 class LoopError(OrchError, RuntimeError):
     """An entry point was used where it cannot work (e.g. `start()` with no running event loop)."""
+
+
+class PlanError(OrchError):
+    """An LLM planner's answer never became a valid DAG (after its retries); `.reason` says the last problem."""
+
+    def __init__(self, message: str, reason: str = "", answer: object = None):
+        self.reason = reason or message        # what was wrong with the last answer (the cycle spelled out, ...)
+        self.answer = answer                   # the last answer the model gave (a dict), when there was one
+        super().__init__(message)

@@ -40,6 +40,7 @@ notes -- no status change:
     retrying         also for a model request retried after HTTP 429/5xx inside the attempt
                      (info: `ModelRetrying`, a dict; the task-level one is a `Retrying` tuple)
 run events (task is ''):
+    usage (a hierarchical run's manager request, or a planner's), assigned is per task;
     run_started, run_paused, run_resumed, limit_changed (info: (what, value)), run_finished (info: status)
 """
 from __future__ import annotations
@@ -66,12 +67,16 @@ class Usage(TypedDict, total=False):
     cost_usd: float | None      # None when the price is unknown (shown as NaN, never 0)
     model: str
     duration_ms: float
+    wait_ms: float              # held by the agent's request/token windows before it was sent
+    streamed: bool
+    requests: int               # a manager's or planner's call may count several
+    agent: str
 
 
 class ToolCall(TypedDict, total=False):
     """`tool_call`: one call of a tool by a model."""
     tool: str
-    input: Any                  # the validated arguments (secrets redacted)
+    input: Any                  # the validated arguments as JSON text, at most 500 characters (secrets redacted)
     duration_ms: float
     success: bool
     error: str | None
@@ -86,7 +91,7 @@ class Stream(TypedDict):
 
 class Message(TypedDict, total=False):
     """`message`: one message of a prompt task's conversation (run.messages(task))."""
-    role: str                   # system, user, assistant, tool
+    role: str                   # system, user, assistant, tool, retry, thinking
     content: str
     tool: str | None
     tokens: int | None
@@ -104,6 +109,7 @@ class ModelRetrying(TypedDict, total=False):
     status: int
     delay_s: float
     error: str
+    retry: int                  # 1 for the first retry of this request
 
 
 class Retrying(NamedTuple):

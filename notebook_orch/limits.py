@@ -98,7 +98,8 @@ class Limits:
         self.agent_caps = {a: c for a, c in agent_caps.items() if c}    # agent -> max running
         self.agent_running: dict[str, int] = {a: 0 for a in agent_caps}  # agent -> running now
         self.rates = {a: r for a, r in agent_rates.items() if r}         # agent -> (count, period_s)
-        self.starts: dict[str, deque[float]] = {a: deque(maxlen=r[0]) for a, r in self.rates.items()}
+        # agent -> its last `count` starts, oldest first: [t] lists, so a body can stamp its real start time
+        self.starts: dict[str, deque[list[float]]] = {a: deque(maxlen=r[0]) for a, r in self.rates.items()}
         self.pools = dict(pools)                                         # pool -> capacity
         self.pool_used: dict[str, int] = {p: 0 for p in pools}          # pool -> units held now
         self.peak_running = 0
@@ -122,20 +123,27 @@ class Limits:
             count, period = self.rates[agent]
             window = self.starts[agent]
             span = rate_span(period)
-            if len(window) >= count and now - window[0] < span:
-                return "rate:" + agent, window[0] + span
+            if len(window) >= count:
+                first = min(e[0] for e in window)   # stamped starts may come back slightly out of order
+                if now - first < span:
+                    return "rate:" + agent, first + span
         return None
 
-    def acquire(self, agent: str | None, resources: Mapping[str, int], now: float) -> None:
+    def acquire(self, agent: str | None, resources: Mapping[str, int], now: float) -> list[float] | None:
+        """Take the slots; returns the rate window's entry of this start (None: no rate limit), which the
+        body's own start time overwrites (a provider counts arrivals, not dispatches)."""
+        slot = None
         self.running += 1
         if self.running > self.peak_running:
             self.peak_running = self.running
         if agent is not None:
             self.agent_running[agent] += 1
             if agent in self.starts:
-                self.starts[agent].append(now)
+                slot = [now]
+                self.starts[agent].append(slot)
         for r, n in resources.items():
             self.pool_used[r] += n
+        return slot
 
     def release(self, agent: str | None, resources: Mapping[str, int]) -> None:
         self.running -= 1
@@ -166,14 +174,16 @@ class Limits:
         count, period = self.rates[agent]
         window = self.starts[agent]
         span = rate_span(period)
-        if len(window) >= count and now - window[0] < span:
-            return window[0] + span - now
+        if len(window) >= count:
+            first = min(e[0] for e in window)
+            if now - first < span:
+                return first + span - now
         return 0.0
 
     def take_request(self, agent: str, now: float) -> None:
         """Count a model request that did not start a task (a tool loop's or a retry's) in the rate window."""
         if agent in self.starts:
-            self.starts[agent].append(now)
+            self.starts[agent].append([now])
 
     def agent_free(self, agent: str) -> int:
         cap = self.agent_caps.get(agent)

@@ -155,6 +155,8 @@ def summary(run: "Run") -> pd.Series:
         "upstream_failed": c["upstream_failed"],
         "cancelled": c["cancelled"],
         "unfinished": f.n - sum(c.values()),
+        # LLM usage (SPEC §8): sums of the `usage` events; cost NaN when any request's cost is unknown
+        "tokens_in": float(f.tokens_in.sum()), "tokens_out": float(f.tokens_out.sum()), "cost_usd": float(f.cost.sum()),
     }
     return pd.Series(out, name=run.id, dtype=float)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import keyword
 import re
 import weakref
 import string
@@ -11,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import DefinitionError, InvalidIdError, OrchError, closest
+from .errors import DefinitionError, InvalidIdError, KeywordIdError, OrchError, UnknownNameError, closest
 
 __all__ = ["Agent", "Task", "Trigger", "Executor", "parse_rate", "parse_ttl", "TRIGGERS", "EXECUTORS"]
 
@@ -22,9 +23,27 @@ EXECUTORS: tuple[str, ...] = ("auto", "loop", "thread", "process", "dask")
 
 _PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
             "h": 3600.0, "hour": 3600.0, "d": 86400.0, "day": 86400.0}
-_RATE_RE = re.compile(r"^\s*(\d+)\s*([km]?)\s*/\s*(\d*\.?\d*)\s*([a-z]+?)s?\s*$")
+# units are matched whole ('ms' was read as 'm' + plural 's': 5/ms meant 5 per minute)
+_UNITS = {**_PERIODS, **{u + "s": v for u, v in _PERIODS.items() if u not in ("s", "m", "h", "d")},
+          "secs": 1.0, "mins": 60.0, "hrs": 3600.0, "hr": 3600.0}
+_RATE_RE = re.compile(r"^\s*(\d+)\s*([km]?)\s*/\s*([0-9.]*)\s*([a-z]+)\s*$")
 _SCALE = {"": 1, "k": 1_000, "m": 1_000_000}
-_TTL_RE = re.compile(r"^\s*(\d+\.?\d*)\s*([a-z]+?)s?\s*$")
+_TTL_RE = re.compile(r"^\s*([0-9.]+)\s*([a-z]+)\s*$")
+
+
+def _period(text: str, number: str, unit: str, what: str, allow_zero: bool = False) -> float:
+    """`number` `unit` in seconds (number '' = 1); a DefinitionError naming the fix otherwise."""
+    if unit in ("ms", "msec", "millisecond", "milliseconds", "us", "ns"):
+        raise DefinitionError(f"{what} {text!r}: periods shorter than a second are not supported; write it "
+                              f"per second instead, e.g. '5000/s' for 5 per millisecond")
+    try:
+        mult = float(number) if number else 1.0
+    except ValueError:
+        raise DefinitionError(f"{what} {text!r}: {number!r} is not a number; write e.g. '10/30s' or '5/0.5s'") from None
+    if mult <= 0 and not (allow_zero and mult == 0):
+        raise DefinitionError(f"{what} {text!r}: the period must be longer than 0 (a 0-second window limits "
+                              f"nothing); write e.g. '5/s'")
+    return mult * _UNITS[unit]
 
 
 class _EmptyMapping(dict):  # type: ignore[type-arg]
@@ -44,12 +63,13 @@ def parse_rate(text: str) -> tuple[int, float]:
     """'60/min' -> (60, 60.0): at most 60 in any 60-second window. Also '5/s', '100/2h', '200k/min'."""
     m = _RATE_RE.match(text.lower()) if isinstance(text, str) else None
     count = int(m.group(1)) * _SCALE[m.group(2)] if m else 0
-    if not m or m.group(4) not in _PERIODS or count < 1:
+    if m and m.group(4) not in _UNITS and m.group(4) not in ("ms", "msec", "millisecond", "milliseconds", "us", "ns"):
+        m = None
+    if not m or count < 1:
         raise DefinitionError(
             f"rate limit {text!r} is not understood; write COUNT/PERIOD such as '60/min', '5/s', "
             f"'1000/h', '10/30s' or '200k/min' (periods: s, min, h, day)")
-    mult = float(m.group(3)) if m.group(3) else 1.0
-    return count, mult * _PERIODS[m.group(4)]
+    return count, _period(text, m.group(3), m.group(4), "rate limit")
 
 
 def parse_ttl(value: bool | str | float | int | None) -> float | None:
@@ -58,12 +78,12 @@ def parse_ttl(value: bool | str | float | int | None) -> float | None:
         return None
     if isinstance(value, (int, float)):
         return float(value)
-    m = _TTL_RE.match(value.lower())
-    if not m or m.group(2) not in _PERIODS:
+    m = _TTL_RE.match(value.lower()) if isinstance(value, str) else None
+    if not m or m.group(2) not in _UNITS:
         raise DefinitionError(
             f"cache time to live {value!r} is not understood; write e.g. '30s', '10min', '1h', '2day', "
             f"or use cache=True (forever) / cache=False (never)")
-    return float(m.group(1)) * _PERIODS[m.group(2)]
+    return _period(value, m.group(1), m.group(2), "cache time to live", allow_zero=True)
 
 
 def _reraise(kind: str, data: dict[str, Any], exc: ValidationError, fields: Any = ()) -> None:
@@ -87,10 +107,18 @@ def _reraise(kind: str, data: dict[str, Any], exc: ValidationError, fields: Any 
     raise DefinitionError(f"{kind} {name!r}: " + "; ".join(parts)) from None
 
 
-def _check_identifier(kind: str, name: str) -> str:
+def check_identifier(kind: str, name: str) -> str:
+    """A task id or agent name as given, or InvalidIdError (not an identifier, reserved '__', a Python keyword)."""
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("__"):
         raise InvalidIdError(kind, str(name))
+    if keyword.iskeyword(name):   # 'class' cannot name the parameter that receives the output
+        raise KeywordIdError(kind, name)
     return name
+
+
+_check_identifier = check_identifier
+
+
 
 
 class Agent(BaseModel):
@@ -178,7 +206,7 @@ class Task(BaseModel):
     priority: int = Field(0, description="Higher runs first among ready tasks.")
     cache: bool | str | float = Field(True, description="Reuse a stored result with the same fingerprint (False: never; '1h': time to live).")
     tags: tuple[str, ...] = Field((), description="Free labels for filtering and display.")
-    executor: Executor = Field("auto", description="Where the body runs: auto (async on the loop, sync in a thread), loop, thread, process, dask.")
+    executor: str = Field("auto", description="Where the body runs: auto (async on the loop, sync in a thread), loop, thread, process, dask, or a name given to notebook_orch.executors.register.")
     source: str | None = Field(None, description="The body's source text (a %%task cell); used for fingerprints and display.")
     description: str = Field("", description="One line shown in the DAG tooltip and listings.")
     expected_output: str = Field("", description="One line: what a good answer looks like (appended to a prompt task's prompt).")
@@ -194,6 +222,17 @@ class Task(BaseModel):
     @classmethod
     def _id_is_identifier(cls, v: str) -> str:
         return _check_identifier("task", v)
+
+    @field_validator("executor")
+    @classmethod
+    def _executor_registered(cls, v: str, info: Any) -> str:   # executors are plugged in by name
+        if v == "auto" or v in EXECUTORS:
+            return v
+        from .executors import names
+        if v not in names():
+            raise UnknownNameError("executor", v, f"task {info.data.get('id', '?')!r}", ("auto", *names()),
+                                   hint="Register it first with notebook_orch.executors.register(name, factory).")
+        return v
 
     @field_validator("after", "tags", mode="before")
     @classmethod

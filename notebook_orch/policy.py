@@ -7,8 +7,10 @@ change here changes both: the replay never simulates a different scheduler than 
   first, then the task with the longest expected path to the end of the DAG, then definition
   order, then item order (map items; -1 for a plain task).
 * Rate windows: with COUNT/PERIOD, a start is let through only when the COUNT-th last start is
-  `rate_span(PERIOD)` ago: the period plus a margin (1 %, at least 5 ms), because a provider
-  counts arrivals, and a body starts a little after its dispatch (a worker thread up to a few ms).
+  `rate_span(PERIOD)` ago: the period plus a margin (1 %, at least 5 ms). A provider counts
+  arrivals, so the window holds the times bodies really started (a worker thread starts a little
+  after its dispatch; the scheduler stamps the start into the window), and the margin covers
+  what lies between the body's start and the request's arrival.
 * Retry delay before attempt `n + 1`: `retry_backoff * 2**(n - 1)`, capped at `MAX_BACKOFF`,
   plus a uniform jitter of up to `JITTER` of it, so retries of many tasks do not align.
 """

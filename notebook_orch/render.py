@@ -115,6 +115,9 @@ def render(workflow: "Workflow | None", run: "Run | None" = None, *, group: str 
         if run is None:
             raise
         graph, tasks = run.graph_, run.tasks    # the definitions are mid-edit: draw what the run executed
+    if run is not None:   # hierarchical runs: draw each task under the agent the run assigned it
+        from .patterns.manager import drawn_tasks
+        tasks = drawn_tasks(run, tasks)
     changed = [t for t in graph.ids if run is not None and t in run.tasks and run.tasks[t] is not tasks[t]]
     return build(graph, tasks, run, group=group, format=format, rankdir=rankdir, changed=changed,
                  name=workflow.name)

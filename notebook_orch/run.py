@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .state import RunState
     from .workflow import Workflow
 
-__all__ = ["Run", "counts_text"]
+__all__ = ["Run", "PastRun", "counts_text"]
 
 
 # --- display (nb engineer): the counts line, written once; the notebook layer registers the live panel
@@ -88,7 +88,7 @@ class Run:
 
     @property
     def statuses(self) -> dict[str, str]:
-        """Task id -> its current status (see SPEC §4)."""
+        """Task id -> its current status; the statuses are listed on the execution semantics page of the docs."""
         return self.state.statuses()
 
     @property
@@ -232,17 +232,17 @@ class Run:
 
     # ---------------------------------------------------------------- views
     def metrics(self) -> "pd.DataFrame":
-        """One row per task: timings, waits, attempts, critical path, cost (SPEC §6)."""
+        """One row per task: timings, waits, attempts, critical path, cost; the columns are on the metrics page of the docs."""
         from . import metrics
         return metrics.task_metrics(self)
 
     def summary(self) -> "pd.Series":
-        """Makespan, critical path, parallelism, efficiency and counts (SPEC §6)."""
+        """Makespan, critical path, parallelism, efficiency and counts; the columns are on the metrics page of the docs."""
         from . import metrics
         return metrics.summary(self)
 
     def bottlenecks(self, top: int | None = None) -> "pd.DataFrame":
-        """Tasks ranked by how much sooner the run would end without them (SPEC §6).
+        """Tasks ranked by how much sooner the run would end without them; the columns are on the metrics page of the docs.
 
         `top` bounds how many candidate tasks are replayed (large runs default to a few)."""
         from . import metrics
@@ -255,12 +255,12 @@ class Run:
         return metrics.what_if(self, **limits)
 
     def utilization(self) -> "pd.DataFrame":
-        """One row per agent and resource pool: capacity, busy time, waits, queue (SPEC §6)."""
+        """One row per agent and resource pool: capacity, busy time, waits, queue; the columns are on the metrics page of the docs."""
         from . import metrics
         return metrics.utilization(self)
 
     def timeline(self) -> "pd.DataFrame":
-        """Running and ready task counts over the run (SPEC §6)."""
+        """Running and ready task counts over the run; the columns are on the metrics page of the docs."""
         from . import metrics
         return metrics.timeline(self)
 
@@ -269,8 +269,13 @@ class Run:
         from . import metrics
         return metrics.gantt(self, **kw)
 
+    def assignments(self) -> "pd.DataFrame":
+        """Who was given each task in hierarchical mode: `task`, `agent`, `reason`, `source` (manager | capability)."""
+        from .patterns.manager import assignments_frame
+        return assignments_frame(self)
+
     def tool_calls(self) -> "pd.DataFrame":
-        """One row per tool call made by LLM agents (SPEC §6)."""
+        """One row per tool call made by LLM agents; the columns are on the metrics page of the docs."""
         from . import metrics
         return metrics.tool_calls(self)
 
@@ -295,3 +300,42 @@ class Run:
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.status}: {len(self.state.ids)} tasks ({counts_text(self.counts())})>"
     # --- end display
+
+    def messages(self, task_id: str) -> "pd.DataFrame":
+        """The prompt task's conversation: role, content, tool, tokens (secrets redacted)."""
+        from .llm import messages
+        return messages(self, task_id)
+
+
+class PastRun:
+    """An older run of this session, kept as a summary so a long session's memory stays bounded.
+
+    `Workflow(keep_runs=N)` keeps the last N finished runs whole (events, outputs); older ones
+    become PastRuns in `wf.runs`. `past.load()` reads the whole run back from the store."""
+
+    __slots__ = ("id", "status", "started_wall", "elapsed_s", "counts", "_store")
+
+    def __init__(self, run_id: str, status: str, started_wall: float | None, elapsed_s: float,
+                 counts: dict[str, int], store: Any):
+        self.id, self.status, self.started_wall = run_id, status, started_wall
+        self.elapsed_s, self.counts, self._store = elapsed_s, counts, store
+
+    @classmethod
+    def of(cls, run: Run) -> "PastRun":
+        store = getattr(run.workflow, "store", None)
+        return cls(run.id, run.status, run.started_wall, run.elapsed(), run.counts(), store)
+
+    @property
+    def done(self) -> bool:
+        return True
+
+    def load(self) -> Run:
+        """The whole run, read back from the store (read-only)."""
+        if self._store is False or self._store is None:
+            raise OrchError(f"run {self.id} is no longer kept in memory (Workflow(keep_runs=...)) and the store is "
+                            f"off, so it cannot be read back; raise keep_runs or keep the store on")
+        return Run.load(self.id, None if self._store is True else self._store)
+
+    def __repr__(self) -> str:
+        return (f"<PastRun {self.id} {self.status}: {sum(self.counts.values())} tasks ({counts_text(self.counts)}); "
+                f".load() reads it back>")

@@ -23,10 +23,12 @@ scheduler (benchmarks/overhead.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import threading
+import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
 from typing import Any
 
@@ -37,6 +39,7 @@ from .executors import Executors
 from .graph import Graph, unresolved_params
 from .limits import Breaker, Limits
 from .model import Agent, Task
+from .options import check_concurrency
 from .state import RunState
 
 __all__ = ["Scheduler", "AttemptError", "OutputInvalidError", "BreakerOpenError"]
@@ -137,6 +140,7 @@ class Scheduler:
         self.rate_timers: dict[str, asyncio.TimerHandle] = {}
         self.retry_timers: set[asyncio.TimerHandle] = set()
         self.active: dict[tuple[int, int], asyncio.Task[Any]] = {}       # running attempts
+        self.rate_slot: dict[tuple[int, int], list[float]] = {}   # attempt -> its rate-window entry, until it starts
         # routing: router node -> the branch nodes its label picked (set once it routed), and per node
         # the routers that feed it a route edge. An edge r -> c is dead when r picked without c.
         self.picked: dict[int, tuple[str, frozenset[int]]] = {}   # router -> (label, picked branch nodes)
@@ -159,6 +163,10 @@ class Scheduler:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread = 0                                      # threading.get_ident() of the loop's thread
         self.finish_hooks: list[Callable[[], Any]] = []          # called once when the run ends
+        # hook: an async pass awaited on the loop after run_started, before any task is made ready
+        # (hierarchical mode: the manager assigns agents); None: start at once
+        self.prepare: Callable[[Scheduler], Awaitable[Any]] | None = None
+        self._prepare_task: asyncio.Task[None] | None = None      # holds the pass while it runs
 
     # ------------------------------------------------------------------ events
     def emit(self, i: int, kind: str, attempt: int = 0, info: Any = None) -> None:
@@ -175,10 +183,27 @@ class Scheduler:
         self._check_inputs()
         self.done = self.loop.create_future()
         self.t0 = perf_counter()
+        self.state.started_wall = time.time()   # the wall-clock time of t=0
         self.state.run_status = "running"
         capture.install()
         self.emit(-1, "run_started", 0, {"tasks": len(self.ids), "limits": self.limits.snapshot(),
                                          "remaining": self.rem})
+        if self.prepare is not None:
+            self._prepare_task = self.loop.create_task(self._prepare_then_start(self.prepare))
+            return self.done
+        self._start_ready()
+        return self.done
+
+    async def _prepare_then_start(self, prepare: Callable[["Scheduler"], Awaitable[Any]]) -> None:
+        try:
+            await prepare(self)
+        except Exception as exc:  # the pass failed: the run ends cancelled, saying why
+            self.cancel(f"before the first dispatch: {_error_text(exc)}")
+        if not self.state.finished:
+            self._start_ready()
+
+    def _start_ready(self) -> None:
+        """Settle the tasks with no upstream and dispatch: how every run starts."""
         work = []
         for i in self.g.order:
             if self.ids[i] in self.g.fallback_only:
@@ -190,7 +215,6 @@ class Scheduler:
             self._finish()
         else:
             self._dispatch()
-        return self.done
 
     def _check_inputs(self) -> None:
         index, params, ns = self.g.index, self.params, self.namespace
@@ -395,7 +419,9 @@ class Scheduler:
             if held is not None:
                 self._park(held[0], entry, held[1])
                 continue
-            limits.acquire(agent, res or _NO_RES, now)
+            slot = limits.acquire(agent, res or _NO_RES, now)
+            if slot is not None:
+                self.rate_slot[(i, k)] = slot
             self._start(i, k, agent)
         if limits.running > limits.peak_running:
             limits.peak_running = limits.running
@@ -475,13 +501,16 @@ class Scheduler:
 
     async def _attempt(self, i: int, k: int, attempt: int) -> None:
         _set_output((self.outputs, self.ids[i], self, i, k, attempt))   # also the attempt context
+        slot = self.rate_slot.pop((i, k), None) if self.rate_slot else None
         t_start = perf_counter() - self.t0 if k >= 0 else 0.0
         try:
             kw = self._input_values(i, k) if self.pnames[i] else {}
+            if slot is not None:          # a rate-limited start: the window counts when the body really starts
+                slot[0] = perf_counter()
             if self.kind[i] == "coro" and not (self.fb_used and (i, k) in self.fb_used):
                 aw = self.fn[i](**kw)                            # fast path: an async body on the loop
             else:
-                aw = self._submit(i, k, kw)
+                aw = self._submit(i, k, kw, slot)
             timeout = self.timeout[i]
             if timeout is None:
                 value = await aw
@@ -516,8 +545,9 @@ class Scheduler:
             self._item_done(i, k, True, value, None, t_start)
         self._dispatch()
 
-    def _submit(self, i: int, k: int, kwargs: dict[str, Any]) -> Any:
-        """An awaitable for the body (or its fallback) on its executor."""
+    def _submit(self, i: int, k: int, kwargs: dict[str, Any], slot: list[float] | None = None) -> Any:
+        """An awaitable for the body (or its fallback) on its executor; `slot` (a rate-window entry) is
+        stamped with the time the body starts in its thread."""
         task = self.tasks[i]
         fb = task.fallback if (i, k) in self.fb_used else None
         if fb is not None and callable(fb):
@@ -527,15 +557,19 @@ class Scheduler:
             fkw = self._input_values(other, k)
             fkw.update({p: v for p, v in kwargs.items() if p in self.pnames[other]})
             return self._submit_body(other, fkw, self.agent[other])
-        return self._submit_body(i, kwargs, fb if isinstance(fb, str) else self.agent[i])
+        return self._submit_body(i, kwargs, fb if isinstance(fb, str) else self.agent[i], slot)
 
-    def _submit_body(self, i: int, kwargs: dict[str, Any], agent_name: str | None) -> Any:
+    def _submit_body(self, i: int, kwargs: dict[str, Any], agent_name: str | None,
+                     slot: list[float] | None = None) -> Any:
         kind = self.kind[i]
         if kind == "prompt":
             from .llm import run_prompt
             agent = self.agents.get(agent_name) if agent_name else None
             return run_prompt(self.tasks[i], agent, kwargs, self.run)
-        return self.executors.submit("loop" if kind == "coro" else kind, self.fn[i], kwargs)  # type: ignore[arg-type]
+        fn = self.fn[i]
+        if slot is not None and kind == "thread":
+            fn = functools.partial(_stamped, slot, fn)
+        return self.executors.submit("loop" if kind == "coro" else kind, fn, kwargs)  # type: ignore[arg-type]
 
     def _input_values(self, i: int, k: int = -1) -> dict[str, Any]:
         task = self.tasks[i]
@@ -680,6 +714,19 @@ class Scheduler:
         self.picked[i] = (label, frozenset(table.get(label, ())))
         self.emit(i, "routed", self.attempts[i], label)
 
+    def assign(self, i: int, task: Task, reason: str, source: str) -> None:
+        """Before the first dispatch (a manager's pass): node i runs as `task` (another agent), with that
+        agent's default retries and timeout; recorded as an `assigned` event."""
+        agent = self.agents[task.agent] if task.agent else None
+        self.tasks[i] = task
+        self.state.tasks[task.id] = task
+        self.agent[i] = task.agent
+        if task.retries is None:
+            self.retries[i] = (agent.retries or 0) if agent else 0
+        if task.timeout is None:
+            self.timeout[i] = agent.timeout if agent else None
+        self.emit(i, "assigned", 0, {"agent": task.agent or "", "reason": reason, "source": source})
+
     # ------------------------------------------------------------------ controls
     def pause(self) -> None:
         if not self.state.finished and not self.paused:
@@ -695,9 +742,9 @@ class Scheduler:
             self._dispatch()
 
     def set_concurrency(self, n: int | None) -> None:
-        if n is not None and n < 1:
-            raise DefinitionError(f"concurrency must be at least 1 (or None for no limit), got {n}")
+        n = check_concurrency(n, "set_concurrency")
         self.limits.concurrency = n
+        self.executors.resize(n)                   # the thread pool follows the limit
         self.emit(-1, "limit_changed", 0, ("concurrency", n))
         self._dispatch()
 
@@ -784,6 +831,12 @@ def _kind(task: Task) -> str:
     if task.executor == "loop":
         return "coro" if task.is_async else "loop"
     return task.executor
+
+
+def _stamped(slot: list[float], fn: Callable[..., Any], **kwargs: Any) -> Any:
+    """Run a sync body, first writing its real start time into its rate-window entry."""
+    slot[0] = perf_counter()
+    return fn(**kwargs)
 
 
 _SHELL_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})

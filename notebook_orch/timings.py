@@ -10,6 +10,9 @@ panel, the learned duration estimates) reads it from here, so they cannot disagr
 * `Timings`: the same per-task definitions (ready, first start, end, map items, the limit
   holding a queued task) fed incrementally, for live views that redraw while a run goes on.
 
+A little over 500 lines on purpose: the fold, the realised DAG and the live view share their
+definitions, and splitting them would put the one definition of "when a task ran" in two rooms.
+
 Intervals, in seconds since the run started (event `t`):
 
 * an *attempt* of a unit (a task, or one item of a map task) runs from its start event
@@ -220,13 +223,13 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
                     map_open[i].discard(k)
                     next_q[(i, k)] = t + _nominal_backoff(tasks[i], att)
         elif kind == "retrying":
-            if isinstance(info, tuple):     # the scheduler's; a dict is a model request retried inside the attempt
+            if not isinstance(info, dict):   # a dict: a model request retried inside the attempt (llm layer)
                 next_q[(idx[task], -1)] = t + float(info[1])
         elif kind == "fallback":
             i = idx[task]
             if not is_map[i]:
                 next_q[(i, -1)] = t
-        elif kind == "usage":
+        elif kind == "usage" and task:   # task '': a run-level request (a hierarchical run's manager)
             i = idx[task]
             u = info if isinstance(info, dict) else {}
             tok_in[i] += float(u.get("tokens_in") or 0)

@@ -14,14 +14,15 @@ from .errors import DefinitionError, LoopError, UnknownNameError
 from .graph import Graph, build_graph
 from .model import Agent, Task
 from ._runstore import attach_store
-from .run import Run
+from .options import check_concurrency, check_run_options
+from .run import PastRun, Run
 from .scheduler import Scheduler
 from .timings import Timings
 
 __all__ = ["Workflow"]
 
 _RUN_OPTIONS = ("concurrency", "only", "from_", "cache", "fail_fast", "mode", "params", "dask_client",
-                "manager", "executor", "dask")
+                "manager", "executor", "dask", "manager_retries", "manager_tokens")
 
 
 class Workflow:
@@ -41,9 +42,8 @@ class Workflow:
     def __init__(self, name: str = "workflow", *, concurrency: int | None = 16,
                  resources: Mapping[str, int] | None = None, params: Mapping[str, Any] | None = None,
                  fail_fast: bool = False, namespace: Mapping[str, Any] | None = None, store: Any = True,
-                 max_cost_usd: float | None = None, dask: Any = None):
-        if concurrency is not None and concurrency < 1:
-            raise DefinitionError(f"concurrency must be at least 1 (or None for no limit), got {concurrency}")
+                 max_cost_usd: float | None = None, dask: Any = None, keep_runs: int = 5):
+        concurrency = check_concurrency(concurrency, "Workflow(concurrency=...)")
         self.name = name
         self.concurrency = concurrency                      # global limit of running tasks (None: none)
         self.resources: dict[str, int] = dict(resources or {})   # pool name -> capacity
@@ -56,10 +56,14 @@ class Workflow:
         self.tasks: dict[str, Task] = {}
         self._stale: set[str] = set()                        # tasks redefined (or downstream of one) since they last ran
         self._unlearned: list[Run] = []                      # finished runs whose events _learn has not read yet
-        self.runs: list[Run] = []                            # runs of this workflow in this session, oldest first
+        if not isinstance(keep_runs, int) or keep_runs < 1:
+            raise DefinitionError(f"keep_runs must be a whole number of at least 1, got {keep_runs!r}")
+        self.keep_runs = keep_runs                           # finished runs kept whole in memory; older: summaries
+        self.runs: list[Run | PastRun] = []                  # runs of this workflow in this session, oldest first
         self.cache_lookup: Callable[..., Any] | None = None  # custom hook (id, task, inputs) -> (hit, value, where); overrides the store
         self.store = store                                   # True: .notebook_orch/store.sqlite under the cwd; False: off; a path or Store
         self._durations: dict[str, float] = {}               # id -> last measured run time (priority estimates)
+        self._planned: dict[str, float] = {}                 # id -> a plan's estimate in seconds (until measured)
         self._version = 0                                    # bumped by every definition change
         self._graph: tuple[Any, Graph] | None = None         # (cache key, graph) of the last validate()
 
@@ -158,6 +162,9 @@ class Workflow:
         """Expected duration per node: the last measured one, else the mean of the known ones, else 1 s."""
         g = graph or self.validate()
         self._learn_pending()
+        if self._planned:   # a plan's estimates order its tasks until they have run (patterns.planner)
+            from .patterns.planner import seeded_estimates
+            return seeded_estimates(g.ids, self._durations, self._planned)
         known = [self._durations[t] for t in g.ids if t in self._durations]
         default = statistics.fmean(known) if known else 1.0
         return [self._durations.get(t, default) for t in g.ids]
@@ -170,11 +177,28 @@ class Workflow:
     def graph(self, **kw: Any) -> Any:
         """The DAG as a graphviz.Digraph, coloured by the last run if there is one."""
         from .render import render
-        return render(self, run=self.runs[-1] if self.runs else None, **kw)
+        return render(self, run=self.last_run, **kw)
+
+    # ---------------------------------------------------------------- planning (notebook_orch.patterns)
+    def plan(self, goal: str, *, agent: str | None = None, apply: bool = False, retries: int = 2,
+             max_tokens: int | None = None) -> Any:
+        """An LLM planner turns `goal` into a validated DAG of prompt tasks: a `Plan` (`.apply()` adds them).
+
+        Works in scripts and inside a notebook's running loop; `await wf.aplan(...)` in coroutines.
+        Raises `PlanError` when the planner's answers never form a valid DAG; nothing is added then."""
+        from .patterns.planner import plan
+        return plan(self, goal, agent=agent, apply=apply, retries=retries, max_tokens=max_tokens)
+
+    async def aplan(self, goal: str, *, agent: str | None = None, apply: bool = False, retries: int = 2,
+                    max_tokens: int | None = None) -> Any:
+        """`plan = await wf.aplan(goal, agent="planner")`: `plan()` on the current loop."""
+        from .patterns.planner import aplan
+        return await aplan(self, goal, agent=agent, apply=apply, retries=retries, max_tokens=max_tokens)
 
     @property
     def last_run(self) -> Run | None:
-        return self.runs[-1] if self.runs else None
+        last = self.runs[-1] if self.runs else None
+        return last if isinstance(last, Run) else None
 
     # ---------------------------------------------------------------- running
     def run(self, **options: Any) -> Run:
@@ -199,6 +223,7 @@ class Workflow:
 
     def _launch(self, options: dict[str, Any], reuse: dict[str, tuple[Any, str]] | None = None,
                 wait: Any = None) -> Run:
+        options = check_run_options(options, self)   # every run option checked and normalised here
         unknown = set(options) - set(_RUN_OPTIONS)
         if unknown:
             bad = sorted(unknown)[0]
@@ -207,15 +232,23 @@ class Workflow:
         if not graph.ids:
             raise DefinitionError(f"workflow {self.name!r} has no tasks yet; define some with @wf.task or %%task")
         concurrency = options.get("concurrency", self.concurrency)
-        mode = options.get("mode", "workflow")
+        mode = options.get("mode", "hierarchical" if options.get("manager") else "workflow")
         if mode == "sequential":
             concurrency = 1
-        elif mode != "workflow":
-            raise DefinitionError(f"mode {mode!r} is not available; choose 'workflow' or 'sequential'")
+        elif mode not in ("workflow", "hierarchical"):
+            raise DefinitionError(f"mode {mode!r} is not available; choose 'workflow', 'sequential' or 'hierarchical'")
+        if mode != "hierarchical" and options.get("manager"):
+            raise DefinitionError(f"manager= is for mode='hierarchical', not mode={mode!r}")
         if mode != "hierarchical":
             _check_prompt_agents(graph, self.tasks)
         reuse = dict(reuse or {})
         reuse.update(self._selection_reuse(graph, options))
+        # >>> hierarchical mode (notebook_orch.patterns.manager): the manager assigns agents before dispatch
+        assign = None
+        if mode == "hierarchical":
+            from .patterns.manager import prepare
+            assign = prepare(self, graph, options, skip=reuse)
+        # <<< hierarchical mode
         params = {**self.params, **(options.get("params") or {})}
         store = attach_store(self, graph, options)          # fingerprints, cache lookups, writes (None: store off)
         lookup = self.cache_lookup if options.get("cache", True) else None
@@ -228,14 +261,18 @@ class Workflow:
             cache_lookup=lookup or (store.lookup if store is not None else None),
             max_cost_usd=self.max_cost_usd)
         sched.executors.dask_client = options.get("dask_client")
+        sched.prepare = assign                                # hierarchical mode: the manager's pass, else None
         run = Run(self, sched.state, sched, dict(options))
         if store is not None:
             store.bind(run)
         sched.run = run
-        sched.finish_hooks.append(lambda: self._unlearned.append(run))  # read lazily: not on the run's clock
-        sched.begin()
-        sched.state.started_wall = time.time() - (sched.events[0].t if sched.events else 0.0)
-        self.runs.append(run)
+        sched.finish_hooks.append(lambda: self._finished(run))  # learning is lazy: not on the run's clock
+        self.runs.append(run)       # before begin(): a run whose tasks are all cached ends inside it
+        try:
+            sched.begin()
+        except BaseException:
+            self.runs.remove(run)
+            raise
         return run
 
     def _selection_reuse(self, graph: Graph, options: dict[str, Any]) -> dict[str, tuple[Any, str]]:
@@ -250,10 +287,21 @@ class Workflow:
         if start:
             selected |= graph.descendants([start])
         known: dict[str, tuple[Any, str]] = {}
-        for past in self.runs:  # newer runs win
+        for past in self.runs:  # newer runs win (older ones' outputs come back from the store's cache)
+            if not isinstance(past, Run):
+                continue
             for t, v in past.state.results.items():
                 known[t] = (v, f"reused from run {past.id}")
         return {t: known[t] for t in graph.ids if t not in selected and t in known}
+
+    def _finished(self, run: Run) -> None:
+        """A run ended: learn from it later; keep at most `keep_runs` finished runs whole."""
+        self._unlearned.append(run)
+        whole = [k for k, r in enumerate(self.runs) if isinstance(r, Run) and r.done]
+        if len(whole) > self.keep_runs:
+            self._learn_pending()            # what older runs teach is kept before they are let go
+            for k in whole[:len(whole) - self.keep_runs]:
+                self.runs[k] = PastRun.of(self.runs[k])   # type: ignore[arg-type]
 
     def _learn_pending(self) -> None:
         while self._unlearned:
@@ -261,6 +309,8 @@ class Workflow:
 
     def _learn(self, run: Run) -> None:
         """After a run: keep measured durations (for priorities) and clear staleness of what succeeded."""
+        from .patterns.manager import definitions
+        ran = definitions(run)   # as defined when it started (a hierarchical run's tasks are assigned copies)
         times = Timings()
         times.feed(run.events)
         for task, status in run.statuses.items():
@@ -268,7 +318,7 @@ class Workflow:
                 took = times.duration(task)
                 if took is not None:
                     self._durations[task] = took
-                if run.tasks.get(task) is self.tasks.get(task):
+                if ran.get(task) is self.tasks.get(task):
                     self._stale.discard(task)
 
 

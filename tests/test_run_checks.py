@@ -62,3 +62,47 @@ def test_rate_window_holds_as_the_bodies_clocks_see_it():
     seen.sort()
     for a in range(len(seen) - 5):
         assert seen[a + 5] - seen[a] >= 1.0, (a, seen[a + 5] - seen[a])
+
+
+def test_a_long_session_keeps_memory_bounded():
+    import gc
+    import tracemalloc
+
+    from notebook_orch.run import PastRun, Run
+    wf = Workflow("mem", keep_runs=2, concurrency=None, store=False)
+    for k in range(800):
+        wf.task(lambda k=k: k * 2, id=f"t{k}", cache=False, executor="loop")
+
+    def footprint() -> int:
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0]
+
+    tracemalloc.start()
+    try:
+        for _ in range(3):
+            wf.run()
+        after3 = footprint()
+        for _ in range(9):
+            wf.run()
+        after12 = footprint()
+    finally:
+        tracemalloc.stop()
+    whole = [r for r in wf.runs if isinstance(r, Run)]
+    assert len(wf.runs) == 12 and len(whole) == 2
+    assert all(isinstance(r, PastRun) for r in wf.runs[:10])
+    # nine more runs of 800 tasks add next to nothing: only two runs are ever kept whole
+    assert after12 - after3 < (after3 / 3) * 0.25, (after3, after12)
+    with pytest.raises(Exception, match="keep_runs"):
+        wf.runs[0].load()               # the store is off: said plainly
+
+
+def test_a_summary_reads_the_whole_run_back_from_the_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    wf = Workflow("back", keep_runs=1)
+    wf.task(lambda: 1, id="one")
+    first = wf.run()
+    wf.run()
+    past = wf.runs[0]
+    assert past.id == first.id and "load()" in repr(past)
+    back = past.load()
+    assert back.status == "succeeded" and back.statuses == {"one": "succeeded"}

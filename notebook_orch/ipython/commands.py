@@ -121,7 +121,9 @@ def _start(m: Any, launch: Callable[[], Run], wait: bool) -> Run:
 @argument("--only", metavar="A,B", help="run only these tasks (the others reuse earlier outputs)")
 @argument("--from", dest="from_", metavar="TASK", help="run TASK and everything downstream of it")
 @argument("--no-cache", action="store_true", help="do not reuse stored results")
-@argument("--mode", choices=("workflow", "sequential"), help="workflow: as the DAG allows; sequential: one at a time")
+@argument("--mode", choices=("workflow", "sequential", "hierarchical"),
+          help="workflow: as the DAG allows; sequential: one at a time; hierarchical: --manager assigns the agents")
+@argument("--manager", metavar="NAME", help="hierarchical mode: the agent that assigns an agent to every task without one")
 @argument("--wait", action="store_true", help="block until the run ends (interrupt the kernel to cancel it)")
 def _run(m: Any, args: Any) -> Run:
     """Start a run of the active workflow on the kernel's loop and return it at once (--wait: block)."""
@@ -136,6 +138,8 @@ def _run(m: Any, args: Any) -> Run:
         opts["cache"] = False
     if args.mode:
         opts["mode"] = args.mode
+    if args.manager:
+        opts["manager"] = args.manager
     wf = m.wf
     _refuse_if_live(wf)
     wf.namespace = m.shell.user_ns
@@ -143,6 +147,19 @@ def _run(m: Any, args: Any) -> Run:
     if running_loop() is None:  # terminal IPython: no loop runs between cells, so the run blocks
         return _show(wf.run(**opts))
     return _start(m, lambda: wf.start(**opts), args.wait)
+
+
+@command("plan")
+@magic_arguments(name="orch plan")
+@argument("goal", nargs="+", metavar="GOAL", help="what the work should reach (quote it: \"Write a market research report\")")
+@argument("--agent", metavar="NAME", required=True, help="the planner agent (an agent with an llm, e.g. llm='demo')")
+@argument("--apply", action="store_true", help="add the planned tasks to the workflow at once")
+@argument("--retries", type=int, default=2, metavar="N", help="times a refused plan is sent back (default 2)")
+def _plan(m: Any, args: Any) -> Any:
+    """An LLM decomposes GOAL into tasks (a validated, cycle-checked DAG) and returns the plan (wf.plan())."""
+    wf = m.wf
+    wf.namespace = m.shell.user_ns
+    return wf.plan(" ".join(args.goal), agent=args.agent, apply=args.apply, retries=args.retries)
 
 
 @command("retry")

@@ -223,9 +223,8 @@ class OrchMagics(Magics):
     def _define_task(self, args: Any, line: str, cell: str) -> None:
         wf = self.wf
         tid = args.id
-        if not tid.isidentifier() or tid.startswith("__"):
-            from ..errors import InvalidIdError
-            raise InvalidIdError("task", tid)
+        from ..model import check_identifier   # before compiling: `def class()` is our SyntaxError
+        check_identifier("task", tid)
         opts: dict[str, Any] = {"source": cell}
         if args.agent is not None:
             opts["agent"] = args.agent

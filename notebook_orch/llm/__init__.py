@@ -1,46 +1,35 @@
-"""LLM tasks: fill a prompt template with the task's inputs and ask the task's agent.
+"""The model layer: prompt tasks talk to models through pydantic-ai (SPEC §8).
 
-An agent's `llm` may be an async or sync callable `(prompt: str) -> str` (any client you
-already use), or the string "demo": an offline, deterministic stand-in that needs no key.
-Provider strings such as "openai:gpt-4o-mini" are resolved through pydantic-ai's model
-layer when it is installed.
+* `run_prompt(task, agent, inputs, run)`: what the scheduler awaits for a prompt task; returns
+  an already-validated answer (text, an `output_model` instance, or a route label).
+* `resolve_model(agent)`: `Agent.llm` as a pydantic-ai `Model` (provider string, string with
+  `base_url` for OpenAI-compatible servers, a Model object, a callable `(prompt) -> str`, "demo").
+* `usage_of(result_or_usage, agent)`: `(tokens_in, tokens_out, cost_usd or None)`.
+* `messages(run, task_id)`: the task's conversation as a DataFrame, from its `message` events.
+* `demo.register_answer(title, fn)`: how the offline demo model answers a structured request.
+
+Modules: `_models` (resolution, keys, HTTP retries, usage and cost), `_prompts` (system prompt,
+templates, compact values, context budget), `_conversation` (direct requests, agent runs,
+validation in the conversation, tools, streaming, events), `_convert` (messages <-> events),
+`demo` (the demo FunctionModel), `_safe` (redaction of what leaves a run).
 """
 from __future__ import annotations
 
-import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import DefinitionError
-from ..model import Agent, Task
+from ._convert import messages_frame as messages
+from ._conversation import run_prompt
+from ._models import MissingKeyError, ModelRequestError, resolve_model, usage_of
+from ._prompts import render_prompt, render_value, system_prompt
 
-__all__ = ["run_prompt", "render_prompt", "demo_complete"]
+if TYPE_CHECKING:  # pragma: no cover
+    pass
 
-
-def render_prompt(task: Task, inputs: dict[str, Any]) -> str:
-    """The prompt text: the template with `{name}` filled from the task's inputs."""
-    return (task.prompt or "").format(**inputs)
-
-
-def demo_complete(agent: Agent | None, prompt: str) -> str:
-    """Offline stand-in model: a short, deterministic answer derived from the prompt."""
-    first = next((line.strip() for line in prompt.splitlines() if line.strip()), "")
-    who = agent.name if agent else "assistant"
-    return f"[{who}] {first[:120]} ({len(prompt.split())} words considered)"
+__all__ = ["run_prompt", "resolve_model", "usage_of", "messages", "render_prompt", "render_value", "system_prompt",
+           "MissingKeyError", "ModelRequestError", "demo_complete"]
 
 
-async def run_prompt(task: Task, agent: Agent | None, inputs: dict[str, Any], run: Any = None) -> Any:
-    """Send the rendered prompt to the agent's model and return its answer."""
-    text = render_prompt(task, inputs)
-    llm = agent.llm if agent is not None else None
-    if llm is None:
-        raise DefinitionError(
-            f"task {task.id!r} is a prompt but {'its agent ' + repr(agent.name) if agent else 'it has no agent'} "
-            f"has no llm; give the agent llm='demo' (offline), a callable, or a provider string")
-    if llm == "demo":
-        return demo_complete(agent, text)
-    if callable(llm):
-        out = llm(text)
-        return await out if inspect.isawaitable(out) else out
-    raise DefinitionError(
-        f"agent {agent.name!r}: llm={llm!r} needs an LLM provider integration that this version does not "
-        f"ship yet; use llm='demo' or pass a callable (prompt -> text) that calls your client")
+def demo_complete(agent: Any, prompt: str) -> str:
+    """The demo model's text answer to `prompt` (kept for callers of the earlier API)."""
+    from .demo import _text_answer
+    return _text_answer(agent.name if agent is not None else "assistant", prompt)

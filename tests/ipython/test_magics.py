@@ -392,7 +392,7 @@ def test_orch_bad_option_gives_usage_line(ip):
     assert "invalid int value: 'many'" in str(err.value)
     assert "usage: %orch run [--concurrency N]" in str(err.value)
     with pytest.raises(UsageError, match="invalid choice"):
-        orch(ip, "run --mode hierarchical")
+        orch(ip, "run --mode parallel")
 
 
 def test_orch_commands_without_a_run(ip):
