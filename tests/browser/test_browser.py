@@ -111,8 +111,8 @@ def test_quickstart_panel_in_jupyterlab(jupyter_server, page):
     expect(static).to_be_hidden()
 
     # 4. save, stop the kernel (the widgets' models go with it), reopen: the snapshot shows what happened
-    page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})   # focus the notebook, not an output
-    page.keyboard.press("Control+s")
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^File$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Save Notebook$")).click()
     _wait_saved(jupyter_server, NOTEBOOK.name)
     for s in jupyter_server.api("/api/sessions"):
         if s["path"].endswith(NOTEBOOK.name):
