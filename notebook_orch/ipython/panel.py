@@ -354,8 +354,11 @@ class RunPanel:
     def _static_bundle(self) -> dict[str, str]:
         run = self.run
         if run is None:                                    # shown before its run starts (see prepare)
-            return {"text/html": f'<div class="norch-static" data-final="false">{self._dag_inner()}</div>{CSS}',
-                    "text/plain": "(run panel: the run is starting)"}
+            note = ("<p><i>A run started here. This snapshot is replaced by its final state when it ends, while the "
+                    "notebook is open; if it still shows this, `%orch runs` and `Run.load()` have what happened."
+                    "</i></p>")
+            return {"text/html": f'<div class="norch-static" data-final="false">{note}{self._dag_inner()}</div>{CSS}',
+                    "text/plain": "(run panel: a run started here; `%orch runs` lists what happened)"}
         if self.view is None or self.view.run != run.id:   # the first view is still waiting for its DAG
             view = view_of(run, Follow(), self.TABLE_ROWS)
             return {"text/html": snapshot_html(view, self._dag_inner()), "text/plain": summary_text(run)}
