@@ -1,4 +1,12 @@
-"""Benchmark: what the live run panel costs a 10,000-task run, and how many widget messages it sends.
+"""Benchmark: what the live run panel costs: a 50 ms task's run_s in a fresh kernel, and a 10,000-task run.
+
+First, the distortion users see: a task doing `await asyncio.sleep(0.05)` is run as the
+first run of a fresh Jupyter kernel (nbclient), with `%orch run --wait` (panel) and with
+`current().run()` (no panel); its `run_s` from `run.metrics()` is compared (target: within
+5 ms). Each side is measured in `--kernels` fresh kernels, interleaved; the minimum of each
+is compared (noise on a loaded machine only adds time, a distortion adds it every time).
+
+Then the throughput cost:
 
 A layered DAG (100 layers x 100 tasks, each task after one task of the layer above) of
 no-op async bodies is run alternately without and with a RunPanel attached, on a fresh
@@ -8,7 +16,7 @@ the messages a frontend would receive. Reported: median run time of each, their 
 of the same 10,000-node graph (render.build, i.e. render() after validation). The
 workflow has no store (`store=False`): the engine alone, and no cache hits between runs.
 
-    .venv/bin/python benchmarks/panel_overhead.py [--repeat 5] [--width 100] [--depth 100]
+    .venv/bin/python benchmarks/panel_overhead.py [--kernels 3] [--repeat 5] [--width 100] [--depth 100]
 """
 from __future__ import annotations
 
@@ -31,6 +39,37 @@ class _CountingComm(comm.DummyComm):
 
     def publish_msg(self, msg_type, data=None, metadata=None, buffers=None, **keys):  # type: ignore[no-untyped-def]
         _sent.append(msg_type)
+
+
+FIRST_RUN_CELLS = ["%load_ext notebook_orch\nimport asyncio",
+                   "%%task sleepy --no-cache\nawait asyncio.sleep(0.05)\n1"]
+WITH_PANEL = "r = %orch run --wait"
+WITHOUT_PANEL = "from notebook_orch.ipython import current\nr = current().run()"
+API_PANEL = "from notebook_orch.ipython import current\nr = current().start()\ndisplay(r)\nr.wait();"
+
+
+def first_run_s(panel: bool | str, cwd: str | None = None) -> float:
+    """run_s of the 50 ms task on the first run of a fresh kernel, with the run panel (`%orch run --wait`),
+    without it, or with `panel="api"` shown by displaying `wf.start()`'s Run."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    run = API_PANEL if panel == "api" else WITH_PANEL if panel else WITHOUT_PANEL
+    cells = [*FIRST_RUN_CELLS, run,
+             "print(float(r.metrics().loc['sleepy', 'run_s']))"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": cwd}} if cwd else {}
+                   ).execute()
+    return float("".join(o.text for o in nb.cells[-1].outputs if o.output_type == "stream"))
+
+
+def first_run_overhead(kernels: int, cwd: str | None = None) -> tuple[list[float], list[float]]:
+    """(run_s with the panel, run_s without), one fresh kernel each, interleaved."""
+    with_p, without = [], []
+    for _ in range(kernels):
+        with_p.append(first_run_s(True, cwd))
+        without.append(first_run_s(False, cwd))
+    return with_p, without
 
 
 def layered(width: int, depth: int) -> Workflow:
@@ -65,10 +104,23 @@ def once(wf: Workflow, panel: bool) -> tuple[float, float, float, int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kernels", type=int, default=3, help="fresh kernels per side for the 50 ms task (0: skip)")
     ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--width", type=int, default=100)
     ap.add_argument("--depth", type=int, default=100)
     args = ap.parse_args()
+    if args.kernels:
+        import tempfile
+        with tempfile.TemporaryDirectory() as cwd:
+            with_p, without = first_run_overhead(args.kernels, cwd)
+        print(f"50 ms task, first run in a fresh kernel, run_s (ms): with panel "
+              f"{', '.join(f'{x * 1000:.1f}' for x in with_p)}; without {', '.join(f'{x * 1000:.1f}' for x in without)}")
+        print(f"  min with panel - min without: {(min(with_p) - min(without)) * 1000:+.1f} ms (target: within 5 ms); "
+              f"medians: {(statistics.median(with_p) - statistics.median(without)) * 1000:+.1f} ms")
+        with tempfile.TemporaryDirectory() as cwd:
+            api = [first_run_s("api", cwd) for _ in range(args.kernels)]
+        print(f"  Python API (wf.start() displayed): {', '.join(f'{x * 1000:.1f}' for x in api)} ms; min - min "
+              f"without: {(min(api) - min(without)) * 1000:+.1f} ms")
     comm.create_comm = lambda *a, **kw: _CountingComm(*a, **kw)
 
     wf = layered(args.width, args.depth)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .workflow import Workflow
 
 __all__ = ["render", "build", "svg_html", "DagGraph", "Timings", "PALETTE", "GROUPS", "FORMATS", "RANKDIRS",
-           "INSTALL_HINT"]
+           "INSTALL_HINT", "format_secs"]
 
 # status -> (fill colour, font colour, extra style). Fixed: docs, panel and tests rely on it.
 PALETTE: dict[str, tuple[str, str, str]] = {
@@ -171,7 +171,7 @@ def build(graph: "Graph", tasks: Mapping[str, "Task"], run: "Run | None" = None,
     g = DagGraph(name=name, body=body, format="png" if format == "png" else "svg",
                  graph_attr=_graph_attr(graph, rankdir, compact),
                  node_attr={"shape": "box", "style": "filled,rounded", "fontname": "Helvetica",
-                            "fontsize": "9" if compact else "10", "margin": "0.08,0.04"},
+                            "fontsize": "9" if compact else "10", "margin": "0.14,0.05"},  # room for thick borders
                  edge_attr={"color": "#555555", "arrowsize": "0.6", "fontname": "Helvetica",
                             "fontsize": "8"})
     g._orch_format = format
@@ -191,10 +191,14 @@ def _q(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _secs(x: float | None) -> str:
+def format_secs(x: float | None) -> str:
+    """'250 ms', '3.2 s', '4.5 min' ('' for None): durations as the picture and the panel show them."""
     if x is None:
         return ""
     return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.1f} s" if x < 100 else f"{x / 60:.1f} min"
+
+
+_secs = format_secs
 
 
 def _node_line(tid: str, task: "Task", status: str, times: Timings | None, compact: bool,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import LoopError, OrchError, RunCancelledError, TaskFailedError, UnknownNameError
-from .events import TERMINAL, Event
+from .events import STATUSES, TERMINAL, Event
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -17,7 +17,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .state import RunState
     from .workflow import Workflow
 
-__all__ = ["Run", "PastRun"]
+__all__ = ["Run", "PastRun", "counts_text"]
+
+
+# --- display (nb engineer): the counts line, written once; the notebook layer registers the live panel
+def counts_text(counts: dict[str, int]) -> str:
+    """'3 succeeded, 1 failed': status counts in the order of events.STATUSES (zeros left out)."""
+    return ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
+# --- end display
 
 
 class Run:
@@ -281,14 +288,18 @@ class Run:
         """Seconds since the run started (its makespan once done)."""
         return self.state.elapsed(time.time())
 
-    def _ipython_display_(self) -> None:
-        """In a notebook: the live run panel (widgets), or a static summary where widgets cannot show."""
-        from .ipython.display import display_run
-        display_run(self)
+    # --- display (nb engineer): a plain rich repr; `%load_ext notebook_orch` registers the live panel
+    def _repr_html_(self) -> str:
+        import html
+        rows = "".join(f"<tr><td>{html.escape(t)}</td><td>{st}</td></tr>" for t, st in list(self.statuses.items())[:50])
+        more = len(self.statuses) - 50
+        return (f"<p><b>Run {html.escape(self.id)}</b>: {self.status} ({html.escape(counts_text(self.counts()))})</p>"
+                f"<table><tr><th>task</th><th>status</th></tr>{rows}</table>"
+                + (f"<p>… {more} more tasks</p>" if more > 0 else ""))
 
     def __repr__(self) -> str:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items()))
-        return f"<Run {self.id} {self.status}: {len(self.state.ids)} tasks ({counts})>"
+        return f"<Run {self.id} {self.status}: {len(self.state.ids)} tasks ({counts_text(self.counts())})>"
+    # --- end display
 
     def messages(self, task_id: str) -> "pd.DataFrame":
         """The prompt task's conversation: role, content, tool, tokens (secrets redacted)."""
@@ -326,5 +337,5 @@ class PastRun:
         return Run.load(self.id, None if self._store is True else self._store)
 
     def __repr__(self) -> str:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
-        return f"<PastRun {self.id} {self.status}: {sum(self.counts.values())} tasks ({counts}); .load() reads it back>"
+        return (f"<PastRun {self.id} {self.status}: {sum(self.counts.values())} tasks ({counts_text(self.counts)}); "
+                f".load() reads it back>")

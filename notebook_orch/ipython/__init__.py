@@ -10,10 +10,13 @@ _MAGICS = {"line": ("orch", "agent"), "cell": ("agent", "task")}
 
 def load(ipython: Any) -> None:
     """Register %%agent, %%task and %orch on the shell (`%load_ext notebook_orch`)."""
-    from . import commands  # noqa: F401 - registers the %orch subcommands
+    from . import commands, display
     from .magics import OrchMagics
 
+    OrchMagics.dispatch = staticmethod(commands.dispatch)   # type: ignore[assignment]
+    OrchMagics.orch.__doc__ = commands.overview()            # `%orch?` lists the registered subcommands
     ipython.register_magics(OrchMagics(ipython))
+    display.register(ipython)
 
 
 def unload(ipython: Any) -> None:
@@ -28,6 +31,8 @@ def unload(ipython: Any) -> None:
             if fn is not None and isinstance(getattr(fn, "__self__", None), OrchMagics):
                 del table[name]
     mm.registry.pop(OrchMagics.__name__, None)
+    from . import display
+    display.unregister(ipython)
 
 
 def current(ipython: Any = None) -> Any:

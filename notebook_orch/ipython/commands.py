@@ -21,7 +21,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..errors import OrchError, closest
-from ..run import Run
+from ..run import Run, counts_text
+from .args import parse, usage_line
+from .args import split as _split
 
 __all__ = ["COMMANDS", "command", "dispatch", "overview"]
 
@@ -34,7 +36,6 @@ def command(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         if not hasattr(fn, "parser"):
             raise TypeError(f"%orch {name}: decorate the function with @magic_arguments(name='orch {name}') first")
         COMMANDS[name] = fn
-        _refresh_doc()
         return fn
     return register
 
@@ -42,19 +43,14 @@ def command(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 def overview() -> str:
     """The %orch help: every subcommand's usage line and first doc line."""
     lines = ["%orch COMMAND [options]: run and inspect the active workflow (`%orch COMMAND --help` for details).", ""]
-    from .magics import usage_line
     for name, fn in COMMANDS.items():
-        usage = usage_line(fn.parser)
-        doc = (fn.parser.description or "").strip().splitlines()
+        parser = fn.parser  # type: ignore[attr-defined]
+        usage = usage_line(parser)
+        doc = (parser.description or "").strip().splitlines()
         lines.append(f"  {usage}")
         if doc:
             lines.append(f"      {doc[0]}")
     return "\n".join(lines)
-
-
-def _refresh_doc() -> None:
-    from .magics import OrchMagics
-    OrchMagics.orch.__doc__ = overview()
 
 
 def dispatch(m: Any, line: str) -> Any:
@@ -70,18 +66,13 @@ def dispatch(m: Any, line: str) -> Any:
         hint = f"did you mean {' or '.join(near)}? " if near else ""
         raise UsageError(f"%orch: unknown command {name!r}; {hint}commands: {', '.join(COMMANDS)}\n"
                          f"usage: %orch COMMAND [options]  (`%orch?` lists them)")
-    from .magics import _parse
-    args = _parse(fn, rest)
+    args = parse(fn, rest)
     if args is None:   # --help was printed
         return None
     return m._call(lambda: fn(m, args))
 
 
 # ---------------------------------------------------------------- shared helpers
-def _split(text: str | None) -> list[str]:
-    return [s.strip() for s in (text or "").split(",") if s.strip()]
-
-
 def _last_run(m: Any) -> Run:
     run = m.wf.last_run
     if run is None:
@@ -97,15 +88,22 @@ def _refuse_if_live(wf: Any) -> None:
                         f"(`await run`), or stop it with `%orch cancel`, before starting another")
 
 
-def _show(run: Run) -> Run:
-    from IPython.display import display
-    display(run)
+def _show(run: Run, panel: Any = None) -> Run:
+    from .display import display_run
+    display_run(run, panel)
     return run
 
 
 def _start(m: Any, launch: Callable[[], Run], wait: bool) -> Run:
-    run = launch()
-    _show(run)
+    from .display import prepare
+    panel = prepare(m.wf)      # widgets and the first DAG are built before the run's clock starts
+    try:
+        run = launch()
+    except BaseException:      # refused before it started: the error is the cell's output, not an empty panel
+        if panel is not None:
+            panel.discard()
+        raise
+    _show(run, panel)
     if wait:
         try:
             run.wait()
@@ -216,7 +214,7 @@ def _resume(m: Any, args: Any) -> None:
 
 
 def _counts(run: Run) -> str:
-    return ", ".join(f"{n} {s}" for s, n in sorted(run.counts().items()))
+    return counts_text(run.counts())
 
 
 # ---------------------------------------------------------------- inspecting
@@ -236,7 +234,7 @@ def _status(m: Any, args: Any) -> Any:
     now = run.elapsed()
     from ..redact import learn_run, redact
     from ..store import cache_column
-    learn_run(run)              # -- redaction: secret-named globals of the bodies are masked too
+    learn_run(run)              # secret-named globals of the bodies are masked too
     cache = cache_column(run)   # where a cached output came from, or why a task is not cacheable (redacted)
     rows = []
     for t, st in run.statuses.items():
@@ -245,8 +243,28 @@ def _status(m: Any, args: Any) -> Any:
         rows.append({"task": t, "status": st, "agent": run.tasks[t].agent, "attempts": run.attempts[t],
                      "elapsed_s": None if took is None else round(took, 3),
                      "cache": cache.get(t, ""),
-                     "error": None if err is None else redact(f"{type(err).__name__}: {err}")})  # -- redaction
-    return pd.DataFrame(rows).set_index("task")
+                     "error": None if err is None else redact(f"{type(err).__name__}: {err}")})
+    return _wide(pd.DataFrame(rows).set_index("task"))
+
+
+def _wide(df: Any) -> Any:
+    """The frame, shown without pandas cutting long cells ('…' after 50 characters)."""
+    import pandas as pd
+
+    class Wide(pd.DataFrame):
+        @property
+        def _constructor(self) -> Any:
+            return pd.DataFrame
+
+        def _repr_html_(self) -> Any:
+            with pd.option_context("display.max_colwidth", None):
+                return pd.DataFrame._repr_html_(self)  # type: ignore[attr-defined]
+
+        def __repr__(self) -> str:
+            with pd.option_context("display.max_colwidth", None, "display.width", 0, "display.max_columns", None):
+                return super().__repr__()
+
+    return Wide(df)
 
 
 @command("results")

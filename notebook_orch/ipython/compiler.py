@@ -16,6 +16,10 @@ How a body becomes a function (SPEC §3):
   prologue deletes it, so reading it raises UnboundLocalError as in a plain cell.
 * The cell text is registered in `linecache` under `<task ID>` and every node keeps its
   line number in the cell, so tracebacks show the cell's own lines.
+* pyplot figures the body creates are detached from pyplot when it ends (`_Figures`):
+  they stay the task's output (or its side effect) instead of being shown under whatever
+  cell runs next, and a stored figure is not re-registered with pyplot when the cache
+  loads it (matplotlib restores only figures pyplot held when they were pickled).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import builtins
 import itertools
 import linecache
 import symtable
+import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +40,8 @@ __all__ = ["CompiledBody", "TaskSyntaxError", "compile_body", "filename_for"]
 _BUILTINS = frozenset(dir(builtins))
 _SENTINEL_NAME = "__nb_unbound__"
 _FACTORY_NAME = "__nb_factory__"
+_FIGS_NAME = "__nb_figures__"      # closure variable: the _Figures helper
+_MARK_NAME = "__nb_fig_mark__"     # local: pyplot's figures when the body started
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 
 
@@ -128,7 +135,7 @@ def compile_body(task_id: str, body: str, *, header: str | None = None, keep: Co
     scratch: dict[str, Any] = {"__builtins__": ns.get("__builtins__", builtins)} if globals_ is not None else ns
     exec(code, scratch)
     factory = scratch.pop(_FACTORY_NAME)
-    fn = factory(UNBOUND)
+    fn = factory(UNBOUND, _FIGURES)
     if globals_ is not None:  # look up non-parameters (builtins) in the notebook's namespace
         fn = _rebind_globals(fn, ns)
     _register(task_id, fn)
@@ -341,12 +348,23 @@ def _function(task_id: str, stmts: list[ast.stmt], required: list[str], optional
                                 comparators=[ast.Name(id=_SENTINEL_NAME, ctx=ast.Load())]),
                body=[ast.Delete(targets=[ast.Name(id=n, ctx=ast.Del())])], orelse=[])
         for n in optional]
+    figs = ast.Name(id=_FIGS_NAME, ctx=ast.Load())
+    mark = ast.Assign(targets=[ast.Name(id=_MARK_NAME, ctx=ast.Store())],
+                      value=ast.Call(func=ast.Attribute(value=figs, attr="mark", ctx=ast.Load()), args=[], keywords=[]))
+    release = ast.Expr(value=ast.Call(func=ast.Attribute(value=figs, attr="release", ctx=ast.Load()),
+                                      args=[ast.Name(id=_MARK_NAME, ctx=ast.Load())], keywords=[]))
+    body: list[ast.stmt] = [mark, ast.Try(body=prologue + stmts, handlers=[], orelse=[], finalbody=[release])]
     cls = ast.AsyncFunctionDef if is_async else ast.FunctionDef
-    return cls(name=task_id, args=args, body=prologue + stmts, decorator_list=[], returns=None,
-               type_comment=None, **({"type_params": []} if _HAS_TYPE_PARAMS else {}))
+    return cls(name=task_id, args=args, body=body, decorator_list=[], returns=None,
+               type_comment=None, **_type_params())
 
 
 _HAS_TYPE_PARAMS = "type_params" in ast.FunctionDef._fields
+
+
+def _type_params() -> dict[str, Any]:
+    """The `type_params` field function nodes need on Python 3.12+ (absent before)."""
+    return {"type_params": []} if _HAS_TYPE_PARAMS else {}
 
 
 def _factory_module(task_id: str, stmts: list[ast.stmt], required: tuple[str, ...],
@@ -354,16 +372,39 @@ def _factory_module(task_id: str, stmts: list[ast.stmt], required: tuple[str, ..
     fn = _function(task_id, stmts, list(required), list(optional), is_async)
     factory = ast.FunctionDef(
         name=_FACTORY_NAME,
-        args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=_SENTINEL_NAME)], vararg=None, kwonlyargs=[],
+        args=ast.arguments(posonlyargs=[], args=[ast.arg(arg=_SENTINEL_NAME), ast.arg(arg=_FIGS_NAME)],
+                           vararg=None, kwonlyargs=[],
                            kw_defaults=[], kwarg=None, defaults=[]),
         body=[fn, ast.Return(value=ast.Name(id=task_id, ctx=ast.Load()))],
-        decorator_list=[], returns=None, type_comment=None, **({"type_params": []} if _HAS_TYPE_PARAMS else {}))
+        decorator_list=[], returns=None, type_comment=None, **_type_params())
     mod = ast.Module(body=[factory], type_ignores=[])
     for node in ast.walk(mod):  # wrapper nodes sit on line 1, the magic line of the cell
         if "lineno" in node._attributes and not hasattr(node, "lineno"):
             node.lineno = node.end_lineno = 1  # type: ignore[attr-defined]
             node.col_offset = node.end_col_offset = 0  # type: ignore[attr-defined]
     return ast.fix_missing_locations(mod)
+
+
+class _Figures:
+    """Detaches the pyplot figures a body made from pyplot when the body ends (free when pyplot is not imported)."""
+
+    @staticmethod
+    def mark() -> Any:
+        helpers = sys.modules.get("matplotlib._pylab_helpers")
+        return None if helpers is None else set(map(id, helpers.Gcf.figs.values()))
+
+    @staticmethod
+    def release(mark: Any) -> None:
+        helpers = sys.modules.get("matplotlib._pylab_helpers")
+        if helpers is None:
+            return
+        figs = helpers.Gcf.figs
+        for num, manager in list(figs.items()):
+            if mark is None or id(manager) not in mark:
+                figs.pop(num, None)      # not plt.close: the figure stays whole (and no gc.collect)
+
+
+_FIGURES = _Figures()
 
 
 class _Cells:

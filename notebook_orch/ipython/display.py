@@ -1,53 +1,130 @@
-"""How a Run shows itself: the live widget panel in a kernel, a static summary everywhere else.
+"""How a Run shows itself in IPython: registered for `Run` at `%load_ext`, a live panel in a kernel, text elsewhere.
 
-`display_run(run)` (what `Run._ipython_display_` calls, hence `display(run)`, `%orch run`
-and `wf.start()` as a cell's last expression) shows one panel per run and per cell:
-the magic both displays the run and returns it, and the second display in the same
-cell (same IPython execution_count) shows nothing more. The bundle always carries a
-static HTML summary and text/plain next to the widget view, so nbconvert HTML, terminal
-IPython and frontends without the widget manager show the summary instead of failing.
+`register(shell)` adds `display_run` to the shell's `ipython_display_formatter` for `Run`
+(the core keeps only a plain `_repr_html_`/`__repr__` and knows nothing of this layer).
+`display_run(run)` (hence `display(run)`, `%orch run` and `wf.start()` as a cell's last
+expression) shows one panel per run and per cell: the magic both displays the run and
+returns it, and the second display in the same cell (same IPython execution_count) shows
+nothing more. A panel displays as two outputs: the live widget, and the static snapshot
+(`snapshot.snapshot_html`) that saved notebooks, nbconvert and GitHub show where the widget
+cannot (see the panel).
+
+The `%orch run` path builds the panel *before* the run starts (`prepare`), so importing
+ipywidgets, creating the widgets and drawing the first DAG never run on the run's clock.
+A run started by the Python API (`wf.start()` then displayed) gets a *spare* panel, built
+at `%load_ext` and again a moment after each run that used one has ended, for the same
+reason; without a spare (two such runs at once) the panel is built on the spot.
 """
 from __future__ import annotations
 
-import html
+import asyncio
 import weakref
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from ..events import STATUSES, TERMINAL
-from ..render import PALETTE
+from ..run import Run
+from .snapshot import summary_text
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..run import Run
+    from .panel import RunPanel
 
-__all__ = ["display_run", "summary_html", "summary_text", "counts_text"]
+__all__ = ["register", "unregister", "display_run", "prepare"]
 
-_SUMMARY_ROWS = 500                                          # static tables stop here ("… N more")
 _shown: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()   # run -> execution_count shown in
+_spare: "list[RunPanel]" = []      # at most one panel built ahead, never shown yet
+_followed: "weakref.WeakSet[Run]" = weakref.WeakSet()   # runs shown with a panel (a spare waits while one is live)
+REFILL_AFTER_S = 0.5               # a spare is built this long after the run that used the last one ended
 
 
-def display_run(run: "Run") -> None:
+def register(shell: Any) -> None:
+    """Show every `Run` (and StoredRun) through `display_run` in this shell."""
+    shell.display_formatter.ipython_display_formatter.for_type(Run, display_run)
+    if getattr(shell, "kernel", None) is not None:
+        _refill()                  # ipywidgets imported and a panel built now, not on the clock of a run
+
+
+def unregister(shell: Any) -> None:
+    shell.display_formatter.ipython_display_formatter.type_printers.pop(Run, None)
+
+
+def prepare(workflow: Any) -> "RunPanel | None":
+    """A panel for `workflow`'s next run, built and shown in this cell before the run starts; `display_run(run,
+    panel)` then attaches it. None outside a kernel (or if it fails: display_run will make one and say why)."""
+    ip = _shell()
+    if ip is None or getattr(ip, "kernel", None) is None:
+        return None
+    try:
+        from .panel import RunPanel
+        panel = RunPanel.prepare(workflow, _spare.pop() if _spare else None)
+        panel.show()
+        import sys
+        sys.stdout.flush()   # ipykernel: waits until the IOPub thread has sent the widgets, before the run's clock
+        return panel
+    except Exception:
+        return None
+
+
+def display_run(run: Run, panel: "RunPanel | None" = None) -> None:
     """Show `run`: its live panel in a kernel with widgets, else a static summary. Never raises."""
     from IPython.display import display
 
     try:
         ip = _shell()
         if ip is None or getattr(ip, "kernel", None) is None:   # plain Python, terminal IPython
-            display(static_bundle(run), raw=True)
+            display({"text/plain": summary_text(run), "text/html": run._repr_html_()}, raw=True)
             return
         count = getattr(ip, "execution_count", None)
         if count is not None and _shown.get(run) == count:
             return                                               # already shown by this cell
         from .panel import RunPanel
 
-        panel = run._display if isinstance(run._display, RunPanel) else RunPanel(run)
-        run._display = panel
+        if panel is None and _spare and not run.done and not isinstance(run._display, RunPanel):
+            panel = _spare.pop()                       # built ahead: shown now, attached off the clock
+            panel.show()
+        if panel is not None and panel.run is None:   # prepared (and shown) before the run started
+            run._display = panel
+            _followed.add(run)
+            if not _spare:
+                _refill_after(run)
+            if count is not None:
+                _shown[run] = count
+            try:     # attach after the first tasks have taken their first step (call_soon is FIFO)
+                asyncio.get_running_loop().call_soon(panel.attach, run)
+            except RuntimeError:
+                panel.attach(run)
+            return
+        shown = run._display if isinstance(run._display, RunPanel) else RunPanel(run)
         if count is not None:
             _shown[run] = count
-        panel._show()
+        shown.show()
     except Exception as exc:  # showing a run must never break the cell that produced it
         display({"text/plain": f"{run!r}\n(the run panel could not be shown: {type(exc).__name__}: {exc})"},
                 raw=True)
+
+
+def _refill() -> None:
+    """Build the spare panel if there is none (a kernel with widgets only; never raises)."""
+    if _spare:
+        return
+    if any(not r.done for r in _followed):   # not on a live run's clock: try again later
+        _refill_after(next(r for r in _followed if not r.done))
+        return
+    try:
+        from .panel import RunPanel
+        _spare.append(RunPanel())
+    except Exception:  # no widgets: panels are built on the spot (and display_run says why they fail)
+        pass
+
+
+def _refill_after(run: Run) -> None:
+    """A new spare, a moment after `run` (which took the last one) has ended: off every run's clock."""
+    from .panel import when_finished
+
+    def later() -> None:
+        try:
+            asyncio.get_running_loop().call_later(REFILL_AFTER_S, _refill)
+        except RuntimeError:
+            pass
+    when_finished(run, later)
 
 
 def _shell() -> Any:
@@ -56,61 +133,3 @@ def _shell() -> Any:
     except ImportError:  # pragma: no cover - IPython is a dependency
         return None
     return get_ipython()
-
-
-def static_bundle(run: "Run") -> dict[str, str]:
-    """The run as text/html and text/plain (no widgets)."""
-    return {"text/html": summary_html(run), "text/plain": summary_text(run)}
-
-
-def counts_text(counts: dict[str, int]) -> str:
-    """'3 succeeded, 1 failed' in the order of events.STATUSES."""
-    return ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
-
-
-def summary_text(run: "Run") -> str:
-    """One line per run plus one per task (capped): plain text for terminals and logs."""
-    statuses = run.statuses
-    lines = [f"Run {run.id}: {run.status}, {run.elapsed():.1f} s, {len(statuses)} tasks "
-             f"({counts_text(Counter(statuses.values()))})"]
-    errors = run.errors
-    for k, (tid, st) in enumerate(statuses.items()):
-        if k == _SUMMARY_ROWS:
-            lines.append(f"  … {len(statuses) - k} more")
-            break
-        err = errors.get(tid) if st == "failed" else None
-        lines.append(f"  {tid}: {st}" + (f" ({type(err).__name__}: {_first_line(err)})" if err else ""))
-    return "\n".join(lines)
-
-
-def summary_html(run: "Run") -> str:
-    """A static HTML summary: run id and status, counts per status, and a status table of the tasks."""
-    statuses = run.statuses
-    counts = Counter(statuses.values())
-    done = sum(n for s, n in counts.items() if s in TERMINAL)
-    chips = " ".join(_chip(s, counts[s]) for s in STATUSES if counts.get(s))
-    rows = []
-    errors = run.errors
-    for k, (tid, st) in enumerate(statuses.items()):
-        if k == _SUMMARY_ROWS:
-            rows.append(f'<tr><td colspan="3">… {len(statuses) - k} more tasks</td></tr>')
-            break
-        err = errors.get(tid) if st == "failed" else None
-        rows.append(f'<tr data-task="{html.escape(tid)}" data-status="{st}"><td>{html.escape(tid)}</td>'
-                    f'<td>{_chip(st)}</td><td>{html.escape(_first_line(err)) if err else ""}</td></tr>')
-    return (f'<div class="norch-summary"><p><b>Run {html.escape(run.id)}</b>: {html.escape(run.status)}, '
-            f"{done}/{len(statuses)} tasks finished in {run.elapsed():.1f} s</p><p>{chips}</p>"
-            f'<table><thead><tr><th>task</th><th>status</th><th>error</th></tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div>')
-
-
-def _chip(status: str, n: int | None = None) -> str:
-    fill, font, _ = PALETTE.get(status, PALETTE["pending"])
-    text = status if n is None else f"{n} {status}"
-    return (f'<span class="norch-chip" data-status="{status}" style="background:{fill};color:{font};'
-            f'padding:0 6px;border-radius:8px;border:1px solid #999;white-space:nowrap">{text}</span>')
-
-
-def _first_line(err: Any, limit: int = 160) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"

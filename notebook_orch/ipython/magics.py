@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import builtins
-import shlex
 import types
 import weakref
 from collections.abc import Callable
@@ -17,6 +16,11 @@ from ..errors import CycleError, DefinitionError, OrchError, UnknownNameError, c
 from ..graph import build_graph
 from ..model import EXECUTORS, TRIGGERS, Agent, Task
 from ..workflow import Workflow
+from .args import parse as _parse
+from .args import parse_resources as _parse_resources
+from .args import parse_routes as _parse_routes
+from .args import short_error
+from .args import split as _split
 from .compiler import compile_body
 
 __all__ = ["OrchMagics", "Registry", "registry", "short_error"]
@@ -60,50 +64,12 @@ def registry(shell: Any) -> Registry:
     return reg
 
 
-# ---------------------------------------------------------------- errors
-def short_error(exc: OrchError) -> OrchError:
-    """The same exception, shown by IPython as its message only (no traceback of our internals).
-
-    IPython calls `_render_traceback_()` when an exception has it; the class stays the
-    notebook_orch one, so `except DefinitionError` and the kernel's `ename` are unchanged.
-    """
-    lines = [f"{type(exc).__name__}: {exc}"]
-    exc._render_traceback_ = lambda: lines  # type: ignore[attr-defined]
-    return exc
-
-
-def _split(text: str | None) -> list[str]:
-    return [s.strip() for s in (text or "").split(",") if s.strip()]
-
-
-def _parse_routes(text: str) -> dict[str, list[str]]:
-    routes: dict[str, list[str]] = {}
-    for part in _split(text):
-        label, sep, targets = part.partition(":")
-        names = [t.strip() for t in targets.split("+") if t.strip()]
-        if not sep or not label.strip() or not names:
-            raise DefinitionError(
-                f"--routes entry {part!r} is not LABEL:TASK; write e.g. "
-                f"--routes technical:tech_support,billing:billing_support (several tasks: complex:escalate+notify)")
-        routes.setdefault(label.strip(), []).extend(names)
-    return routes
-
-
-def _parse_resources(text: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for part in _split(text):
-        name, sep, n = part.partition("=")
-        try:
-            out[name.strip()] = int(n) if sep else 1
-        except ValueError:
-            raise DefinitionError(f"--resources entry {part!r} is not NAME=COUNT; write e.g. --resources gpu=1,api=2") from None
-    return out
-
-
 # ---------------------------------------------------------------- the magics
 @magics_class
 class OrchMagics(Magics):
     """%%agent, %%task and %orch: define agents and tasks cell by cell, then run and inspect the workflow."""
+
+    shell: Any   # always set: the magics are registered on a shell
 
     def __init__(self, shell: Any):
         super().__init__(shell)
@@ -215,12 +181,7 @@ class OrchMagics(Magics):
         old = self.wf.agents.get(agent.name)
         self.wf.agent(agent)
         verb = "redefined" if old is not None else "defined"
-        extra = [f"llm={agent.llm!r}" if isinstance(agent.llm, str) else ""]
-        if agent.max_concurrency:
-            extra.append(f"max_concurrency={agent.max_concurrency}")
-        if agent.rate_limit:
-            extra.append(f"rate_limit={agent.rate_limit}")
-        text = ", ".join(e for e in extra if e)
+        text = ", ".join(_echo(agent))
         print(f"✓ {verb} agent {agent.name}" + (f" ({text})" if text else "") + f" in workflow {self.wf.name!r}")
 
     # ------------------------------------------------------------ %%task
@@ -338,9 +299,11 @@ class OrchMagics(Magics):
     # ------------------------------------------------------------ %orch
     @line_magic
     def orch(self, line: str) -> Any:
-        """(replaced by the command overview; see commands.py)"""
-        from .commands import dispatch
-        return dispatch(self, line)
+        """(the %orch command overview; `load()` writes it here from the registered commands)"""
+        return self.dispatch(self, line)
+
+    # `load()` sets this to commands.dispatch: the %orch subcommands are plugged in, not imported here
+    dispatch: Callable[[Any, str], Any] = staticmethod(lambda m, line: None)  # type: ignore[assignment]
 
 
 def _without_forward_refs(wf: Workflow, tid: str) -> tuple[dict[str, Task], list[str]]:
@@ -403,6 +366,8 @@ def _confirmation(wf: Workflow, task: Task, pending: list[str], ns: Any, redefin
         down = []
     if redefined and down:
         text += f"\n  now stale downstream: {', '.join(down)}"
+    if task.prompt is not None and task.agent is None:
+        text += "\n  note: no agent yet: give one with --agent, or run with --mode hierarchical (a manager assigns it)"
     if pending:
         text += (f"\n  note: {', '.join(repr(p) for p in pending)} {'are' if len(pending) > 1 else 'is'} not defined "
                  f"yet; define {'them' if len(pending) > 1 else 'it'} before running")
@@ -423,24 +388,25 @@ def _did_you_mean(names: list[str], choices: list[str]) -> str:
     return ""
 
 
+def _echo(agent: Agent) -> list[str]:
+    """`field=value` for every field the definition set (on the line or in the body), in Agent's field order;
+    long text cut, tools and model objects by name."""
+    out = []
+    for name in Agent.model_fields:
+        if name == "name" or name not in agent.model_fields_set:
+            continue
+        value = getattr(agent, name)
+        if name == "tools":
+            shown = "[" + ", ".join(getattr(t, "__name__", type(t).__name__) for t in value) + "]"
+        elif name == "llm" and not isinstance(value, str):
+            shown = getattr(value, "__name__", type(value).__name__)
+        elif isinstance(value, str):
+            shown = repr(value if len(value) <= 40 else value[:39] + "…")
+        else:
+            shown = repr(value)
+        out.append(f"{name}={shown}")
+    return out
+
+
 def _agent_fields() -> list[str]:
     return [f for f in Agent.model_fields if f != "name"]
-
-
-def _parse(magic: Callable[..., Any], line: str) -> Any:
-    """Parse a magic line with the magic's parser; a UsageError that carries the usage line on misuse."""
-    parser = magic.parser  # type: ignore[attr-defined]
-    if {"-h", "--help"} & set(line.split()):
-        print(parser.format_help())
-        return None
-    try:
-        return parser.parse_args(shlex.split(line))   # POSIX quoting: --description "two words"
-    except UsageError as exc:
-        raise UsageError(f"{exc}\nusage: {usage_line(parser)}\n(`{usage_line(parser).split(' [')[0]} --help` for details)") from None
-    except ValueError as exc:  # unbalanced quotes in the line
-        raise UsageError(f"{exc}\nusage: {usage_line(parser)}") from None
-
-
-def usage_line(parser: Any) -> str:
-    """The parser's usage on one line, without the reST decoration IPython's formatter adds."""
-    return " ".join(parser.format_usage().replace("::", " ").split()).removeprefix("usage: ")

@@ -299,8 +299,9 @@ def cache_column(run: Any) -> dict[str, str]:
     for t, st in run.statuses.items():
         if t in notp:
             text = "not persisted: " + notp[t]
-        elif st == "cached":
-            text = "cached from " + where.get(t, "the store")
+        elif st == "cached":   # 'reused from run X' (retry, only=/from_) or 'cached from store: run X (…)'
+            w = where.get(t, "the store")
+            text = w if w.startswith("reused") else "cached from " + w
         elif t in unc:
             text = unc[t]
         elif st == "succeeded":

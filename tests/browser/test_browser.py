@@ -1,4 +1,5 @@
-"""The quickstart notebook in real JupyterLab + headless Chromium: run all, live DAG, Re-run and Cancel from the panel.
+"""The quickstart notebook in real JupyterLab + headless Chromium: run all, live DAG, Re-run and Cancel from the
+panel, then save, stop the kernel and reopen: the panel's final state is there as a static snapshot.
 
 Screenshots go to artifacts/screenshots/ under the repository root (the path is printed).
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+import urllib.request
 from pathlib import Path
 
 import nbformat
@@ -103,5 +105,45 @@ def test_quickstart_panel_in_jupyterlab(jupyter_server, page):
     page.screenshot(path=str(SHOTS / "4-cancelled.png"))
     panel.screenshot(path=str(SHOTS / "5-panel-cancelled.png"))
 
+    # while the widget is live, its static snapshot (the next output) is hidden
+    static = page.locator(".norch-static").first
+    expect(static).to_be_attached()
+    expect(static).to_be_hidden()
+
+    # 4. save, stop the kernel (the widgets' models go with it), reopen: the static snapshot shows instead.
+    # Its content is the last state JupyterLab applied: JupyterLab routes a display update only to a cell
+    # whose request is still being handled, so a run that ends after its cell did may leave an older
+    # snapshot (the final state is checked deterministically through nbclient in tests/ipython).
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^File$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Save Notebook$")).click()
+    _wait_saved(jupyter_server, NOTEBOOK.name)
+    for s in jupyter_server.api("/api/sessions"):
+        if s["path"].endswith(NOTEBOOK.name):
+            req = urllib.request.Request(jupyter_server.url(f"/api/sessions/{s['id']}"), method="DELETE")
+            urllib.request.urlopen(req, timeout=10).close()
+    page.reload()
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    static = page.locator(".norch-static").first
+    expect(static).to_be_visible(timeout=30_000)
+    expect(static.locator(".norch-dag svg g.node title")).to_have_count(len(tasks))
+    expect(page.locator(".jp-OutputArea-output", has_text="model not found").first).to_be_hidden()
+    static.scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / "6-reopened-static-snapshot.png"))
+    static.screenshot(path=str(SHOTS / "7-static-snapshot.png"))
+    print(f"[browser] reopened snapshot: run status {static.get_attribute('data-run-status')}, "
+          f"final {static.get_attribute('data-final')}")
+
     assert not errors, errors
     print(f"[browser] took {time.time() - t0:.1f} s")
+
+
+def _wait_saved(server, name: str) -> None:
+    """Until the saved file holds the panel's static snapshot output."""
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        cells = server.api(f"/api/contents/{name}")["content"]["cells"]
+        html = [o.get("data", {}).get("text/html", "") for c in cells for o in c.get("outputs", [])]
+        if any('class="norch-static"' in h for h in html):
+            return
+        time.sleep(0.25)
+    raise AssertionError("the saved notebook does not hold the panel's static snapshot")

@@ -44,6 +44,34 @@ def test_load_and_unload_extension(ip):
     assert ip.find_cell_magic("task") is not None and ip.find_cell_magic("agent") is not None
 
 
+def test_the_extension_registers_how_a_run_displays(ip):
+    from notebook_orch import Run
+    from notebook_orch.ipython.display import display_run
+
+    printers = ip.display_formatter.ipython_display_formatter.type_printers
+    assert printers.get(Run) is display_run                   # the core's Run names no IPython layer
+    ip.run_line_magic("unload_ext", "notebook_orch")
+    assert Run not in printers
+    ip.run_line_magic("load_ext", "notebook_orch")
+    assert printers.get(Run) is display_run
+    assert "%orch COMMAND" in ip.find_line_magic("orch").__doc__   # `%orch?` lists the subcommands
+
+
+def test_magics_and_commands_do_not_import_each_other():
+    import ast
+    import inspect
+
+    from notebook_orch.ipython import commands, magics
+
+    def imported(mod):
+        names = set()
+        for node in ast.walk(ast.parse(inspect.getsource(mod))):
+            if isinstance(node, ast.ImportFrom):
+                names.add(("." * node.level) + (node.module or ""))
+        return names
+    assert ".commands" not in imported(magics) and ".magics" not in imported(commands)
+
+
 def test_workflows_survive_reload(ip):
     define_chain(ip)
     ip.run_line_magic("unload_ext", "notebook_orch")
@@ -640,3 +668,36 @@ def test_runs_cache_clear_and_cache_column(ip, capsys):
         orch(ip, "cache clear totl")
     orch(ip, "cache clear")
     assert set(orch(ip, "run --wait").statuses.values()) == {"succeeded"}
+
+
+# ---------------------------------------------------------------- what the cells say back
+def test_agent_echoes_every_option_it_was_given(ip, capsys):
+    cell(ip, "%agent vendor --breaker-failures 2 --breaker-cooldown 5 --max-concurrency 1 --retries 1", "")
+    out = capsys.readouterr().out
+    for part in ("max_concurrency=1", "retries=1", "breaker_failures=2", "breaker_cooldown=5.0"):
+        assert part in out, out
+    cell(ip, "%%agent writer --llm demo", "role: Report writer\nrate_limit: 10/min\n")
+    out = capsys.readouterr().out
+    assert "llm='demo'" in out and "role='Report writer'" in out and "rate_limit='10/min'" in out
+
+
+def test_a_prompt_task_without_an_agent_gets_a_note_when_its_cell_runs(ip, capsys):
+    cell(ip, "%%task summary --prompt", "Summarise the findings\n")
+    assert "no agent yet: give one with --agent, or run with --mode hierarchical" in capsys.readouterr().out
+    cell(ip, "%%agent writer --llm demo", "")
+    capsys.readouterr()
+    cell(ip, "%%task summary --prompt --agent writer", "Summarise the findings\n")
+    assert "no agent yet" not in capsys.readouterr().out
+
+
+def test_status_after_retry_says_reused_from_the_run_and_shows_it_whole(ip):
+    ip.run_cell("attempts = []")
+    cell(ip, "%%task flaky", "attempts.append(1)\nif len(attempts) == 1:\n    raise RuntimeError('first time')\n'ok'\n")
+    cell(ip, "%%task steady_task_with_a_long_name", "'fine'\n")
+    first = orch(ip, "run")
+    orch(ip, "retry")
+    status = orch(ip, "status")
+    cache = status.loc["steady_task_with_a_long_name", "cache"]
+    assert cache == f"reused from run {first.id}"
+    assert cache in status._repr_html_() and cache in repr(status)      # not cut to 50 characters
+    assert status.loc["flaky", "cache"] == "stored"

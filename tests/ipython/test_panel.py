@@ -42,11 +42,15 @@ def _wf(gate: asyncio.Event | None = None, fail: bool = True) -> Workflow:
 
 def _rows(panel: RunPanel) -> dict[str, str]:
     """task -> status, as the task table shows them."""
-    return dict(re.findall(r'<tr data-task="(\w+)" data-status="(\w+)">', panel._table.value))
+    return {r.task: r.status for r in panel.view.rows}
+
+
+def _html_rows(html: str) -> dict[str, str]:
+    return dict(re.findall(r'<tr data-task="(\w+)" data-status="(\w+)">', html))
 
 
 def _title_status(panel: RunPanel) -> str:
-    return re.search(r'data-run-status="(\w+)"', panel._title.value).group(1)
+    return panel.view.status
 
 
 def test_finished_failed_run_counts_table_and_buttons():
@@ -57,18 +61,20 @@ def test_finished_failed_run_counts_table_and_buttons():
         return run, panel
     run, panel = asyncio.run(main())
     assert run.status == "failed"
-    assert _rows(panel) == run.statuses
+    assert _rows(panel) == run.statuses == _html_rows(panel.html())
+    assert panel.view.counts == run.counts()
     for st, n in run.counts().items():
-        assert f">{n} {st}<" in panel._counts.value
-    assert panel._bar.value == panel._bar.max == 4
+        assert f">{n} {st}<" in panel.html()
+    assert (panel.view.done, panel.view.total) == (4, 4)
     assert _title_status(panel) == "failed"
     assert panel.buttons == {"pause": False, "resume": False, "cancel": False, "retry_failed": True,
                              "rerun": True, "concurrency": False}
-    assert "boom in two" in panel._table.value
+    assert "boom in two" in panel.html()
+    assert [r.task for r in panel.view.rows][:2] == ["two", "three"]    # finished: failures first
     panel.show_output("one")
-    assert "hello from one" in panel._output.value
-    panel._pick.value = "four"                               # the dropdown does the same
-    assert "(nothing printed)" in panel._output.value
+    assert "hello from one" in panel.output_html
+    panel.controls["output"].value = "four"                  # the dropdown does the same
+    assert "(nothing printed)" in panel.output_html
 
 
 def test_live_run_pause_resume_cancel():
@@ -86,7 +92,7 @@ def test_live_run_pause_resume_cancel():
         paused = (run.status, panel.buttons, _title_status(panel))
         panel.resume()
         resumed = (run.status, panel.buttons)
-        panel._cancel_b.click()                               # the button calls panel.cancel()
+        panel.controls["cancel"].click()                      # the button calls panel.cancel()
         await asyncio.sleep(0)
         return run, panel, live, paused, resumed
     run, panel, live, paused, resumed = asyncio.run(main())
@@ -129,7 +135,7 @@ def test_retry_failed_and_rerun_switch_the_panel_to_the_new_run():
     assert panel.runs == [first, second, third] and panel.run is third
     assert second.statuses == {"a": "cached", "b": "succeeded"}
     assert third.options == first.options and third.concurrency == 2
-    assert _rows(panel) == third.statuses and third.id in panel._title.value
+    assert _rows(panel) == third.statuses and panel.view.run == third.id and third.id in panel.html()
     assert panel.buttons["retry_failed"] is False and panel.buttons["rerun"] is True
     assert third._display is panel and first._display is None
 
@@ -152,10 +158,10 @@ def test_queued_tasks_say_which_limit_holds_them():
         panel = RunPanel(run)
         await asyncio.sleep(0.05)
         panel.refresh(dag=False)
-        table = panel._table.value
+        table = panel.html()
         gate.set()
         await run
-        return table, panel._table.value
+        return table, panel.html()
     live, final = asyncio.run(main())
     row = re.search(r'<tr data-task="second" data-status="ready">.*?</tr>', live).group(0)
     assert "waiting for agent solo" in row
@@ -168,8 +174,8 @@ def test_set_concurrency_moves_the_slider_and_the_run_limit():
         run = _wf(gate, fail=False).start()
         panel = RunPanel(run)
         panel.set_concurrency(1)
-        after_method = (run.concurrency, panel._slider.value)
-        panel._slider.value = 5                               # dragging the slider does the same
+        after_method = (run.concurrency, panel.controls["concurrency"].value)
+        panel.controls["concurrency"].value = 5               # dragging the slider does the same
         after_slider = run.concurrency
         gate.set()
         await run
@@ -184,12 +190,14 @@ def test_a_failing_control_shows_its_error_in_the_panel():
     async def main():
         run = _wf(fail=False).start()
         panel = RunPanel(run)
-        panel._slider.value = panel._slider.min               # fine
-        panel._safely(panel.set_concurrency, 0)               # invalid: message, no exception
+        slider = panel.controls["concurrency"]
+        slider.value = slider.min                             # fine
+        slider.min = 0
+        slider.value = 0                                      # invalid: message, no exception
         await run
         return panel
     panel = asyncio.run(main())
-    assert "at least 1" in panel._message.value
+    assert "at least 1" in panel.message
 
 
 def test_redraws_are_coalesced_during_a_5000_task_run():
@@ -242,10 +250,9 @@ def test_large_graph_dag_only_on_demand():
         wf.add(Task(id=f"t{k}", fn=noop))
     run = wf.run()
     panel = RunPanel(run)
-    assert not panel.live_dag and panel._dag.value == ""
-    assert panel._dag_b in panel._dag_box.children
-    panel.show_dag()
-    assert "t0" in panel._dag.value
+    assert not panel.live_dag and panel.dag_html == ""
+    panel.controls["show_dag"].click()
+    assert "t0" in panel.dag_html
 
 
 @pytest.mark.needs_dot
@@ -257,7 +264,7 @@ def test_live_dag_is_inline_svg_with_every_task():
         panel.refresh()
         return run, panel
     run, panel = asyncio.run(main())
-    html = panel._dag.value
+    html = panel.dag_html
     assert "<svg" in html and "<?xml" not in html
     assert set(re.findall(r'class="node">\s*<title>(\w+)</title>', html)) == set(run.statuses)
 
@@ -277,20 +284,20 @@ def test_dag_is_recoloured_live_while_the_run_goes_on():
         seen = []
         for _ in range(100):                                  # up to 10 s: the live DAG follows the run
             await asyncio.sleep(0.1)
-            seen.append(fill_of(panel._dag.value, "four"))
-            if seen[-1] == PALETTE["running"][0] and fill_of(panel._dag.value, "three") == PALETTE["succeeded"][0]:
+            seen.append(fill_of(panel.dag_html, "four"))
+            if seen[-1] == PALETTE["running"][0] and fill_of(panel.dag_html, "three") == PALETTE["succeeded"][0]:
                 break
         gate.set()
         await run
         await asyncio.sleep(0.5)                              # the final picture is drawn in a worker thread
         for _ in range(50):
-            if fill_of(panel._dag.value, "four") == PALETTE["succeeded"][0]:
+            if fill_of(panel.dag_html, "four") == PALETTE["succeeded"][0]:
                 break
             await asyncio.sleep(0.1)
         return seen, panel
     seen, panel = asyncio.run(main())
     assert seen[-1] == PALETTE["running"][0]
-    assert fill_of(panel._dag.value, "four") == PALETTE["succeeded"][0]
+    assert fill_of(panel.dag_html, "four") == PALETTE["succeeded"][0]
 
 
 # ---------------------------------------------------------------------------- display_run
@@ -303,7 +310,7 @@ class _FakeKernelShell:
         self.execution_count = 1
 
 
-def test_display_once_per_cell_and_static_part(monkeypatch):
+def test_display_once_per_cell_widget_and_static_snapshot(monkeypatch):
     shown = []
 
     def fake_display(*objs, raw=False, display_id=None, **kw):
@@ -315,21 +322,22 @@ def test_display_once_per_cell_and_static_part(monkeypatch):
     run = _wf().run()
     disp.display_run(run)
     disp.display_run(run)                                     # same cell (`%orch run` displays and returns it)
-    assert len(shown) == 1
-    bundle = shown[0]
-    assert "application/vnd.jupyter.widget-view+json" in bundle
-    assert 'data-task="two" data-status="failed"' in bundle["text/html"]
-    assert bundle["text/plain"].startswith(f"Run {run.id}: failed")
+    assert len(shown) == 2                                    # the live widget, then its static snapshot
+    widget, static = shown
+    assert "application/vnd.jupyter.widget-view+json" in widget and "text/html" not in widget
+    assert 'data-task="two" data-status="failed"' in static["text/html"]
+    assert 'class="norch-static"' in static["text/html"] and "<svg" in static["text/html"]
+    assert static["text/plain"].startswith(f"Run {run.id}: failed")
     shell.execution_count = 2
     disp.display_run(run)                                     # a later cell shows it again, same panel
-    assert len(shown) == 2 and shown[1]["application/vnd.jupyter.widget-view+json"] == \
-        bundle["application/vnd.jupyter.widget-view+json"]
+    assert len(shown) == 4 and shown[2]["application/vnd.jupyter.widget-view+json"] == \
+        widget["application/vnd.jupyter.widget-view+json"]
 
 
 def test_without_a_kernel_the_summary_is_shown(monkeypatch, capsys):
     monkeypatch.setattr(disp, "_shell", lambda: None)
     run = _wf().run()
-    run._ipython_display_()
+    disp.display_run(run)
     out = capsys.readouterr().out
     assert f"Run {run.id}: failed" in out and "two: failed (ValueError: boom in two)" in out
     assert run._display is None                               # no widgets were made
@@ -350,9 +358,10 @@ def test_display_never_raises(monkeypatch):
 
 @pytest.mark.kernel
 @pytest.mark.timeout(180)
-def test_real_kernel_shows_one_panel_per_cell_and_a_final_static_summary():
+def test_real_kernel_keeps_the_final_state_as_a_static_output_and_nbconvert_shows_it():
     nbformat = pytest.importorskip("nbformat")
     from nbclient import NotebookClient
+    from nbconvert import HTMLExporter
 
     cells = ["%load_ext notebook_orch\nimport asyncio",
              "%%task slow_step\nawait asyncio.sleep(0.5)\n41",
@@ -362,10 +371,120 @@ def test_real_kernel_shows_one_panel_per_cell_and_a_final_static_summary():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     NotebookClient(nb, timeout=120, kernel_name="python3").execute()
     shown = [o for o in nb.cells[3].outputs if o.output_type == "display_data"]
-    assert len(shown) == 1, nb.cells[3].outputs
-    data = shown[0].data
-    assert "application/vnd.jupyter.widget-view+json" in data
-    # the static part (for frontends without widgets) was replaced by the final state when the run ended
-    assert "succeeded" in data["text/plain"].splitlines()[0]
-    assert 'data-task="next_step" data-status="succeeded"' in data["text/html"]
-    assert nb.cells[4].outputs[0].text.strip() == "succeeded 42"
+    assert len(shown) == 2, nb.cells[3].outputs                  # one panel: its widget and its snapshot
+    widget, static = shown[0].data, shown[1].data
+    assert "application/vnd.jupyter.widget-view+json" in widget
+    # the snapshot was replaced by the final state when the run ended: status, counts, coloured DAG, table
+    assert "succeeded" in static["text/plain"].splitlines()[0]
+    snap = static["text/html"]
+    assert 'data-final="true"' in snap and 'data-run-status="succeeded"' in snap
+    assert 'data-task="next_step" data-status="succeeded"' in snap and ">2 succeeded<" in snap
+    assert "<svg" in snap and "<title>next_step</title>" in snap
+    assert "".join(o.text for o in nb.cells[4].outputs if o.output_type == "stream").strip() == "succeeded 42"
+
+    body, _ = HTMLExporter().from_notebook_node(nb)           # what nbconvert, a docs site, GitHub get
+    assert body.count('class="norch-static"') == 1 and "<title>next_step</title>" in body
+    rows = [tag for tag in re.findall(r"<tr [^>]*>", body) if 'data-task="next_step"' in tag]
+    assert rows and 'data-status="succeeded"' in rows[0]
+    assert ".jp-OutputArea-child:has(.norch-panel)" in body   # the CSS that picks widget or snapshot
+    static_at = body.index('class="norch-static"')
+    child = body.rindex('<div class="jp-OutputArea-child', 0, static_at)
+    assert "widget-view+json" not in body[child:static_at]     # the snapshot is an output of its own
+
+
+# ---------------------------------------------------------------------------- what the panel shows
+
+
+def test_a_running_prompt_task_shows_its_streamed_answer_and_tokens():
+    from notebook_orch.attempt import current
+
+    wf = Workflow("streaming")
+    gate = asyncio.Event()
+
+    @wf.task
+    async def answer():
+        emit = current().emit
+        emit("stream", {"text": "The market", "tokens": 2})
+        emit("stream", {"text": "The market grew <fast>", "tokens": 5})
+        await gate.wait()
+        return "done"
+
+    async def main():
+        run = wf.start()
+        panel = RunPanel(run)
+        await asyncio.sleep(0.05)
+        panel.refresh(dag=False)
+        live_row, live_html = panel.view.rows[0], panel.html()
+        gate.set()
+        await run
+        return live_row, live_html, panel
+    row, html, panel = asyncio.run(main())
+    assert row.status == "running" and row.stream == ("The market grew <fast>", 5)
+    assert "5 tokens: The market grew &lt;fast&gt;" in html
+    assert panel.view.rows[0].stream is None and "tokens:" not in panel.html()   # only while it runs
+
+
+def test_the_dask_dashboard_link_is_shown_when_the_run_has_one():
+    wf = Workflow("dash")
+    wf.task(lambda: 1, id="one")
+    run = wf.run()
+    assert "Dask dashboard" not in RunPanel(run).html()
+    run.dashboard_link = "http://127.0.0.1:8787/status"
+    panel = RunPanel(run)
+    assert panel.view.dashboard == run.dashboard_link
+    assert 'href="http://127.0.0.1:8787/status"' in panel.html()
+
+
+def test_a_map_tasks_wait_is_the_queueing_of_its_items():
+    wf = Workflow("mapwait", concurrency=1)
+
+    @wf.task
+    def split():
+        return [1, 2, 3, 4]
+
+    @wf.task(map_over="split")
+    async def each(item):
+        await asyncio.sleep(0.05)
+        return item
+
+    async def main():
+        run = wf.start()
+        panel = RunPanel(run)
+        await run
+        return panel
+    panel = asyncio.run(main())
+    row = {r.task: r for r in panel.view.rows}["each"]
+    assert row.items == (4, 4)
+    assert row.wait >= 0.05 * (1 + 2 + 3) * 0.9            # items 2, 3, 4 queued behind the one slot
+
+
+@pytest.mark.needs_dot
+def test_the_live_dag_never_lags_the_table():
+    wf = Workflow("lag", concurrency=3)
+
+    @wf.task
+    def split():
+        return list(range(60))
+
+    @wf.task(map_over="split")
+    async def each(item):
+        await asyncio.sleep(0.03)      # 20 waves of 3: about 0.6 s, several live pictures
+        return item
+
+    def dag_items(html):
+        m = re.search(r"map (\d+)/(\d+) items", html)
+        return m and (int(m.group(1)), int(m.group(2)))
+
+    async def main():
+        run = wf.start()
+        panel = RunPanel(run)
+        pairs = []
+        while not run.done:
+            await asyncio.sleep(0.03)
+            if panel.view is not None and dag_items(panel.dag_html):
+                pairs.append(({r.task: r for r in panel.view.rows}["each"].items, dag_items(panel.dag_html)))
+        await run
+        return pairs
+    pairs = asyncio.run(main())
+    assert len({p[0] for p in pairs}) >= 2                 # it was seen moving
+    assert all(table == dag for table, dag in pairs), pairs
