@@ -105,6 +105,7 @@ def task_metrics(run: "Run") -> pd.DataFrame:
         "cost_usd": f.cost,
         "error": pd.Series(f.errors, dtype=object),
         "busy_s": d.busy,
+        "worker": pd.Series(f.worker, dtype=object),   # --- dask (issue 14): Dask worker(s) it ran on, else None
     })
     df.index = pd.Index(f.ids, name="task")
     return df
@@ -205,6 +206,11 @@ def _causes(f: _x.Facts, d: _Derived) -> list[str]:
     out = []
     for i in range(f.n):
         best, cause = final[i], "slow task"
+        cl = f.cluster_wait[i] if len(f.cluster_wait) else 0.0   # --- dask (issue 14): queued on the cluster, not by us
+        if cl > 1e-3:
+            best = final[i] - cl
+            if cl > best:
+                best, cause = cl, "queued on the cluster"
         if retry[i] > best:
             best, cause = retry[i], "retries"
         for j in usable:

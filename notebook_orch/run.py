@@ -70,7 +70,16 @@ class Run:
     @property
     def results(self) -> dict[str, Any]:
         """Task id -> output, for the tasks that succeeded or were cached so far."""
+        dask = getattr(self._s, "dask", None)  # --- dask (issue 14): outputs still on the cluster are fetched here
+        if dask is not None:
+            return dask.read_all(dict(self._s.results))
         return dict(self._s.results)
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The Dask dashboard of the cluster this run's Dask bodies run on (None: no Dask, or not connected yet)."""
+        dask = getattr(self._s, "dask", None)  # --- dask (issue 14)
+        return dask.dashboard_link if dask is not None else None
 
     @property
     def errors(self) -> dict[str, BaseException]:
@@ -101,6 +110,9 @@ class Run:
     def __getitem__(self, task_id: str) -> Any:
         s = self._s
         if task_id in s.results:
+            dask = getattr(s, "dask", None)  # --- dask (issue 14): an output still on the cluster is fetched on read
+            if dask is not None:
+                return dask.read(s.results[task_id])
             return s.results[task_id]
         if task_id not in s.g.index:
             raise UnknownNameError("task", task_id, f"run {self.id}", s.ids)

@@ -222,7 +222,8 @@ class Workflow:
             estimates=self.estimates(graph), reuse=reuse,
             cache_lookup=lookup or (store.lookup if store is not None else None),
             max_cost_usd=self.max_cost_usd)
-        sched.executors.dask_client = options.get("dask_client")
+        # --- dask (issue 14): run(executor=...) for sync bodies; run(dask=...) > Workflow(dask=...) > default client
+        sched.use_executor(options.get("executor"), options.get("dask", options.get("dask_client", self.dask)))
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run = Run(self, sched, f"{self.name}-{stamp}-{os.urandom(2).hex()}", dict(options))
         if store is not None:

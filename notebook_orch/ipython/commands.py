@@ -124,6 +124,9 @@ def _start(m: Any, launch: Callable[[], Run], wait: bool) -> Run:
 @argument("--from", dest="from_", metavar="TASK", help="run TASK and everything downstream of it")
 @argument("--no-cache", action="store_true", help="do not reuse stored results")
 @argument("--mode", choices=("workflow", "sequential"), help="workflow: as the DAG allows; sequential: one at a time")
+@argument("--executor", choices=("thread", "process", "dask"),
+          help="where every sync body left on executor=auto runs (dask: on the cluster of --dask)")
+@argument("--dask", metavar="ADDRESS", help="the Dask cluster: a scheduler address (tcp://host:8786) or 'local'")
 @argument("--wait", action="store_true", help="block until the run ends (interrupt the kernel to cancel it)")
 def _run(m: Any, args: Any) -> Run:
     """Start a run of the active workflow on the kernel's loop and return it at once (--wait: block)."""
@@ -138,6 +141,10 @@ def _run(m: Any, args: Any) -> Run:
         opts["cache"] = False
     if args.mode:
         opts["mode"] = args.mode
+    if args.executor:  # --- dask (issue 14)
+        opts["executor"] = args.executor
+    if args.dask:
+        opts["dask"] = args.dask
     wf = m.wf
     _refuse_if_live(wf)
     wf.namespace = m.shell.user_ns

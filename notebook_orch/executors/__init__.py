@@ -41,7 +41,7 @@ class Executors:
             return loop.run_in_executor(self._process, functools.partial(_call_sync, fn, kwargs))
         if kind == "dask":
             if self.dask_client is None:
-                from .errors import DefinitionError
+                from ..errors import DefinitionError
                 raise DefinitionError("executor='dask' needs a distributed.Client: pass run(dask_client=...) "
                                       "or create one (distributed.Client()) before the run")
             fut = self.dask_client.submit(_call_sync, fn, kwargs, pure=False)
