@@ -112,7 +112,9 @@ class DaskExecutor:
         self._cloop: asyncio.AbstractEventLoop | None = None   # the client's loop (same, or a sync client's thread)
         self._connecting: asyncio.Task[Any] | None = None
         self._closing: asyncio.Task[Any] | None = None
-        self._topic = f"notebook_orch-{name}-{uuid.uuid4().hex[:8]}"
+        self._token = uuid.uuid4().hex[:16]                      # keys: '<task>-<token><n>', Dask's prefix is the task id
+        self._n = 0
+        self._topic = f"notebook_orch-{name}-{self._token}"
         self._live: dict[str, Any] = {}                          # key -> future of an attempt still waiting on it
         self._att: dict[str, tuple[Any, float]] = {}             # key -> (Attempt or None, submitted at perf_counter)
         self._where: dict[str, str] = {}                         # key -> worker address it (last) started on
@@ -197,7 +199,8 @@ class DaskExecutor:
         if res:
             await self._check_resources(task, res)
         kw = self._remote_args(kwargs) if self._origin else kwargs
-        key = f"{task}-{uuid.uuid4().hex}"
+        self._n += 1
+        key = f"{task}-{self._token}{self._n:x}"   # unique per submission: a retry is a new key
         body = self._portable.get(fn)
         if body is None:
             body = self._portable[fn] = _portable(fn)
