@@ -207,7 +207,7 @@ def _causes(f: _x.Facts, d: _Derived) -> list[str]:
     for i in range(f.n):
         best, cause = final[i], "slow task"
         cl = f.cluster_wait[i] if len(f.cluster_wait) else 0.0   # --- dask (issue 14): queued on the cluster, not by us
-        if cl > 1e-3:
+        if cl > 0.05:   # above the cluster's own round trip
             best = final[i] - cl
             if cl > best:
                 best, cause = cl, "queued on the cluster"

@@ -176,7 +176,8 @@ class DaskExecutor:
             raise DaskUnavailableError("the event loop of the Dask client passed as dask= is not running; "
                                        "pass a client created with distributed.Client(...) in this kernel")
         client.subscribe_topic(self._topic, self._on_event)
-        self._all = _Chained(client._event_handlers.get("all"), self._on_event)   # worker deaths: topic 'all'
+        before = client._event_handlers.get("all")
+        self._all = _Chained(None if before is _noop else before, self._on_event)   # worker deaths: topic 'all'
         client.subscribe_topic("all", self._all)
         try:
             self.dashboard_link = client.dashboard_link
@@ -394,8 +395,10 @@ class DaskExecutor:
             self._origin.clear()
             self._att.clear()
             try:
+                # events already on their way still find a handler (distributed raises on a topic it does
+                # not know): a no-op one, which holds nothing of this run
                 client.unsubscribe_topic(self._topic)
-                client._event_handlers.pop(self._topic, None)   # the handler holds this run
+                client._event_handlers[self._topic] = _noop
                 if self._all is not None:
                     self._all.ours = None
                     if client._event_handlers.get("all") is self._all:   # give 'all' back to whoever had it
@@ -403,7 +406,7 @@ class DaskExecutor:
                             client._event_handlers["all"] = self._all.before
                         else:
                             client.unsubscribe_topic("all")
-                            client._event_handlers.pop("all", None)
+                            client._event_handlers["all"] = _noop
             except Exception:  # noqa: BLE001 - a closed client
                 pass
             if self.own:
@@ -450,6 +453,10 @@ def fetch_plan(s: "Scheduler") -> list[bool]:
 
 
 # ---------------------------------------------------------------------- helpers
+def _noop(event: Any) -> None:
+    """The handler left on a topic after the run: late events land here."""
+
+
 class _Chained:
     """A topic handler that calls ours (while the run lives), then the one that was there before."""
 
