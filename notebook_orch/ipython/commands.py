@@ -244,9 +244,11 @@ def _results(m: Any, args: Any) -> Any:
     import pandas as pd
     run = _last_run(m)
     rows = []
+    # --- dask (issue 14): outputs still on the cluster show as their Future (a preview does not fetch them)
+    results = dict(run._s.results) if getattr(run._s, "dask", None) is not None else run.results
     for t, st in run.statuses.items():
-        has = t in run.results
-        value = run.results.get(t)
+        has = t in results
+        value = results.get(t)
         rows.append({"task": t, "status": st, "type": type(value).__name__ if has else None,
                      "output": _preview(value) if has else None})
     return pd.DataFrame(rows).set_index("task")
