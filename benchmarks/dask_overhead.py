@@ -136,7 +136,7 @@ def main() -> None:
     from distributed import Client, LocalCluster
     # a shared, loaded machine: do not let a slow heartbeat drop the client mid-measurement
     dask.config.set({"distributed.comm.timeouts.tcp": "300s", "distributed.comm.timeouts.connect": "60s"})
-    import dask_overhead as me   # the workers import the bodies from this module by reference
+    import dask_overhead as me  # the workers import the bodies from this module by reference
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -146,9 +146,12 @@ def main() -> None:
     preds = layered(args.tasks, args.layers)
     same = dict(store=False, concurrency=None)
     wf_dag = orch_dag_workflow(preds, me.Node, **same)
-    wf_dag_default = orch_dag_workflow(preds, me.Node)
+    import os
+    import tempfile
+    fresh = tempfile.mkdtemp(prefix="dask_overhead_")     # an empty store: the defaults row never hits a cache
+    wf_dag_default = orch_dag_workflow(preds, me.Node, store=os.path.join(fresh, "dag.sqlite"))
     wf_map = orch_map_workflow(args.items, me.inc, **same)
-    wf_map_default = orch_map_workflow(args.items, me.inc)
+    wf_map_default = orch_map_workflow(args.items, me.inc, store=os.path.join(fresh, "map.sqlite"))
 
     # warm up: imports on the workers, first connections
     direct_dag(client, preds[:200], me.Node)

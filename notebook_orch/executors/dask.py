@@ -21,6 +21,9 @@ Design note.
   this run); that becomes a `worker` event of its attempt, and a second start of the same
   key (the first worker died, Dask ran it again) a `worker_lost` event.
 * Cancel and timeouts cancel the futures; retries are new submissions (new keys).
+
+Longer than most modules on purpose: the executor, the worker-side wrapper (which the workers
+import by reference) and the diagnosis of what cannot be pickled belong to one concern.
 """
 from __future__ import annotations
 
@@ -43,8 +46,14 @@ try:  # an extra: `pip install notebook_orch[dask]`
 except ImportError:  # pragma: no cover - exercised by a test that hides the package
     _distributed = None  # type: ignore[assignment]
 
-__all__ = ["DaskExecutor", "DaskError", "DaskUnavailableError", "DaskSerializationError", "WorkerLostError",
-           "fetch_plan"]
+__all__ = [
+    "DaskError",
+    "DaskExecutor",
+    "DaskSerializationError",
+    "DaskUnavailableError",
+    "WorkerLostError",
+    "fetch_plan",
+]
 
 _SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes})  # cheaper to send than to look up
 _NO_RES: Mapping[str, int] = {}
@@ -171,7 +180,7 @@ class DaskExecutor:
                     f"could not reach the Dask scheduler at {t!r} ({type(exc).__name__}: {exc}); check the "
                     f"address (cluster.scheduler_address, e.g. 'tcp://10.0.0.5:8786') and that the scheduler "
                     f"is running and reachable from this machine, or use dask='local'") from exc
-        self._cloop = client.loop.asyncio_loop
+        self._cloop = client.loop.asyncio_loop  # type: ignore[union-attr]
         if self._cloop is not loop and not self._cloop.is_running():
             raise DaskUnavailableError("the event loop of the Dask client passed as dask= is not running; "
                                        "pass a client created with distributed.Client(...) in this kernel")
@@ -208,7 +217,7 @@ class DaskExecutor:
         _pickle_log.disabled = True   # our own message below names the task and the object
         try:
             fut = client.submit(_on_worker, body, kw, self._topic, key=key, pure=False, resources=res)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever stopped the submission, said with the task's name
             raise _unpicklable(task, fn, kwargs, exc) from None
         finally:
             _pickle_log.disabled = False
@@ -225,7 +234,7 @@ class DaskExecutor:
         except asyncio.CancelledError:
             self._cancel([fut])
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the body's own error passes through _failure unchanged
             raise self._failure(task, key, exc) from None
         finally:
             self._live.pop(key, None)
@@ -276,8 +285,8 @@ class DaskExecutor:
     async def _check_resources(self, task: str, res: dict[str, int]) -> None:
         for refresh in (False, True):
             if self._resources is None or refresh:
-                client = self.client
-                info = await self._call(lambda: client.scheduler.identity(n_workers=-1))
+                client: Any = self.client
+                info = await self._call(lambda: client.scheduler.identity(n_workers=-1))  # noqa: B023 - one client
                 workers = info.get("workers", {})
                 if not workers:   # no worker yet (an adaptive cluster scaling up): Dask will wait for one
                     return
@@ -407,7 +416,7 @@ class DaskExecutor:
                         else:
                             client.unsubscribe_topic("all")
                             client._event_handlers["all"] = _noop
-            except Exception:  # noqa: BLE001 - a closed client
+            except Exception:  # noqa: BLE001, S110 - a closed client
                 pass
             if self.own:
                 await _quietly(client.close())
@@ -424,7 +433,7 @@ class DaskExecutor:
             await asyncio.sleep(0.01)
         self._cancelled.clear()
 
-    def closed_then(self, s: "Scheduler", then: Callable[[], Any]) -> None:
+    def closed_then(self, s: Scheduler, then: Callable[[], Any]) -> None:
         """Close (see `close`) in the background, then call `then()` on the run's loop."""
         if self._loop is None:     # never connected
             then()
@@ -434,7 +443,7 @@ class DaskExecutor:
         t.add_done_callback(lambda _: then())
 
 
-def fetch_plan(s: "Scheduler") -> list[bool]:
+def fetch_plan(s: Scheduler) -> list[bool]:
     """Per node: whether its Dask output must come into the kernel (else it stays a future on the cluster)."""
     wf = getattr(s.run, "workflow", None)
     store_on = wf is not None and getattr(wf, "store", True) not in (False, None)   # the store pickles every output
@@ -497,7 +506,7 @@ async def _coro(make: Callable[[], Any]) -> Any:
 async def _quietly(aw: Any) -> None:
     try:
         await asyncio.wait_for(aw, 30)
-    except Exception:  # noqa: BLE001 - closing is best effort
+    except Exception:  # noqa: BLE001, S110 - closing is best effort
         pass
 
 
@@ -548,8 +557,8 @@ def _unpicklable(task: str, fn: Callable[..., Any], kwargs: dict[str, Any], exc:
         return DaskSerializationError(
             f"the body of task {task!r} ({getattr(fn, '__qualname__', fn)!r}) cannot be sent to the Dask workers: "
             f"{what} cannot be pickled ({type(err).__name__}: {err}). {fix}.")
-    return DaskSerializationError(f"task {task!r} could not be sent to the Dask cluster: "
-                                  f"{type(exc).__name__}: {exc}")
+    cls = DaskSerializationError if any(w in str(exc).lower() for w in ("pickl", "serializ")) else DaskError
+    return cls(f"task {task!r} could not be sent to the Dask cluster: {type(exc).__name__}: {exc}")
 
 
 def _culprit(fn: Any, fails: Callable[[Any], Any]) -> tuple[str, Any] | None:
