@@ -211,9 +211,12 @@ class DaskExecutor:
         kw = self._remote_args(kwargs) if self._origin else kwargs
         self._n += 1
         key = f"{task}-{self._token}{self._n:x}"   # unique per submission: a retry is a new key
-        body = self._portable.get(fn)
-        if body is None:
-            body = self._portable[fn] = _portable(fn)
+        try:
+            body = self._portable.get(fn)
+            if body is None:
+                body = self._portable[fn] = _portable(fn)
+        except TypeError:  # an unhashable callable object
+            body = _portable(fn)
         _pickle_log.disabled = True   # our own message below names the task and the object
         try:
             fut = client.submit(_on_worker, body, kw, self._topic, key=key, pure=False, resources=res)
@@ -320,7 +323,7 @@ class DaskExecutor:
         except (TypeError, ValueError):
             return
         seen = self._att.get(key)
-        if seen is None:
+        if seen is None or (seen[0] is not None and seen[0]._s.finished):   # late news of a finished run
             return
         before = self._where.get(key)
         self._where[key] = address
@@ -331,7 +334,7 @@ class DaskExecutor:
 
     def _died(self, key: str, worker: str, now_on: str | None) -> None:
         seen = self._att.get(key)
-        if seen is None or seen[0] is None or (key, worker) in self._lost:
+        if seen is None or seen[0] is None or seen[0]._s.finished or (key, worker) in self._lost:
             return
         self._lost.add((key, worker))
         seen[0].emit("worker_lost", {"worker": worker, "key": key,
