@@ -50,6 +50,11 @@ class Attempt:
         return self._s._agent_of(self.node, self.item)
 
     @property
+    def run_over(self) -> bool:
+        """Whether the run has ended (news arriving later, e.g. from a cluster, is stale)."""
+        return self._s.state.finished
+
+    @property
     def run(self) -> Any:
         """The `Run` handle of this run."""
         return self._s.run

@@ -110,6 +110,7 @@ def task_metrics(run: "Run") -> pd.DataFrame:
         "busy_s": d.busy,
         "queued_s": queued,
         "abandoned": f.abandoned,
+        "worker": pd.Series(f.worker, dtype=object),   # the Dask worker(s) it ran on, else None
     })
     df.index = pd.Index(f.ids, name="task")
     return df
@@ -217,6 +218,11 @@ def _causes(f: _x.Facts, d: _Derived) -> list[str]:
     out = []
     for i in range(f.n):
         best, cause = final[i], "slow task"
+        cl = f.cluster_wait[i] if len(f.cluster_wait) else 0.0   # dask: queued on the cluster, not by us
+        if cl > 0.05:   # above the cluster's own round trip
+            best = final[i] - cl
+            if cl > best:
+                best, cause = cl, "queued on the cluster"
         if retry[i] > best:
             best, cause = retry[i], "retries"
         for j in usable:

@@ -94,7 +94,16 @@ class Run:
     @property
     def results(self) -> dict[str, Any]:
         """Task id -> output, for the tasks that succeeded or were cached so far."""
+        dask = getattr(self._sched, "dask", None)   # outputs still on the cluster are fetched when read
+        if dask is not None:
+            return dask.read_all(dict(self.state.results))
         return dict(self.state.results)
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The Dask dashboard of the cluster this run's Dask bodies run on (None: no Dask, or not connected yet)."""
+        dask = getattr(self._sched, "dask", None)
+        return dask.dashboard_link if dask is not None else None
 
     @property
     def errors(self) -> dict[str, BaseException]:
@@ -125,6 +134,9 @@ class Run:
     def __getitem__(self, task_id: str) -> Any:
         s = self.state
         if task_id in s.results:
+            dask = getattr(self._sched, "dask", None)   # an output still on the cluster is fetched on read
+            if dask is not None:
+                return dask.read(s.results[task_id])
             return s.results[task_id]
         if task_id not in s.graph.index:
             raise UnknownNameError("task", task_id, f"run {self.id}", s.ids)
@@ -190,9 +202,9 @@ class Run:
         return self._await().__await__()
 
     async def _await(self) -> "Run":
-        if self.done:
+        if self._sched is None:      # read back from the store: over long ago
             return self
-        done = self._controls().done
+        done = self._sched.done      # resolves after the run's last bookkeeping (e.g. a Dask client closed)
         if done is None:
             raise LoopError(f"run {self.id} was never started")
         try:
@@ -204,9 +216,9 @@ class Run:
 
     def wait(self, timeout: float | None = None) -> "Run":
         """Block until the run ends (works inside a running loop, e.g. a notebook cell)."""
-        if self.done:
+        sched = self._sched
+        if sched is None or (sched.done is not None and sched.done.done()):
             return self
-        sched = self._controls()
         loop = sched.loop
         if loop is None or sched.done is None:
             raise LoopError(f"run {self.id} was never started")

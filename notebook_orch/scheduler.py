@@ -128,6 +128,11 @@ class Scheduler:
         # per-node facts read on the hot path (plain lists: no model attribute access per attempt)
         self.fn = [t.fn for t in self.tasks]
         self.kind = [_kind(t) for t in self.tasks]                # coro | loop | thread | process | dask | prompt
+        # dask: set by use_executor() / begin(); see executors/dask.py
+        self.dask: Any = None                                     # the run's DaskExecutor (None: no body runs on Dask)
+        self.dask_target: Any = None                              # run(dask=...): a Client, an address, 'local', None
+        self.dask_local: list[bool] = []                          # per node: fetch its Dask output into the kernel
+        # --- end dask
         self.agent = [t.agent for t in self.tasks]
         self.res = [t.resources or None for t in self.tasks]      # None: no resource pools
         self.pnames = [t.params for t in self.tasks]
@@ -183,6 +188,8 @@ class Scheduler:
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         self._check_inputs()
+        if "dask" in self.kind:  # dask: a missing `distributed` or a bad dask= fails here, at once
+            self._start_dask()
         self.done = self.loop.create_future()
         self.t0 = perf_counter()
         self.state.started_wall = time.time()   # the wall-clock time of t=0
@@ -594,6 +601,9 @@ class Scheduler:
             from .llm import run_prompt
             agent = self.agents.get(agent_name) if agent_name else None
             return run_prompt(self.tasks[i], agent, kwargs, self.run)
+        if kind == "dask":   # upstream Dask outputs arrive as futures and stay on the cluster
+            return self.dask.submit(self.fn[i], kwargs, task=self.ids[i], resources=self.res[i] or _NO_RES,
+                                    gather=self.dask_local[i])
         fn = self.fn[i]
         if slot is not None and kind == "thread":
             fn = functools.partial(_stamped, slot, fn)
@@ -843,7 +853,27 @@ class Scheduler:
             except Exception as exc:  # bookkeeping must never turn a finished run into an error
                 self.bus.errors.append((hook, exc))
         if self.done is not None and not self.done.done():
-            self.done.set_result(self.state.run_status)
+            if self.dask is not None:   # done once its futures are cancelled or fetched and its client closed
+                done, status = self.done, self.state.run_status
+                self.dask.closed_then(self, lambda: done.done() or done.set_result(status))
+            else:
+                self.done.set_result(self.state.run_status)
+
+    # ------------------------------------------------------------------ dask
+    def use_executor(self, executor: str | None, dask: Any = None) -> None:
+        """run(executor=...): where every sync body left on executor='auto' runs; run(dask=...): the cluster."""
+        if executor is not None:
+            from .executors import names
+            if executor not in names():
+                raise UnknownNameError("executor", executor, "run(executor=...)", names())
+            self.kind = [executor if k == "thread" and t.executor == "auto" else k
+                         for k, t in zip(self.kind, self.tasks)]
+        self.dask_target = dask
+
+    def _start_dask(self) -> None:
+        from .executors.dask import DaskExecutor, fetch_plan
+        self.dask = DaskExecutor(self.dask_target, name=getattr(self.run, "id", "run"), pools=self.limits.pools)
+        self.dask_local = fetch_plan(self)
 
 
 _new_event = tuple.__new__  # Event(...) without NamedTuple's Python-level __new__: hot path

@@ -90,6 +90,9 @@ class Facts:
         self.limit_changes: list[tuple[float, str, Any]] = []   # (t, 'concurrency' | 'agent:X' | ..., value)
         self.pauses: list[tuple[float, bool]] = []              # (t, paused?)
         self.errors: list[str | None] = []
+        # dask: from `worker` events (executors/dask.py)
+        self.worker: list[str | None] = []     # the Dask worker(s) the task's attempts started on (', '-joined)
+        self.cluster_wait = np.zeros(0)        # seconds its attempts sat queued on the cluster (inside run_s)
 
 
 def facts(run: "Run") -> Facts:
@@ -133,6 +136,8 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
     limit_changes: list[tuple[float, str, Any]] = []
     pauses: list[tuple[float, bool]] = []
     finished_t: float | None = None
+    workers: dict[int, dict[str, None]] = {}                          # dask: node -> workers in start order
+    cl_wait = [0.0] * n
 
     def close(key: tuple[int, int], t: float, ok: int) -> None:
         t0, att, ag, q = open_.pop(key)
@@ -250,6 +255,11 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
             pauses.append((t, True))
         elif kind == "run_resumed":
             pauses.append((t, False))
+        elif kind == "worker":   # dask: info {"worker", "key", "queued_s"}
+            i = idx[task]
+            u = info if isinstance(info, dict) else {"worker": info}
+            workers.setdefault(i, {})[str(u.get("worker"))] = None
+            cl_wait[i] += float(u.get("queued_s") or 0.0)
 
     f = Facts()
     f.finished = finished_t is not None
@@ -294,6 +304,8 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
     f.inner_t0 = np.array([w[2] for w in inner], float)
     f.inner_t1 = np.array([w[3] for w in inner], float)
     f.abandoned = np.array(abandoned, int)
+    f.worker = [", ".join(workers[i]) if i in workers else None for i in range(n)]
+    f.cluster_wait = np.array(cl_wait, float)
     f.limit_changes = limit_changes
     f.pauses = pauses
     errs = run.errors

@@ -260,7 +260,8 @@ class Workflow:
             estimates=self.estimates(graph), reuse=reuse,
             cache_lookup=lookup or (store.cache.lookup if store is not None else None),
             max_cost_usd=self.max_cost_usd)
-        sched.executors.dask_client = options.get("dask_client")
+        # run(executor=...) for sync bodies; run(dask=...) > Workflow(dask=...) > the default client
+        sched.use_executor(options.get("executor"), options.get("dask", options.get("dask_client", self.dask)))
         sched.prepare = assign                                # hierarchical mode: the manager's pass, else None
         run = Run(self, sched.state, sched, dict(options))
         if store is not None:

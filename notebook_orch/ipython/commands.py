@@ -124,6 +124,9 @@ def _start(m: Any, launch: Callable[[], Run], wait: bool) -> Run:
 @argument("--mode", choices=("workflow", "sequential", "hierarchical"),
           help="workflow: as the DAG allows; sequential: one at a time; hierarchical: --manager assigns the agents")
 @argument("--manager", metavar="NAME", help="hierarchical mode: the agent that assigns an agent to every task without one")
+@argument("--executor", choices=("thread", "process", "dask"),
+          help="where every sync body left on executor=auto runs (dask: on the cluster of --dask)")
+@argument("--dask", metavar="ADDRESS", help="the Dask cluster: a scheduler address (tcp://host:8786) or 'local'")
 @argument("--wait", action="store_true", help="block until the run ends (interrupt the kernel to cancel it)")
 def _run(m: Any, args: Any) -> Run:
     """Start a run of the active workflow on the kernel's loop and return it at once (--wait: block)."""
@@ -140,6 +143,10 @@ def _run(m: Any, args: Any) -> Run:
         opts["mode"] = args.mode
     if args.manager:
         opts["manager"] = args.manager
+    if args.executor:
+        opts["executor"] = args.executor
+    if args.dask:
+        opts["dask"] = args.dask
     wf = m.wf
     _refuse_if_live(wf)
     wf.namespace = m.shell.user_ns
@@ -274,9 +281,11 @@ def _results(m: Any, args: Any) -> Any:
     import pandas as pd
     run = _last_run(m)
     rows = []
+    # dask: outputs still on the cluster show as their Future (a preview does not fetch them)
+    results = dict(run._s.results) if getattr(run._s, "dask", None) is not None else run.results
     for t, st in run.statuses.items():
-        has = t in run.results
-        value = run.results.get(t)
+        has = t in results
+        value = results.get(t)
         rows.append({"task": t, "status": st, "type": type(value).__name__ if has else None,
                      "output": _preview(value) if has else None})
     return pd.DataFrame(rows).set_index("task")
