@@ -325,7 +325,7 @@ def _body_facts(task_id: str, fn: Callable[..., Any]) -> tuple[tuple[str, ...], 
 def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
     while hasattr(fn, "func") and not inspect.isfunction(fn):  # functools.partial
         fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004 (the bound __call__ of a callable object, not a callability test)
 
 
 def _signature(task_id: str, fn: Callable[..., Any]) -> tuple[tuple[str, ...], frozenset[str]]:

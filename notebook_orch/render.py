@@ -149,7 +149,7 @@ def build(graph: "Graph", tasks: Mapping[str, "Task"], run: "Run | None" = None,
     changed = set(changed)
 
     node_lines: dict[str | None, list[str]] = {}
-    for i, tid in enumerate(ids):
+    for tid in ids:
         task = tasks[tid]
         st = statuses.get(tid, "pending")
         line = _node_line(tid, task, st, times, compact, tid in crit_nodes,

@@ -260,7 +260,6 @@ class Scheduler:
             status[i] = outcome
             self.emit(i, outcome, self.attempts[i], info)
             self.left -= 1
-            failed = outcome in _FAILED
             any_failed = any_failed or outcome == "failed"
             for c in children[i]:
                 if status[c] != "pending":

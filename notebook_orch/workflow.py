@@ -5,7 +5,6 @@ import asyncio
 import datetime as _dt
 import os
 import statistics
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 

@@ -43,7 +43,7 @@ def command(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 def overview() -> str:
     """The %orch help: every subcommand's usage line and first doc line."""
     lines = ["%orch COMMAND [options]: run and inspect the active workflow (`%orch COMMAND --help` for details).", ""]
-    for name, fn in COMMANDS.items():
+    for fn in COMMANDS.values():
         parser = fn.parser  # type: ignore[attr-defined]
         usage = usage_line(parser)
         doc = (parser.description or "").strip().splitlines()

@@ -186,7 +186,7 @@ class _Exporter:
 
     def task_call(self, task: Task) -> str:
         opts = []
-        for field, value in task.model_dump(exclude_defaults=True, exclude=_TASK_SKIP).items():
+        for field in task.model_dump(exclude_defaults=True, exclude=_TASK_SKIP):
             raw = getattr(task, field)
             if field == "output_model":
                 opts.append(f"output_model={self.name_of(raw, f'--output-model of task {task.id!r}')}")
@@ -204,7 +204,7 @@ class _Exporter:
 
     def agent_call(self, agent: Agent) -> str:
         opts = []
-        for field, value in agent.model_dump(exclude_defaults=True, exclude={"name"}).items():
+        for field in agent.model_dump(exclude_defaults=True, exclude={"name"}):
             raw = getattr(agent, field)
             if field == "llm" and not isinstance(raw, str):
                 opts.append(f"llm={self.name_of(raw, f'llm of agent {agent.name!r}')}")

@@ -20,7 +20,7 @@ def test_the_panel_adds_under_5_ms_to_a_50_ms_task_on_the_first_run_of_a_fresh_k
     bench = _bench()
     # The minimum over fresh kernels: load on the machine only ever adds time, a panel that blocks the loop
     # adds it every time (before the fix: +130 to +145 ms here). A second round only under noise.
-    for round_ in range(2):
+    for _round in range(2):
         with_panel, without = bench.first_run_overhead(3, str(tmp_path))
         assert min(without) >= 0.05
         extra = min(with_panel) - min(without)
