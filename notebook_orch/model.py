@@ -46,7 +46,7 @@ def _period(text: str, number: str, unit: str, what: str, allow_zero: bool = Fal
     return mult * _UNITS[unit]
 
 
-class _EmptyMapping(dict):  # type: ignore[type-arg]
+class _EmptyMapping(dict[str, Any]):
     """The shared, read-only empty default of mapping fields (a real dict, so pydantic serialises it)."""
 
     def _refuse(self, *args: Any, **kwargs: Any) -> None:

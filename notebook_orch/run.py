@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from .errors import LoopError, OrchError, RunCancelledError, TaskFailedError, UnknownNameError
@@ -198,7 +198,7 @@ class Run:
         return self.workflow._launch(opts, reuse=keep, wait=opts.pop("_wait", None))
 
     # ---------------------------------------------------------------- waiting
-    def __await__(self):  # type: ignore[no-untyped-def]
+    def __await__(self) -> Generator[Any, None, "Run"]:
         return self._await().__await__()
 
     async def _await(self) -> "Run":

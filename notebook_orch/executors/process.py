@@ -28,11 +28,11 @@ from . import DEFAULT_LIMIT, AbandonedInfo, call_body, report_abandoned
 __all__ = ["ProcessExecutor"]
 
 
-class _KillableFuture(asyncio.Future):  # type: ignore[type-arg]
+class _KillableFuture(asyncio.Future[Any]):
     """The loop's side of one pebble future: cancelling it kills the worker running the body."""
 
     _pool: ProcessExecutor
-    _pf: Future  # type: ignore[type-arg]
+    _pf: Future[Any]
     _where: Any
     _t0: float
 
@@ -57,7 +57,7 @@ class ProcessExecutor:
         self._pool: Any = None
 
     def submit(self, fn: Callable[..., Any], kwargs: dict[str, Any], *, task: str = "",
-               resources: Mapping[str, int] | None = None) -> asyncio.Future:  # type: ignore[type-arg]
+               resources: Mapping[str, int] | None = None) -> asyncio.Future[Any]:
         if self._pool is None:
             try:
                 from pebble import ProcessPool
@@ -69,7 +69,7 @@ class ProcessExecutor:
         fut = _KillableFuture(loop=loop)
         fut._pool, fut._pf, fut._where, fut._t0 = self, pf, capture.current_buffer.get(), perf_counter()
 
-        def done(pf: Future) -> None:  # type: ignore[type-arg]
+        def done(pf: Future[Any]) -> None:
             try:
                 loop.call_soon_threadsafe(_copy, pf, fut)
             except RuntimeError:   # the loop is closed
@@ -95,7 +95,7 @@ def _size(limit: int | None) -> int:
     return max(1, min(limit or DEFAULT_LIMIT, os.cpu_count() or 1))
 
 
-def _copy(pf: Future, fut: asyncio.Future) -> None:  # type: ignore[type-arg]
+def _copy(pf: Future[Any], fut: asyncio.Future[Any]) -> None:
     if fut.done() or pf.cancelled():
         return
     exc = pf.exception()

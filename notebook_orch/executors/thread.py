@@ -46,7 +46,7 @@ class _Item:
         self.started = 0.0
 
 
-class _BodyFuture(asyncio.Future):  # type: ignore[type-arg]
+class _BodyFuture(asyncio.Future[Any]):
     """The awaitable of one body: cancelling it frees the body's worker before cancel() returns."""
 
     _pool: ThreadExecutor
@@ -226,7 +226,7 @@ class ThreadExecutor:
         return worker.item
 
 
-def _resolve(fut: asyncio.Future, ok: bool, value: Any) -> None:  # type: ignore[type-arg]
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
     if not fut.done():
         if ok:
             fut.set_result(value)

@@ -13,7 +13,7 @@ def load(ipython: Any) -> None:
     from . import commands, display
     from .magics import OrchMagics
 
-    OrchMagics.dispatch = staticmethod(commands.dispatch)   # type: ignore[assignment]
+    OrchMagics.dispatch = staticmethod(commands.dispatch)
     OrchMagics.orch.__doc__ = commands.overview()            # `%orch?` lists the registered subcommands
     ipython.register_magics(OrchMagics(ipython))
     display.register(ipython)

@@ -29,7 +29,7 @@ import itertools
 import linecache
 import symtable
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,7 +154,7 @@ def _syntax(task_id: str, exc: SyntaxError, lines: list[str]) -> TaskSyntaxError
     return TaskSyntaxError(task_id, line, msg, text, exc.offset)
 
 
-def _top_level(stmts: list[ast.stmt]):  # type: ignore[no-untyped-def]
+def _top_level(stmts: list[ast.stmt]) -> Iterator[ast.AST]:
     """Every node of the body's own scope (not inside nested functions, lambdas or classes)."""
     stack: list[ast.AST] = list(reversed(stmts))
     while stack:
@@ -237,7 +237,7 @@ class _FirstUse(ast.NodeVisitor):
         for s in node.body + node.orelse:
             self.visit(s)
 
-    visit_AsyncFor = visit_For  # type: ignore[assignment]
+    visit_AsyncFor = visit_For
 
     def _comp(self, node: Any, results: list[ast.expr]) -> None:
         for gen in node.generators:
@@ -269,16 +269,16 @@ class _FirstUse(ast.NodeVisitor):
         if not isinstance(node, ast.Lambda):
             self._note(node.name, "store")   # the body is deferred: it does not run here
 
-    visit_FunctionDef = _defn  # type: ignore[assignment]
-    visit_AsyncFunctionDef = _defn  # type: ignore[assignment]
-    visit_ClassDef = _defn  # type: ignore[assignment]
-    visit_Lambda = _defn  # type: ignore[assignment]
+    visit_FunctionDef = _defn
+    visit_AsyncFunctionDef = _defn
+    visit_ClassDef = _defn
+    visit_Lambda = _defn
 
     def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
         for a in node.names:
             self._note((a.asname or a.name).split(".")[0], "store")
 
-    visit_ImportFrom = visit_Import  # type: ignore[assignment]
+    visit_ImportFrom = visit_Import
 
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
         if node.type is not None:
@@ -425,5 +425,5 @@ def _register(task_id: str, fn: Callable[..., Any]) -> None:
 def _rebind_globals(fn: Callable[..., Any], ns: Mapping[str, Any]) -> Callable[..., Any]:
     import types
     new = types.FunctionType(fn.__code__, ns, fn.__name__, fn.__defaults__, fn.__closure__)  # type: ignore[arg-type]
-    new.__kwdefaults__ = fn.__kwdefaults__  # type: ignore[attr-defined]
+    new.__kwdefaults__ = fn.__kwdefaults__
     return new

@@ -303,7 +303,7 @@ class OrchMagics(Magics):
         return self.dispatch(self, line)
 
     # `load()` sets this to commands.dispatch: the %orch subcommands are plugged in, not imported here
-    dispatch: Callable[[Any, str], Any] = staticmethod(lambda m, line: None)  # type: ignore[assignment]
+    dispatch: Callable[[Any, str], Any] = staticmethod(lambda m, line: None)
 
 
 def _without_forward_refs(wf: Workflow, tid: str) -> tuple[dict[str, Task], list[str]]:

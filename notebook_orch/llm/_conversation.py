@@ -271,7 +271,7 @@ def _pyd_agent(task: "Task", agent: "Agent", system: str) -> Any:
     if task.output_model is not None:
         output_type: Any = task.output_model
     elif task.routes:
-        output_type = Literal[tuple(task.routes)]  # type: ignore[valid-type]
+        output_type = Literal[tuple(task.routes)]
     else:
         output_type = str
     pa: Any = PydAgent(output_type=output_type, instructions=system or None, tools=list(agent.tools),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
 
 from ..model import Task, parse_ttl
@@ -256,7 +256,7 @@ class _LeaseWait:
     def __init__(self, cache: RunCache, task_id: str, fp: str, ttl: float | None, holder: str):
         self.cache, self.task_id, self.fp, self.ttl, self.holder = cache, task_id, fp, ttl, holder
 
-    def __await__(self):  # type: ignore[no-untyped-def]
+    def __await__(self) -> Generator[Any, None, tuple[bool, Any, str]]:
         return self._wait().__await__()
 
     async def _wait(self) -> tuple[bool, Any, str]:
