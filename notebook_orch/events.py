@@ -120,7 +120,7 @@ class Retrying(NamedTuple):
 
 class ItemDone(NamedTuple):
     """`item_done`: one item of a map task finished."""
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose: the event's public field name
     n_items: int
     ok: bool
     t_start: float | None       # start of its last attempt (seconds since the run started)
@@ -153,7 +153,7 @@ class Bus:
 
     def __init__(self) -> None:
         self._subs: list[Callable[[Event], Any]] = []
-        self.errors: list[tuple[Callable[[Event], Any], BaseException]] = []
+        self.errors: list[tuple[Callable[..., Any], BaseException]] = []   # a subscriber or a run's finish hook
 
     def subscribe(self, fn: Callable[[Event], Any]) -> Callable[[], None]:
         """Call `fn(event)` for every event from now on; returns a function that unsubscribes."""

@@ -7,7 +7,7 @@ Edges come from four places: parameters or placeholders named after tasks (data)
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .errors import CycleError, DefinitionError, UnknownNameError
@@ -116,7 +116,9 @@ def _toposort(ids: list[str], deps: list[tuple[int, ...]], children: list[list[i
 def _find_cycle(ids: list[str], deps: list[tuple[int, ...]], left: set[int]) -> list[str]:
     """A cycle among the nodes Kahn's algorithm could not order, as ids [a, b, ..., a] in data-flow order."""
     start = min(left)
-    path, pos, node = [], {}, start
+    path: list[int] = []
+    pos: dict[int, int] = {}
+    node = start
     while node not in pos:  # every leftover node has a leftover upstream: walk upstream until we repeat
         pos[node] = len(path)
         path.append(node)
@@ -180,12 +182,12 @@ def build_graph(tasks: Mapping[str, Task], agents: Mapping[str, Agent],
             routers[i] = table
         deps.append(tuple(ds))
         inputs.append(tuple(data))
-    for tgt, parents in route_parent.items():  # a branch runs after the router that picks it
-        deps[tgt] = tuple(set(deps[tgt]) | parents)
-    for i, ds in enumerate(deps):
-        if i in ds:
+    for branch, parents in route_parent.items():  # a branch runs after the router that picks it
+        deps[branch] = tuple(set(deps[branch]) | parents)
+    for i, up in enumerate(deps):
+        if i in up:
             raise CycleError([ids[i], ids[i]])
-        deps[i] = tuple(sorted(ds))
+        deps[i] = tuple(sorted(up))
     return Graph(ids, deps, inputs, fallback_only, routers)
 
 
@@ -195,7 +197,7 @@ class _Others:
     def __init__(self, ids: list[str], exclude: str):
         self.ids, self.exclude = ids, exclude
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         return (t for t in self.ids if t != self.exclude)
 
 

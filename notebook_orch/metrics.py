@@ -71,7 +71,7 @@ def _analysis(run: "Run") -> tuple[_x.Facts, _Derived]:
     return f, d
 
 
-def _stamps(run: "Run", secs: np.ndarray) -> pd.Series:
+def _stamps(run: "Run", secs: np.ndarray) -> pd.DatetimeIndex:
     base = pd.Timestamp.fromtimestamp(run.started_wall) if run.started_wall else pd.Timestamp(0)
     return base + pd.to_timedelta(secs, unit="s")
 
@@ -124,7 +124,8 @@ def _max_concurrency(run: "Run", f: _x.Facts) -> float | None:
         opts = run.options
         values.append(1 if opts.get("mode") == "sequential" else opts.get("concurrency", run.workflow.concurrency))
         values += [v for _, w, v in f.limit_changes if w == "concurrency"]
-    return None if any(v is None for v in values) else float(max(values))
+    known = [v for v in values if v is not None]
+    return None if len(known) < len(values) else float(max(known))
 
 
 def summary(run: "Run") -> pd.Series:
@@ -192,7 +193,7 @@ def _unit_costs(f: _x.Facts, d: _Derived) -> tuple[np.ndarray, np.ndarray]:
 def _waits_by_limit(f: _x.Facts) -> tuple[list[str], np.ndarray]:
     """(limit labels, array node x limit of seconds waited), queued or inside an attempt's model requests."""
     limits = f.seg_limit + f.inner_limit
-    codes, labels = pd.factorize(pd.Series(limits, dtype=object)) if limits else (np.zeros(0, int), [])
+    codes, labels = pd.factorize(pd.Series(limits, dtype=object)) if limits else (np.zeros(0, int), pd.Index([]))
     L = len(labels)
     out = np.zeros((f.n, max(L, 1)))
     if L:
@@ -350,9 +351,10 @@ def utilization(run: "Run") -> pd.DataFrame:
         rows["agent:" + a] = dict(capacity=cap, busy_s=busy, utilization=util(busy, cap), wait_s=w, max_queue=q,
                                   kind="agent", name=a, peak=_peak(f.att_t0[m], f.att_t1[m]))
         changed = any(wh == "rate:" + a for _, wh, _ in f.limit_changes)
-        if rates[a] or changed:
+        rate = rates[a]
+        if rate or changed:
             from .model import parse_rate
-            count, period = parse_rate(rates[a]) if rates[a] else (np.nan, np.nan)
+            count, period = parse_rate(rate) if rate else (np.nan, np.nan)
             # a sliding window lets `count` starts through at t=0 and `count` more every `period` after
             allowed = count * (np.floor(span / period) + 1) if span > 0 else np.nan
             w, q = waits("rate:" + a)
@@ -419,7 +421,7 @@ def tool_calls(run: "Run") -> pd.DataFrame:
     f = _x.facts(run)
     if not f.tool_rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in TOOL_COLUMNS})
-    agents = dict(zip(f.ids, f.agent))
+    agents: dict[str | None, str | None] = dict(zip(f.ids, f.agent))
     rows = [{"task": r.get("task"), "agent": r.get("agent", agents.get(r.get("task"))), "tool": r.get("tool"),
              "input": r.get("input"), "duration_ms": r.get("duration_ms", np.nan),
              "success": r.get("success", r.get("error") is None), "error": r.get("error")} for r in f.tool_rows]

@@ -109,6 +109,7 @@ def render(workflow: "Workflow | None", run: "Run | None" = None, *, group: str 
         if run is None:
             raise DefinitionError("render() needs a workflow or a run: render(wf) or render(wf, run=run)")
         workflow = run.workflow
+    tasks: Mapping[str, Task]
     try:
         graph, tasks = workflow.validate(), workflow.tasks
     except DefinitionError:

@@ -30,7 +30,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 from . import capture, policy
 from .errors import DefinitionError, OrchError, UnknownNameError
@@ -126,7 +126,7 @@ class Scheduler:
         self.prio = [t.priority for t in self.tasks]
         self.key = policy.ready_keys(self.prio, self.rem)          # per node: its ready-heap entry
         # per-node facts read on the hot path (plain lists: no model attribute access per attempt)
-        self.fn = [t.fn for t in self.tasks]
+        self.fn = cast("list[Callable[..., Any]]", [t.fn for t in self.tasks])  # None only for prompts: never called
         self.kind = [_kind(t) for t in self.tasks]                # coro | loop | thread | process | dask | prompt
         # dask: set by use_executor() / begin(); see executors/dask.py
         self.dask: Any = None                                     # the run's DaskExecutor (None: no body runs on Dask)
@@ -213,7 +213,7 @@ class Scheduler:
 
     def _start_ready(self) -> None:
         """Settle the tasks with no upstream and dispatch: how every run starts."""
-        work = []
+        work: list[tuple[int, str | None, Any]] = []
         for i in self.g.order:
             if self.ids[i] in self.g.fallback_only:
                 work.append((i, "skipped", "used only as a fallback"))
@@ -606,7 +606,7 @@ class Scheduler:
         fn = self.fn[i]
         if slot is not None and kind == "thread":
             fn = functools.partial(_stamped, slot, fn)
-        return self.executors.submit("loop" if kind == "coro" else kind, fn, kwargs)  # type: ignore[arg-type]
+        return self.executors.submit("loop" if kind == "coro" else kind, fn, kwargs)
 
     def _input_values(self, i: int, k: int = -1) -> dict[str, Any]:
         task = self.tasks[i]
@@ -690,7 +690,7 @@ class Scheduler:
     def _record_breaker(self, i: int, k: int, ok: bool) -> None:
         agent = self._agent_of(i, k)
         br = self.breakers.get(agent) if agent is not None else None
-        if br is None:
+        if br is None or agent is None:
             return
         tripped = br.consecutive >= br.failures
         if br.record(ok, perf_counter()):
@@ -854,7 +854,11 @@ class Scheduler:
         if self.done is not None and not self.done.done():
             if self.dask is not None:   # done once its futures are cancelled or fetched and its client closed
                 done, status = self.done, self.state.run_status
-                self.dask.closed_then(self, lambda: done.done() or done.set_result(status))
+
+                def resolve() -> None:
+                    if not done.done():
+                        done.set_result(status)
+                self.dask.closed_then(self, resolve)
             else:
                 self.done.set_result(self.state.run_status)
 

@@ -12,6 +12,8 @@ from matplotlib.patches import Patch, Rectangle
 from ..timings import CANCELLED, FAILED, OPEN
 
 if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.artist import Artist
+
     from ..run import Run
     from ..timings import Facts
 
@@ -79,7 +81,7 @@ def draw(run: "Run", f: "Facts", d: Any, *, max_rows: int = 60, figsize: tuple[f
          title: str | None = None) -> GanttFigure:
     rows, capped = _rows(f, d, max(1, int(max_rows)))
     agents = sorted({a for a in f.att_agent if a is not None})
-    colors = {a: _PALETTE[j % len(_PALETTE)] for j, a in enumerate(agents)}
+    colors: dict[str | None, str] = {a: _PALETTE[j % len(_PALETTE)] for j, a in enumerate(agents)}
     fig = GanttFigure(figsize=figsize or (10.0, min(40.0, 1.6 + 0.32 * max(len(rows), 1))), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -140,7 +142,7 @@ def draw(run: "Run", f: "Facts", d: Any, *, max_rows: int = 60, figsize: tuple[f
     ax.set_ylabel("task")
     ax.grid(axis="x", color="#eeeeee", zorder=0)
     ax.set_axisbelow(True)
-    handles = [Patch(facecolor=colors[a], label=f"agent {a}") for a in agents]
+    handles: list[Artist] = [Patch(facecolor=colors[a], label=f"agent {a}") for a in agents]
     if any(a is None for a in f.att_agent):
         handles.append(Patch(facecolor=_NO_AGENT, label="no agent" if agents else "running"))
     if used_wait:

@@ -55,7 +55,7 @@ class Model:
         self.npend: list[int] = []
         self.units: list[list[list[Attempt]]] = []    # node -> units -> attempts (empty: resolves instantly)
         self.res: list[dict[str, int] | None] = []
-        self.key: list[tuple[float, float]] = []
+        self.key: list[tuple[int, float]] = []
         self.concurrency: int | None = None
         self.caps: dict[str, int] = {}
         self.rates: dict[str, tuple[int, float]] = {}
@@ -149,7 +149,7 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
         units[zero] = [[(0.0, u[0][1], 0.0)] for u in units[zero]]
     a_run: dict[Any, int] = {}
     p_used = {p: 0 for p in pool}
-    starts = {a: deque(maxlen=r[0]) for a, r in rate.items()}
+    starts: dict[str, deque[float]] = {a: deque(maxlen=r[0]) for a, r in rate.items()}
     ready: list[tuple[Any, ...]] = []
     parked: dict[str, list[tuple[Any, ...]]] = {}
     timers: list[tuple[Any, ...]] = []
