@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo lab test docs gallery install system-deps system-deps-test bench clean
+.PHONY: demo lab test lint docs gallery install system-deps system-deps-test bench clean
 
 # Debian packages: graphviz (the `dot` binary) for everyone; chromium for the browser test.
 system-deps:
@@ -37,7 +37,13 @@ gallery: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
+# ruff (configured in pyproject.toml, check only: nothing is reformatted) and mypy on the package.
+lint: $(STAMP)
+	$(BIN)/python -m ruff check notebook_orch tests benchmarks scripts
+	$(BIN)/python -m mypy notebook_orch
+
 test: system-deps-test $(STAMP)
+	$(MAKE) --no-print-directory lint
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
