@@ -26,6 +26,10 @@ import random
 import statistics
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import overhead as _overhead  # noqa: E402  (the layered DAG builder, shared)
 
 
 class Node:
@@ -47,17 +51,8 @@ def inc(item):
 
 
 def layered(n: int, layers: int, seed: int = 0) -> list[list[int]]:
-    rng = random.Random(seed)
-    width = max(1, n // layers)
-    preds: list[list[int]] = []
-    for i in range(n):
-        layer = i // width
-        if layer == 0:
-            preds.append([])
-        else:
-            lo = (layer - 1) * width
-            preds.append(sorted({lo + rng.randrange(width), lo + rng.randrange(width)}))
-    return preds
+    """The same layered DAG as benchmarks/overhead.py (its builder), with `layers` layers."""
+    return _overhead.layered(n, seed, layers)
 
 
 def direct_dag(client, preds, node_cls) -> float:

@@ -30,10 +30,10 @@ import time
 LAYERS = 100
 
 
-def layered(n: int, seed: int = 0) -> list[list[int]]:
+def layered(n: int, seed: int = 0, layers: int = LAYERS) -> list[list[int]]:
     """preds[i] for a layered DAG of n nodes (node ids in layer order)."""
     rng = random.Random(seed)
-    width = max(1, n // LAYERS)
+    width = max(1, n // layers)
     preds: list[list[int]] = []
     for i in range(n):
         layer = i // width

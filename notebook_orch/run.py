@@ -45,11 +45,6 @@ class Run:
         self.not_persisted: dict[str, str] = {}  # task -> why its output is kept in memory only (e.g. unpicklable)
 
     @property
-    def _s(self) -> Any:
-        """Transitional alias for readers not yet moved to `state` (the scheduler of a live run)."""
-        return self._sched if self._sched is not None else self.state
-
-    @property
     def started_wall(self) -> float | None:
         """time.time() when the run started."""
         return self.state.started_wall

@@ -197,7 +197,7 @@ def test_workflow_dask_default_and_address_string(cluster):
     run = wf.run()
     assert run.status == "succeeded", run.errors
     assert run["pid"] in _worker_pids(c)
-    assert isinstance(run._s.results["pid"], int)   # our own client fetched it before closing
+    assert isinstance(run.state.results["pid"], int)   # our own client fetched it before closing
 
 
 # ---------------------------------------------------------------------- data stays on the cluster
@@ -209,7 +209,7 @@ def test_producer_consumer_pass_a_large_array_without_the_kernel(client):
         warnings.simplefilter("error")   # "Sending large graph" would mean the array went through the kernel
         run = wf.run(dask=client)
     assert run.status == "succeeded", run.errors
-    held = run._s.results["produce"]
+    held = run.state.results["produce"]
     assert isinstance(held, distributed.Future)                       # the kernel holds a reference only
     where = client.who_has([held])[held.key]
     assert where and set(where) <= set(client.scheduler_info()["workers"])
@@ -227,7 +227,7 @@ def test_store_gets_a_copy_but_dask_consumers_still_get_the_future(client):
         warnings.simplefilter("error")
         run = wf.run()
     assert run.status == "succeeded", run.errors
-    assert isinstance(run._s.results["produce"], np.ndarray)           # the store pickled it
+    assert isinstance(run.state.results["produce"], np.ndarray)           # the store pickled it
     assert run["consume"][0] == 40_000_000
 
 
@@ -395,9 +395,9 @@ def test_dask_local_starts_a_cluster_for_the_run_and_closes_it():
     run = wf.run(dask="local")
     assert run.status == "succeeded", run.errors
     assert run["pid"] != os.getpid()
-    ex = run._s.dask
+    ex = run._sched.dask
     assert ex.cluster is not None and ex.cluster.status.name == "closed" and ex.client.status == "closed"
-    assert isinstance(run._s.results["produce"], np.ndarray)   # fetched before the client closed
+    assert isinstance(run.state.results["produce"], np.ndarray)   # fetched before the client closed
 
 
 def test_an_asynchronous_client_on_the_run_loop_is_awaited_directly(cluster):
@@ -409,8 +409,8 @@ def test_an_asynchronous_client_on_the_run_loop_is_awaited_directly(cluster):
             wf.task(produce, executor="dask")
             wf.task(consume, executor="dask")
             run = await wf.arun(dask=ac)
-            assert run._s.dask._cloop is asyncio.get_running_loop()
-            held = run._s.results["produce"]
+            assert run._sched.dask._cloop is asyncio.get_running_loop()
+            held = run.state.results["produce"]
             assert isinstance(held, distributed.Future) and held.client is ac
             return run["consume"][0], run["produce"].shape      # fetched from inside the loop
 

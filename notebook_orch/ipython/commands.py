@@ -282,7 +282,7 @@ def _results(m: Any, args: Any) -> Any:
     run = _last_run(m)
     rows = []
     # dask: outputs still on the cluster show as their Future (a preview does not fetch them)
-    results = dict(run._s.results) if getattr(run._s, "dask", None) is not None else run.results
+    results = dict(run.state.results) if getattr(run._sched, "dask", None) is not None else run.results
     for t, st in run.statuses.items():
         has = t in results
         value = results.get(t)

@@ -366,7 +366,7 @@ class RunPanel:
 
     def __repr__(self) -> str:
         if self.run is None:
-            return "<RunPanel (no run yet)>"
+            return "(run panel: the live widget; the run's final state is the snapshot shown with it)"
         return f"<RunPanel of {summary_text(self.run).splitlines()[0]}>"
 
     # ------------------------------------------------------------------ event coalescing

@@ -57,16 +57,9 @@ def prompt_text(messages: list[Any]) -> str:
 
 
 def system_prompt(agent: "Agent", duty: str) -> str:
-    """The agent's persona (role, goal, instructions) followed by what it is asked to do here."""
-    lines = []
-    if agent.role:
-        lines.append(f"You are {agent.role}.")
-    if agent.goal:
-        lines.append(f"Your goal: {agent.goal}")
-    if agent.instructions:
-        lines.append(agent.instructions.strip())
-    lines.append(duty)
-    return "\n".join(lines)
+    """The agent's persona (the model layer's system prompt) followed by what it is asked to do here."""
+    from ..llm import system_prompt as persona
+    return "\n".join(p for p in (persona(agent), duty) if p)
 
 
 def usage_info(usage: "RunUsage", agent: "Agent", model: Any = None, duration_s: float | None = None

@@ -121,7 +121,7 @@ class Recorder:
     def bind(self, run: Any) -> None:
         """Follow `run` (before its scheduler begins); exposes run.fingerprints / uncacheable / not_persisted."""
         self.run = run
-        self.st = getattr(run, "state", None) or run._s
+        self.st = run.state
         self.cache.state = self.st
         self._run_id = run.id
         run.fingerprints = self.cache.fingerprints
