@@ -28,14 +28,15 @@ notes -- no status change:
     breaker_open     the agent's circuit breaker opened (task = the task whose failure tripped it,
                      info: (agent, consecutive failures)); its queued tasks now fail fast
     breaker_closed   a probe after the cooldown succeeded: the breaker closed again (info: agent)
-    not_persisted    the output could not be written to the store; kept in memory (info: why)
     cache_error      the cache lookup raised; the task runs (info: error text)
     usage            one model request's usage (info: `Usage`)
     tool_call        one tool call by an agent (info: `ToolCall`)
     stream           a prompt task's partial answer while it streams (info: `Stream`), coalesced
     message          one message of a prompt task's conversation (info: `Message`)
     abandoned        a timed-out or cancelled sync body was left running in its thread (info: why)
-    worker           the cluster worker an attempt ran on (info: address)
+    worker           the Dask worker an attempt started on (info: {"worker", "key", "queued_s"})
+    worker_lost      a Dask worker died while running the attempt; Dask runs it again (info: {"worker",
+                     "key", "message"})
     assigned         the manager (or the capability match) gave the task an agent (info: `Assigned`)
     retrying         also for a model request retried after HTTP 429/5xx inside the attempt
                      (info: `ModelRetrying`, a dict; the task-level one is a `Retrying` tuple)
