@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -141,7 +142,11 @@ def _wait_saved(server, name: str) -> None:
     """Until the saved file holds the panel's static snapshot output."""
     deadline = time.time() + 30
     while time.time() < deadline:
-        cells = server.api(f"/api/contents/{name}")["content"]["cells"]
+        try:
+            cells = server.api(f"/api/contents/{name}")["content"]["cells"]
+        except urllib.error.HTTPError:   # read while the save is writing it: not readable yet
+            time.sleep(0.25)
+            continue
         html = [o.get("data", {}).get("text/html", "") for c in cells for o in c.get("outputs", [])]
         if any('class="norch-static"' in h for h in html):
             return
