@@ -159,7 +159,9 @@ def summary(run: "Run") -> pd.Series:
         "cancelled": c["cancelled"],
         "unfinished": f.n - sum(c.values()),
         # LLM usage (SPEC §8): sums of the `usage` events; cost NaN when any request's cost is unknown
-        "tokens_in": float(f.tokens_in.sum()), "tokens_out": float(f.tokens_out.sum()), "cost_usd": float(f.cost.sum()),
+        # the tasks' requests plus the run's own (a hierarchical run's manager)
+        "tokens_in": float(f.tokens_in.sum()) + f.run_usage[0], "tokens_out": float(f.tokens_out.sum()) + f.run_usage[1],
+        "cost_usd": float(f.cost.sum()) + f.run_usage[2],
     }
     return pd.Series(out, name=run.id, dtype=float)
 

@@ -87,6 +87,7 @@ class Facts:
         self.inner_limit: list[str] = []       # 'rate:X' or 'tokens:X'
         self.inner_t0 = self.inner_t1 = np.zeros(0)
         self.abandoned = np.zeros(0, int)      # per node: attempts whose body was abandoned (sync body timed out)
+        self.run_usage = (0.0, 0.0, 0.0)       # tokens in, out and cost (NaN: unknown) of requests of no task (a manager's)
         self.limit_changes: list[tuple[float, str, Any]] = []   # (t, 'concurrency' | 'agent:X' | ..., value)
         self.pauses: list[tuple[float, bool]] = []              # (t, paused?)
         self.errors: list[str | None] = []
@@ -129,6 +130,7 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
     inner_open: dict[int, tuple[float, str]] = {}                    # node -> (t, limit) while a request waits
     inner: list[tuple[int, str, float, float]] = []
     abandoned = [0] * n
+    run_usage = [0.0, 0.0, 0.0]                                       # tokens in, out, cost of run-level requests
     att_rows: list[tuple[int, int, int, Any, float, float, float, int]] = []   # node, item, no, agent, t0, t1, queued, ok
     add_att = att_rows.append
     waits: list[tuple[int, float, float]] = []                        # (node, queued, started)
@@ -234,7 +236,13 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
             i = idx[task]
             if not is_map[i]:
                 next_q[(i, -1)] = t
-        elif kind == "usage" and task:   # task '': a run-level request (a hierarchical run's manager)
+        elif kind == "usage" and not task:   # a run-level request (a hierarchical run's manager)
+            u = info if isinstance(info, dict) else {}
+            run_usage[0] += float(u.get("tokens_in") or 0)
+            run_usage[1] += float(u.get("tokens_out") or 0)
+            c = u.get("cost_usd")
+            run_usage[2] = NAN if c is None else run_usage[2] + float(c)
+        elif kind == "usage":
             i = idx[task]
             u = info if isinstance(info, dict) else {}
             tok_in[i] += float(u.get("tokens_in") or 0)
@@ -304,6 +312,7 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
     f.inner_t0 = np.array([w[2] for w in inner], float)
     f.inner_t1 = np.array([w[3] for w in inner], float)
     f.abandoned = np.array(abandoned, int)
+    f.run_usage = (run_usage[0], run_usage[1], run_usage[2])
     f.worker = [", ".join(workers[i]) if i in workers else None for i in range(n)]
     f.cluster_wait = np.array(cl_wait, float)
     f.limit_changes = limit_changes

@@ -260,3 +260,16 @@ def test_orch_run_hierarchical_magic(ip):
     assert run.status == "succeeded" and run.assignments()["agent"].tolist() == ["writer"]
     with pytest.raises(OrchError, match="needs the manager agent"):
         ip.run_line_magic("orch", "run --mode hierarchical --wait")
+
+
+def test_the_summary_counts_the_managers_tokens_too():
+    from notebook_orch import Workflow
+    wf = Workflow("tok", store=False)
+    wf.agent("boss", role="Project manager", llm="demo")
+    wf.agent("writer", role="Report writer", goal="Write reports", llm="demo")
+    wf.prompt("report", "Write a short report")
+    run = wf.run(mode="hierarchical", manager="boss")
+    m, s = run.metrics(), run.summary()
+    manager = [e.info for e in run.events if e.kind == "usage" and not e.task]
+    assert manager and s["tokens_in"] == m.tokens_in.sum() + sum(u["tokens_in"] for u in manager)
+    assert s["cost_usd"] == 0.0          # the demo model is free: a known cost
