@@ -62,7 +62,7 @@ class MissingKeyError(DefinitionError):
         super().__init__(
             f"agent {agent!r} uses llm={llm!r} but the environment variable {env} is not set; set it "
             f"(os.environ[{env!r}] = ... or in the shell that starts Jupyter), or give the agent "
-            f"api_key_env='YOUR_VARIABLE', or use llm='demo' to run offline")
+            f"the name of the variable that holds its key as api_key_env, or use llm='demo' to run offline")
 
 
 class ModelRequestError(OrchError):
