@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import DefinitionError, InvalidIdError, KeywordIdError, OrchError, UnknownNameError, closest
+from .redact import redact
 
 __all__ = ["Agent", "Task", "Trigger", "Executor", "parse_rate", "parse_ttl", "TRIGGERS", "EXECUTORS"]
 
@@ -166,6 +167,11 @@ class Agent(BaseModel):
             except DefinitionError as exc:   # name the agent, as every definition error does
                 raise DefinitionError(f"agent {info.data.get('name', '?')!r}: {exc}") from None
         return v
+
+    def __repr_args__(self) -> Any:
+        """What the repr shows: every field, secrets masked (a key pasted into `instructions` stays there)."""
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if isinstance(value, str) else value
 
     @property
     def rate(self) -> tuple[int, float] | None:
