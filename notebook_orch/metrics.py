@@ -21,7 +21,7 @@ import pandas as pd
 from . import timings as _x
 from .timings import TOL, critical, durations, realised_deps
 from ._metrics.simulate import build, no_gc, simulate
-from .redact import redact_texts  # -- redaction: the error column never shows a secret
+from .redact import redact_texts  # the error column never shows a secret
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -106,7 +106,7 @@ def task_metrics(run: "Run") -> pd.DataFrame:
         "tokens_in": f.tokens_in.astype(np.int64),
         "tokens_out": f.tokens_out.astype(np.int64),
         "cost_usd": f.cost,
-        "error": pd.Series(redact_texts(run, f.errors), dtype=object),  # -- redaction
+        "error": pd.Series(redact_texts(run, f.errors), dtype=object),
         "busy_s": d.busy,
         "queued_s": queued,
         "abandoned": f.abandoned,

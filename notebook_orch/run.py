@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Run", "PastRun", "counts_text"]
 
 
-# --- display (nb engineer): the counts line, written once; the notebook layer registers the live panel
+# the counts line, written once; the notebook layer registers the live panel
 def counts_text(counts: dict[str, int]) -> str:
     """'3 succeeded, 1 failed': status counts in the order of events.STATUSES (zeros left out)."""
     return ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
@@ -295,7 +295,7 @@ class Run:
         """Seconds since the run started (its makespan once done)."""
         return self.state.elapsed(time.time())
 
-    # --- display (nb engineer): a plain rich repr; `%load_ext notebook_orch` registers the live panel
+    # a plain rich repr; `%load_ext notebook_orch` registers the live panel
     def _repr_html_(self) -> str:
         import html
         rows = "".join(f"<tr><td>{html.escape(t)}</td><td>{st}</td></tr>" for t, st in list(self.statuses.items())[:50])

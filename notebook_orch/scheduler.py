@@ -73,7 +73,7 @@ def _route_label(value: Any) -> Any:
 def _error_text(exc: BaseException) -> str:
     msg = str(exc)
     text = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-    return redact(text)  # -- redaction: error text in events never carries a secret (notebook_orch.redact)
+    return redact(text)  # error text in events never carries a secret (notebook_orch.redact)
 
 
 class Scheduler:
@@ -363,7 +363,7 @@ class Scheduler:
                 self.emit(i, "cache_error", 0, _error_text(exc))
             if hit:
                 return self._cached(i, value, where)
-            if hit is None:  # -- store lease: another process computes this output; wait for it (store/cache.py)
+            if hit is None:  # another process computes this output; wait for it (store/cache.py)
                 self._wait_lease(i, value, where)
                 return None
         self.status[i] = "ready"
@@ -391,7 +391,7 @@ class Scheduler:
             heapq.heappush(self.heap, policy.entry(key, k))
         return None
 
-    # -- store lease (begin): the cache hook answered (None, waiter, where): the task is ready but holds no
+    # Store leases: the cache hook answered (None, waiter, where): the task is ready but holds no
     # slot while `waiter` resolves to (hit, value, where); a hit makes it `cached`, a miss queues it.
     def _wait_lease(self, i: int, waiter: Any, where: str) -> None:
         self.status[i] = "ready"
@@ -412,7 +412,6 @@ class Scheduler:
                 heapq.heappush(self.heap, self.key[i])
                 self._dispatch()
         self.active[(i, -2)] = self.loop.create_task(wait())  # type: ignore[union-attr]
-    # -- store lease (end)
 
     def _cached(self, i: int, value: Any, where: str) -> tuple[str, Any]:
         self.results[self.ids[i]] = value
@@ -421,7 +420,7 @@ class Scheduler:
 
     def _terminal(self, i: int, status: str, info: Any = None, exc: BaseException | None = None) -> None:
         if exc is not None:
-            self.errors[self.ids[i]] = redact_exception(exc)  # -- redaction: run.errors shows no secret
+            self.errors[self.ids[i]] = redact_exception(exc)  # run.errors shows no secret
         self._settle([(i, status, info)])
 
     # ------------------------------------------------------------------ dispatch
