@@ -83,6 +83,10 @@ class OpenAIServer:
             loop.run_until_complete(self.start())
             ready.set()
             loop.run_forever()
+            pending = asyncio.all_tasks(loop)   # open keep-alive connections: end them, not leave them pending
+            for t in pending:
+                t.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
         self._thread = threading.Thread(target=main, name="openai-server", daemon=True)
         self._thread.start()
