@@ -115,9 +115,7 @@ def test_quickstart_panel_in_jupyterlab(jupyter_server, page):
     # Its content is the last state JupyterLab applied: JupyterLab routes a display update only to a cell
     # whose request is still being handled, so a run that ends after its cell did may leave an older
     # snapshot (the final state is checked deterministically through nbclient in tests/ipython).
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^File$")).click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Save Notebook$")).click()
-    _wait_saved(jupyter_server, NOTEBOOK.name)
+    _save(jupyter_server, page, NOTEBOOK.name)
     for s in jupyter_server.api("/api/sessions"):
         if s["path"].endswith(NOTEBOOK.name):
             req = urllib.request.Request(jupyter_server.url(f"/api/sessions/{s['id']}"), method="DELETE")
@@ -138,17 +136,41 @@ def test_quickstart_panel_in_jupyterlab(jupyter_server, page):
     print(f"[browser] took {time.time() - t0:.1f} s")
 
 
-def _wait_saved(server, name: str) -> None:
-    """Until the saved file holds the panel's static snapshot output."""
-    deadline = time.time() + 30
+def _save(server, page, name: str) -> None:
+    """File > Save Notebook, until the saved file holds the panel's static snapshot output.
+
+    The save is asked again (Ctrl+S in the notebook) if the file has not changed after a while, and a dialog
+    that would hold it (e.g. "File Changed") is answered by keeping the version open here; when it still
+    fails, the assertion says what the file, the page and the server showed.
+    """
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^File$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Save Notebook$")).click()
+    deadline, again = time.time() + 60, time.time() + 10
+    seen: list[str] = []
+    cells: list[dict] = []
     while time.time() < deadline:
         try:
             cells = server.api(f"/api/contents/{name}")["content"]["cells"]
-        except urllib.error.HTTPError:   # read while the save is writing it: not readable yet
+        except urllib.error.HTTPError as exc:   # read while the save is writing it: not readable yet
+            seen.append(f"HTTP {exc.code}")
             time.sleep(0.25)
             continue
         html = [o.get("data", {}).get("text/html", "") for c in cells for o in c.get("outputs", [])]
         if any('class="norch-static"' in h for h in html):
             return
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count():
+            seen.append("dialog: " + dialog.first.inner_text()[:300])
+            keep = dialog.locator("button", has_text=re.compile("Overwrite|Save|OK", re.I))
+            (keep.first if keep.count() else dialog.locator("button").last).click()
+        elif time.time() > again:
+            seen.append("saved again with Ctrl+S")
+            page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
+            page.keyboard.press("Control+s")
+            again = time.time() + 10
         time.sleep(0.25)
-    raise AssertionError("the saved notebook does not hold the panel's static snapshot")
+    page.screenshot(path=str(SHOTS / "save-failed.png"))
+    log = server.log.read_text()[-3000:] if server.log.exists() else ""
+    raise AssertionError(f"the saved notebook does not hold the panel's static snapshot; outputs saved: "
+                         f"{sum(len(c.get('outputs', [])) for c in cells)}; "
+                         f"seen: {seen[-8:]}; server log tail:\n{log}")
