@@ -219,6 +219,8 @@ class Task(BaseModel):
     output_retries: int = Field(2, ge=0, description="Times an invalid structured answer is sent back to the model with the validation error before the attempt fails.")
 
     def __init__(self, **data: Any):
+        if _plain_definition(self, data):
+            return
         try:
             super().__init__(**data)
         except ValidationError as exc:
@@ -265,14 +267,21 @@ class Task(BaseModel):
 
     @model_validator(mode="after")
     def _one_body(self) -> "Task":
-        if self.fn is None and self.prompt is None:
-            raise DefinitionError(f"task {self.id!r} has no body: give a function (fn=...) or a prompt (prompt=...)")
-        if self.fn is not None and self.prompt is not None:
-            raise DefinitionError(f"task {self.id!r} has both a function and a prompt; give one of them")
         # Frozen, so pydantic never mutates the set of given fields: share one object per combination
         # (tens of thousands of tasks would otherwise carry a set each).
         given = self.__pydantic_fields_set__
         object.__setattr__(self, "__pydantic_fields_set__", _FIELDS_SETS.setdefault(frozenset(given), given))
+        values = _TASK_DICT.copy()         # the split dict of every task (see _shared_dict)
+        values.update(self.__dict__)
+        object.__setattr__(self, "__dict__", values)
+        return self._check_body()
+
+    def _check_body(self) -> "Task":
+        """The checks across fields, for both ways in (pydantic's validation and `_plain_definition`)."""
+        if self.fn is None and self.prompt is None:
+            raise DefinitionError(f"task {self.id!r} has no body: give a function (fn=...) or a prompt (prompt=...)")
+        if self.fn is not None and self.prompt is not None:
+            raise DefinitionError(f"task {self.id!r} has both a function and a prompt; give one of them")
         if self.fn is not None:
             if not callable(self.fn):
                 raise DefinitionError(f"task {self.id!r}: fn must be callable, got {type(self.fn).__name__}")
@@ -306,6 +315,62 @@ class Task(BaseModel):
     def route_targets(self) -> list[str]:
         """Every task named in `routes`, in order, without repeats."""
         return list(dict.fromkeys(t for targets in self.routes.values() for t in targets))
+
+
+# The plain definition, `Task(id=..., fn=..., after=[...], cache=False)` and the like, is what large
+# workflows are made of; pydantic's validation pass costs several µs a task on its own. Those fields
+# are checked here instead, and only when every given value has exactly the type its field declares,
+# so there is nothing to coerce: the check is `type(value) is T`, plus the same validators the
+# pydantic path runs (`check_identifier`, `_check_body`). Any other call, including every invalid one,
+# goes through pydantic unchanged, so its errors and coercions stay pydantic's.
+# Invariant: a task made here equals (==, fields set, dump) the one pydantic makes from the same data.
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {
+    "id": (str,), "fn": (), "after": (list, tuple), "agent": (str, type(None)), "cache": (bool,),
+    "priority": (int,), "description": (str,), "source": (str, type(None)), "tags": (list, tuple),
+}
+_set_attr = object.__setattr__
+
+
+def _shared_dict() -> dict[str, Any]:
+    """The defaults as the `__dict__` of an instance whose fields were set one by one, in field order.
+
+    CPython (3.11+) makes such a dict a *split* dict: its keys live once, in the class, and a copy
+    shares them. Every task's `__dict__` is a copy of this one (values then replaced key by key, which
+    keeps it split), about 500 bytes less per task than the dict pydantic builds: a quarter of what a
+    task costs a run of 100,000. Where the interpreter does not share keys, the copy is an ordinary
+    dict and nothing else changes: correctness never depends on it.
+    """
+    template = object.__new__(Task)
+    for name, field in Task.model_fields.items():
+        _set_attr(template, name, field.get_default(call_default_factory=True))
+    return template.__dict__
+
+
+_TASK_DICT = _shared_dict()
+
+
+def _plain_definition(task: Task, data: dict[str, Any]) -> bool:
+    """Fill `task` from `data` if it is a plain definition (see above); False: let pydantic do it."""
+    if not data.keys() <= _PLAIN_TYPES.keys() or type(data.get("id")) is not str or not callable(data.get("fn")):
+        return False
+    for key, value in data.items():
+        types = _PLAIN_TYPES[key]
+        if types and type(value) not in types:
+            return False
+    after, tags = data.get("after", ()), data.get("tags", ())
+    if any(type(v) is not str for v in after) or any(type(v) is not str for v in tags):
+        return False
+    check_identifier("task", data["id"])
+    values = _TASK_DICT.copy()
+    values.update(data)
+    values["after"], values["tags"] = tuple(after), tuple(tags)
+    given = frozenset(data)
+    _set_attr(task, "__dict__", values)
+    _set_attr(task, "__pydantic_fields_set__", _FIELDS_SETS.get(given) or _FIELDS_SETS.setdefault(given, set(given)))
+    _set_attr(task, "__pydantic_extra__", None)
+    _set_attr(task, "__pydantic_private__", None)
+    task._check_body()
+    return True
 
 
 # Facts about a body function, computed once per function (many tasks may share one body) and

@@ -118,11 +118,10 @@ class Workflow:
         return task
 
     def _make_task(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task:
-        opts = dict(options)
-        tid = opts.pop("id", None) or getattr(fn, "__name__", None)
+        tid = options.get("id") or getattr(fn, "__name__", None)
         if not tid or tid == "<lambda>":
             raise DefinitionError("a lambda has no name: give the task an id, e.g. wf.task(fn, id='clean')")
-        return Task(id=tid, fn=fn, **opts)
+        return Task(**{**options, "id": tid, "fn": fn})
 
     def drop(self, task_id: str) -> Task:
         """Remove a task; tasks that read it will fail validation until fixed."""
