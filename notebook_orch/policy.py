@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-__all__ = ["MAX_BACKOFF", "JITTER", "ready_keys", "entry", "backoff", "jittered", "mean_backoff", "rate_span"]
+__all__ = ["MAX_BACKOFF", "JITTER", "ready_key", "ready_keys", "backoff", "jittered", "mean_backoff", "rate_span"]
 
 MAX_BACKOFF = 60.0   # seconds: no retry waits longer than this (before jitter)
 JITTER = 0.25        # a retry waits up to this fraction more than its backoff, uniformly
@@ -27,14 +27,16 @@ JITTER = 0.25        # a retry waits up to this fraction more than its backoff, 
 Key = tuple[int, float, int, int]
 
 
+def ready_key(priority: int, remaining: float, node: int, item: int = -1) -> Key:
+    """The ready-heap entry of a node (`item` -1) or one of its map items: higher priority first, then the
+    longer remaining path, then definition order, then item order. Made when the entry is pushed, so a
+    run holds keys only for what is ready."""
+    return (-priority, -remaining, node, item)
+
+
 def ready_keys(priorities: Sequence[int], remaining: Sequence[float]) -> list[Key]:
-    """Per node, its heap entry as a plain task: (-priority, -remaining, node, -1)."""
-    return [(-p, -r, i, -1) for i, (p, r) in enumerate(zip(priorities, remaining))]
-
-
-def entry(key: Key, item: int) -> Key:
-    """The heap entry of one item of a node (`item` -1: the node itself)."""
-    return key if item < 0 else (key[0], key[1], key[2], item)
+    """Per node, its heap entry as a plain task (the replay's view of the whole run)."""
+    return [ready_key(p, r, i) for i, (p, r) in enumerate(zip(priorities, remaining))]
 
 
 def backoff(base: float, attempt: int) -> float:

@@ -124,7 +124,6 @@ class Scheduler:
         self._subs = self.bus._subs                               # truthy when anyone listens
         self.rem = graph.remaining(estimates)                     # longest path to the end, per node
         self.prio = [t.priority for t in self.tasks]
-        self.key = policy.ready_keys(self.prio, self.rem)          # per node: its ready-heap entry
         # per-node facts read on the hot path (plain lists: no model attribute access per attempt)
         self.fn = cast("list[Callable[..., Any]]", [t.fn for t in self.tasks])  # None only for prompts: never called
         self.kind = [_kind(t) for t in self.tasks]                # coro | loop | thread | process | dask | prompt
@@ -142,7 +141,7 @@ class Scheduler:
                         (agents[t.agent].retries or 0) if t.agent else 0 for t in self.tasks]
         self.timeout = [t.timeout if t.timeout is not None else
                         agents[t.agent].timeout if t.agent else None for t in self.tasks]
-        self.heap: list[policy.Key] = []                          # ready entries, policy.ready_keys order
+        self.heap: list[policy.Key] = []                          # ready entries (policy.ready_key), made when pushed
         self.parked: dict[str, list[tuple[int, float, int, int]]] = {}   # limit key -> heap of held entries
         self.rate_timers: dict[str, asyncio.TimerHandle] = {}
         self.retry_timers: set[asyncio.TimerHandle] = set()
@@ -369,7 +368,7 @@ class Scheduler:
         self.status[i] = "ready"
         self.emit(i, "ready")
         if task.map_over is None:
-            heapq.heappush(self.heap, self.key[i])
+            heapq.heappush(self.heap, policy.ready_key(self.prio[i], self.rem[i], i))
             return None
         try:
             items = list(self.results.get(task.map_over) or ())
@@ -386,9 +385,9 @@ class Scheduler:
         if not items:
             self.results[tid] = []
             return "succeeded", "no items"
-        key = self.key[i]
+        prio, rem, heap = self.prio[i], self.rem[i], self.heap
         for k in range(len(items)):
-            heapq.heappush(self.heap, policy.entry(key, k))
+            heapq.heappush(heap, policy.ready_key(prio, rem, i, k))
         return None
 
     # Store leases: the cache hook answered (None, waiter, where): the task is ready but holds no
@@ -409,7 +408,7 @@ class Scheduler:
             if hit:
                 self._settle([(i, *self._cached(i, value, found))])
             else:
-                heapq.heappush(self.heap, self.key[i])
+                heapq.heappush(self.heap, policy.ready_key(self.prio[i], self.rem[i], i))
                 self._dispatch()
         self.active[(i, -2)] = self.loop.create_task(wait())  # type: ignore[union-attr]
 
@@ -663,13 +662,13 @@ class Scheduler:
             if k < 0:
                 self.status[i] = "retrying"
                 self.emit(i, "retrying", attempt, _new_event(Retrying, (text, delay)))
-            self._requeue_later(policy.entry(self.key[i], k), delay)
+            self._requeue_later(policy.ready_key(self.prio[i], self.rem[i], i, k), delay)
             return
         if task.fallback is not None and (i, k) not in self.fb_used:
             self.fb_used.add((i, k))
             fb = task.fallback
             self.emit(i, "fallback", attempt, fb if isinstance(fb, str) else getattr(fb, "__name__", repr(fb)))
-            heapq.heappush(self.heap, policy.entry(self.key[i], k))
+            heapq.heappush(self.heap, policy.ready_key(self.prio[i], self.rem[i], i, k))
             return
         exc.__notebook_orch_traceback__ = traceback.format_exception(exc)  # type: ignore[attr-defined]
         if k < 0:
@@ -709,7 +708,7 @@ class Scheduler:
         if fb is not None and (i, k) not in self.fb_used:  # the fallback may use another agent
             self.fb_used.add((i, k))
             self.emit(i, "fallback", self.attempts[i], fb if isinstance(fb, str) else getattr(fb, "__name__", repr(fb)))
-            heapq.heappush(self.heap, policy.entry(self.key[i], k))
+            heapq.heappush(self.heap, policy.ready_key(self.prio[i], self.rem[i], i, k))
             return
         if k < 0:
             self._terminal(i, "failed", _error_text(exc), exc)
