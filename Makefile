@@ -44,7 +44,7 @@ lint: $(STAMP)
 
 # Coverage of the package (config and floor in pyproject.toml [tool.coverage.*]): below the floor
 # the run fails. A table of the files under 100% is printed; line by line in artifacts/coverage/html.
-COV := --cov --cov-report=term --cov-report=xml:artifacts/coverage/coverage.xml --cov-report=html:artifacts/coverage/html
+COV := --cov=notebook_orch --cov-report=term --cov-report=xml:artifacts/coverage/coverage.xml --cov-report=html:artifacts/coverage/html
 
 test: system-deps-test $(STAMP)
 	$(MAKE) --no-print-directory lint
