@@ -88,6 +88,9 @@ class Workflow:
             self._mark_stale([t for t, task in self.tasks.items() if task.agent == agent.name])
         self.agents[agent.name] = agent
         self._version += 1
+        if agent.llm is not None:   # import pydantic-ai and the provider now, in a thread, not in the run's loop
+            from .llm._warm import warm_up
+            warm_up(agent)
         return agent
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
@@ -111,6 +114,9 @@ class Workflow:
         old = self.tasks.get(task.id)
         self.tasks[task.id] = task
         self._version += 1
+        if task.prompt is not None:   # as in agent(): the model layer's imports start in a thread now
+            from .llm._warm import warm_up
+            warm_up(self.agents.get(task.agent) if task.agent else None)
         if old is not None and not _same_definition(old, task):
             self._mark_stale([task.id])
         elif old is None:

@@ -11,19 +11,28 @@
 Modules: `_models` (resolution, keys, HTTP retries, usage and cost), `_prompts` (system prompt,
 templates, compact values, context budget), `_conversation` (direct requests, agent runs,
 validation in the conversation, tools, streaming, events), `_convert` (messages <-> events),
-`demo` (the demo FunctionModel), `_safe` (redaction of what leaves a run).
+`demo` (the demo FunctionModel), `_safe` (redaction of what leaves a run), `_warm` (pydantic-ai
+imported in a background thread, never on the run's loop).
+
+Importing this package does not import pydantic-ai: the names that need it are loaded on first
+access (`__getattr__`), and `run_prompt` waits for `_warm.ready` off the loop before its first request.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._convert import messages_frame as messages
-from ._conversation import run_prompt
-from ._models import MissingKeyError, ModelRequestError, resolve_model, usage_of
+from . import _warm
 from ._prompts import render_prompt, render_value, system_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
-    pass
+    from ._convert import messages_frame as messages
+    from ._models import MissingKeyError, ModelRequestError, resolve_model, usage_of
+    from ..model import Agent, Task
+
+# name -> (module, attribute): loaded on first access, so that importing the package stays light
+_LAZY = {"messages": ("._convert", "messages_frame"), "resolve_model": ("._models", "resolve_model"),
+         "usage_of": ("._models", "usage_of"), "MissingKeyError": ("._models", "MissingKeyError"),
+         "ModelRequestError": ("._models", "ModelRequestError")}
 
 __all__ = ["run_prompt", "resolve_model", "usage_of", "messages", "render_prompt", "render_value", "system_prompt",
            "MissingKeyError", "ModelRequestError", "demo_complete"]
@@ -33,3 +42,22 @@ def demo_complete(agent: Any, prompt: str) -> str:
     """The demo model's text answer to `prompt` (kept for callers of the earlier API)."""
     from .demo import _text_answer
     return _text_answer(agent.name if agent is not None else "assistant", prompt)
+
+
+async def run_prompt(task: "Task", agent: "Agent | None", inputs: dict[str, Any], run: Any = None) -> Any:
+    """Send the task's prompt to its agent's model; return a validated answer (text, an output_model
+    instance, or a route label). The first one of a session waits for the imports off the loop."""
+    await _warm.ready(agent)
+    from ._conversation import run_prompt as send
+    return await send(task, agent, inputs, run)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    _warm.wait()     # a warm-up thread importing pydantic-ai finishes first: never two importers at once
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module, __name__), attr)
+    globals()[name] = value
+    return value

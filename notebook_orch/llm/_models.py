@@ -31,6 +31,7 @@ from pydantic_ai.messages import ModelResponse
 
 from ..errors import DefinitionError, OrchError
 from ._safe import register_secret, safe
+from ._warm import ssl_context
 
 from pydantic_ai.models import Model
 
@@ -164,8 +165,8 @@ def _build(agent: "Agent", provider: str, name: str, key: str | None) -> "Model"
 
 def _http_client() -> Any:
     from pydantic_ai._http import DEFAULT_HTTP_LIMITS
-    return httpx2.AsyncClient(timeout=httpx2.Timeout(600, connect=5),
-                              transport=RetryingTransport(httpx2.AsyncHTTPTransport(limits=DEFAULT_HTTP_LIMITS)))
+    transport = httpx2.AsyncHTTPTransport(limits=DEFAULT_HTTP_LIMITS, verify=ssl_context())  # one, shared
+    return httpx2.AsyncClient(timeout=httpx2.Timeout(600, connect=5), transport=RetryingTransport(transport))
 
 
 def _openai_client(base_url: str | None, key: str | None) -> Any:
