@@ -88,9 +88,9 @@ class Workflow:
             self._mark_stale([t for t, task in self.tasks.items() if task.agent == agent.name])
         self.agents[agent.name] = agent
         self._version += 1
-        if agent.llm is not None:   # import pydantic-ai and the provider now, in a thread, not in the run's loop
-            from .llm._warm import warm_up
-            warm_up(agent)
+        if agent.llm is not None:   # import pydantic-ai and the provider now, not inside a run (llm/_warm.py)
+            from .llm._warm import preload
+            preload(agent)
         return agent
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
@@ -114,9 +114,9 @@ class Workflow:
         old = self.tasks.get(task.id)
         self.tasks[task.id] = task
         self._version += 1
-        if task.prompt is not None:   # as in agent(): the model layer's imports start in a thread now
-            from .llm._warm import warm_up
-            warm_up(self.agents.get(task.agent) if task.agent else None)
+        if task.prompt is not None:   # as in agent(): the model layer's imports, now
+            from .llm._warm import preload
+            preload(self.agents.get(task.agent) if task.agent else None)
         if old is not None and not _same_definition(old, task):
             self._mark_stale([task.id])
         elif old is None:
@@ -245,6 +245,7 @@ class Workflow:
             raise DefinitionError(f"manager= is for mode='hierarchical', not mode={mode!r}")
         if mode != "hierarchical":
             _check_prompt_agents(graph, self.tasks)
+        _preload_models(self.agents, graph, self.tasks, options.get("manager"))
         reuse = dict(reuse or {})
         reuse.update(self._selection_reuse(graph, options))
         # >>> hierarchical mode (notebook_orch.patterns.manager): the manager assigns agents before dispatch
@@ -338,6 +339,15 @@ def _check_prompt_agents(graph: Graph, tasks: Mapping[str, Task]) -> None:
             f"prompt task{'s' if len(missing) > 1 else ''} {names} {'have' if len(missing) > 1 else 'has'} no agent: "
             f"give one (agent=NAME, or %%task ... --agent NAME), or run with mode='hierarchical' and "
             f"manager=NAME (%orch run --mode hierarchical --manager NAME) so that a manager assigns them")
+
+
+def _preload_models(agents: Mapping[str, Agent], graph: Graph, tasks: Mapping[str, Task], manager: Any) -> None:
+    """The model layer's imports before the run's clock starts (llm/_warm.py); at once when in already."""
+    names = {tasks[t].agent or "" for t in graph.ids if tasks[t].prompt is not None} | {manager or ""}
+    if names != {""}:
+        from .llm._warm import preload
+        for name in names - {""}:
+            preload(agents.get(name))
 
 
 def _same_definition(a: Task, b: Task) -> bool:

@@ -12,10 +12,10 @@ Modules: `_models` (resolution, keys, HTTP retries, usage and cost), `_prompts` 
 templates, compact values, context budget), `_conversation` (direct requests, agent runs,
 validation in the conversation, tools, streaming, events), `_convert` (messages <-> events),
 `demo` (the demo FunctionModel), `_safe` (redaction of what leaves a run), `_warm` (pydantic-ai
-imported in a background thread, never on the run's loop).
+imported when an agent is defined, never inside a run).
 
 Importing this package does not import pydantic-ai: the names that need it are loaded on first
-access (`__getattr__`), and `run_prompt` waits for `_warm.ready` off the loop before its first request.
+access (`__getattr__`); `_warm.preload` imports them when an LLM agent is defined.
 """
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def demo_complete(agent: Any, prompt: str) -> str:
 
 async def run_prompt(task: "Task", agent: "Agent | None", inputs: dict[str, Any], run: Any = None) -> Any:
     """Send the task's prompt to its agent's model; return a validated answer (text, an output_model
-    instance, or a route label). The first one of a session waits for the imports off the loop."""
-    await _warm.ready(agent)
+    instance, or a route label)."""
+    _warm.preload(agent)      # at once: the workflow preloaded it when the agent was defined or the run began
     from ._conversation import run_prompt as send
     return await send(task, agent, inputs, run)
 
@@ -56,7 +56,6 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
-    _warm.wait()     # a warm-up thread importing pydantic-ai finishes first: never two importers at once
     module, attr = _LAZY[name]
     value = getattr(importlib.import_module(module, __name__), attr)
     globals()[name] = value
