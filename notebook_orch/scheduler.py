@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
 from typing import Any, cast
 
-from . import capture, policy
+from . import capture, gcpause, policy
 from .errors import DefinitionError, OrchError, UnknownNameError
 from .events import TERMINAL, AttemptStarted, Event, ItemDone, Retrying
 from .executors import Executors
@@ -173,6 +173,7 @@ class Scheduler:
         # (hierarchical mode: the manager assigns agents); None: start at once
         self.prepare: Callable[[Scheduler], Awaitable[Any]] | None = None
         self._prepare_task: asyncio.Task[None] | None = None      # holds the pass while it runs
+        self._gc_paused = False                                   # inside gcpause.enter() (large runs): leave once
 
     # ------------------------------------------------------------------ events
     def emit(self, i: int, kind: str, attempt: int = 0, info: Any = None) -> None:
@@ -194,6 +195,9 @@ class Scheduler:
         self.state.started_wall = time.time()   # the wall-clock time of t=0
         self.state.run_status = "running"
         capture.install()
+        if len(self.ids) >= gcpause.MIN_TASKS:
+            self._gc_paused = True
+            gcpause.enter()
         self.emit(-1, "run_started", 0, {"tasks": len(self.ids), "limits": self.limits.snapshot(),
                                          "remaining": self.rem})
         if self.prepare is not None:
@@ -844,6 +848,9 @@ class Scheduler:
         self.emit(-1, "run_finished", 0, self.state.run_status)
         self.executors.shutdown()
         capture.uninstall()
+        if self._gc_paused:
+            self._gc_paused = False
+            gcpause.leave()
         for hook in self.finish_hooks:
             try:
                 hook()

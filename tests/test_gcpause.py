@@ -1,0 +1,72 @@
+"""A large run leaves the objects alive at its start out of the collector's passes, and gives them back
+when the last overlapping run ends; small runs do not touch the collector."""
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import notebook_orch as no
+from notebook_orch import gcpause
+
+
+async def _noop():
+    await asyncio.sleep(0)
+
+
+GATES: dict[str, asyncio.Event] = {}
+
+
+def _workflow(n: int, name: str) -> no.Workflow:
+    """n tasks in a chain; the first waits for GATES[name] when there is one."""
+    async def first():
+        if name in GATES:
+            await GATES[name].wait()
+
+    wf = no.Workflow(name, store=False, concurrency=None)
+    wf.task(first, id="t0", cache=False)
+    for i in range(1, n):
+        wf.task(_noop, id=f"t{i}", after=[f"t{i - 1}"], cache=False)
+    return wf
+
+
+def test_large_runs_freeze_while_they_overlap_and_unfreeze_after():
+    big, other, small = _workflow(gcpause.MIN_TASKS, "big"), _workflow(gcpause.MIN_TASKS, "other"), _workflow(5, "s")
+    seen: list[int] = []
+
+    async def main():
+        GATES["big"], GATES["other"] = asyncio.Event(), asyncio.Event()
+        first = big.start()
+        await asyncio.sleep(0.01)
+        seen.append(gc.get_freeze_count())
+        second = other.start()
+        await asyncio.sleep(0.01)
+        GATES["big"].set()
+        await first
+        seen.append(gc.get_freeze_count())     # the other run is still under way: still frozen
+        GATES["other"].set()
+        await second
+        GATES.clear()
+        return first, second
+
+    assert gc.get_freeze_count() == 0
+    first, second = asyncio.run(main())
+    assert first.status == second.status == "succeeded"
+    assert seen[0] > 0 and seen[1] > 0
+    assert gc.get_freeze_count() == 0
+    assert small.run().status == "succeeded" and gc.get_freeze_count() == 0
+
+
+def test_a_cancelled_large_run_unfreezes():
+    wf = no.Workflow("c", store=False, concurrency=1)
+    for i in range(gcpause.MIN_TASKS):
+        wf.task(_noop, id=f"t{i}", cache=False)
+
+    async def main():
+        run = wf.start()
+        await asyncio.sleep(0.02)
+        run.cancel()
+        await run
+        return run
+
+    assert asyncio.run(main()).status == "cancelled"
+    assert gc.get_freeze_count() == 0
