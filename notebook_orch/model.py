@@ -321,7 +321,7 @@ class Task(BaseModel):
 # workflows are made of; pydantic's validation pass costs several µs a task on its own. Those fields
 # are checked here instead, and only when every given value has exactly the type its field declares,
 # so there is nothing to coerce: the check is `type(value) is T`, plus the same validators the
-# pydantic path runs (`check_identifier`, `_check_body`). Any other call, including every invalid one,
+# pydantic path runs (`check_identifier`, the signature check of `_check_body`). Any other call, including every invalid one,
 # goes through pydantic unchanged, so its errors and coercions stay pydantic's.
 # Invariant: a task made here equals (==, fields set, dump) the one pydantic makes from the same data.
 _PLAIN_TYPES: dict[str, tuple[type, ...]] = {
@@ -358,8 +358,12 @@ def _plain_definition(task: Task, data: dict[str, Any]) -> bool:
         if types and type(value) not in types:
             return False
     after, tags = data.get("after", ()), data.get("tags", ())
-    if any(type(v) is not str for v in after) or any(type(v) is not str for v in tags):
-        return False
+    for name in after:
+        if type(name) is not str:
+            return False
+    for name in tags:
+        if type(name) is not str:
+            return False
     check_identifier("task", data["id"])
     values = _TASK_DICT.copy()
     values.update(data)
@@ -369,7 +373,7 @@ def _plain_definition(task: Task, data: dict[str, Any]) -> bool:
     _set_attr(task, "__pydantic_fields_set__", _FIELDS_SETS.get(given) or _FIELDS_SETS.setdefault(given, set(given)))
     _set_attr(task, "__pydantic_extra__", None)
     _set_attr(task, "__pydantic_private__", None)
-    task._check_body()
+    _body_facts(values["id"], values["fn"])   # _check_body's one check that can fail here (no prompt, no map_over)
     return True
 
 
