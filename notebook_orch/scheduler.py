@@ -203,7 +203,9 @@ class Scheduler:
         if self.prepare is not None:
             self._prepare_task = self.loop.create_task(self._prepare_then_start(self.prepare))
             return self.done
-        self._start_ready()
+        # The first dispatch waits for the loop's next turn: whatever the caller does before it yields
+        # (a notebook displaying `wf.start()`'s Run builds its panel) is not on the tasks' clocks.
+        self.loop.call_soon(self._start_ready)
         return self.done
 
     async def _prepare_then_start(self, prepare: Callable[["Scheduler"], Awaitable[Any]]) -> None:
@@ -216,6 +218,8 @@ class Scheduler:
 
     def _start_ready(self) -> None:
         """Settle the tasks with no upstream and dispatch: how every run starts."""
+        if self.state.finished:      # cancelled before its first dispatch
+            return
         work: list[tuple[int, str | None, Any]] = []
         for i in self.g.order:
             if self.ids[i] in self.g.fallback_only:
