@@ -1,4 +1,5 @@
-"""While a large run is under way, the garbage collector skips the objects that existed when it began.
+"""While a large run is under way (or a large DAG is built), the garbage collector skips the objects that
+existed when it began.
 
 A run of 100,000 tasks holds several container objects per task that live as long as the run (the
 definitions, the graph, the state's lists and dicts), and every full collection that the run's own
@@ -9,15 +10,20 @@ the last such run ends, and the next collection sees them as before. Nothing is 
 among the frozen objects is collected after the run rather than during it; objects made during the
 run are collected as usual.
 
+Building the DAG of a large workflow (`Workflow.validate`) allocates a few objects per task too:
+`paused(n)` does the same around it (100k tasks: 6-8 -> 4.5 µs per task).
+
 Runs overlap (a background run and a foreground one): `_active` counts them and only the last one
-out unfreezes. Runs under MIN_TASKS tasks do not freeze: they have nothing to gain.
+out unfreezes. Work on fewer than MIN_TASKS tasks does not freeze: it has nothing to gain.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
+from collections.abc import Iterator
 
-__all__ = ["MIN_TASKS", "enter", "leave"]
+__all__ = ["MIN_TASKS", "enter", "leave", "paused"]
 
 MIN_TASKS = 2_000
 _lock = threading.Lock()
@@ -42,3 +48,16 @@ def leave() -> None:
         _active -= 1
         if _active == 0:
             gc.unfreeze()
+
+
+@contextlib.contextmanager
+def paused(tasks: int) -> Iterator[None]:
+    """Freeze for the duration of the block when it works on at least MIN_TASKS tasks."""
+    if tasks < MIN_TASKS:
+        yield
+        return
+    enter()
+    try:
+        yield
+    finally:
+        leave()

@@ -155,8 +155,9 @@ def build_graph(tasks: Mapping[str, Task], agents: Mapping[str, Agent],
         if task.fallback is not None:
             _check_fallback(tid, task.fallback, tasks, agents)
         mapped = task.map_over
-        data = tuple(p for p in task.params if p in index and not (mapped and p == "item"))
-        ds = {index[p] for p in data}
+        params = task.params
+        data = tuple(p for p in params if p in index and not (mapped and p == "item")) if params else ()
+        ds = {index[p] for p in data} if data else set()
         if mapped is not None:
             if mapped not in index:
                 raise UnknownNameError("task", mapped, f"map_over of task {tid!r}", _Others(ids, tid))

@@ -8,6 +8,7 @@ import statistics
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from . import gcpause
 from ._loop import running_loop
 from .errors import DefinitionError, LoopError, UnknownNameError
 from .graph import Graph, build_graph
@@ -158,7 +159,8 @@ class Workflow:
         key = (self._version, len(self.tasks), len(self.agents), tuple(self.resources.items()))
         if self._graph is not None and self._graph[0] == key:
             return self._graph[1]
-        graph = build_graph(self.tasks, self.agents, self.resources)
+        with gcpause.paused(len(self.tasks)):
+            graph = build_graph(self.tasks, self.agents, self.resources)
         self._graph = (key, graph)
         return graph
 
