@@ -170,7 +170,7 @@ class Scheduler:
         self.loop_thread = 0                                      # threading.get_ident() of the loop's thread
         self.finish_hooks: list[Callable[[], Any]] = []          # called once when the run ends
         # hook: an async pass awaited on the loop after run_started, before any task is made ready
-        # (hierarchical mode: the manager assigns agents); None: start at once
+        # (hierarchical mode: the manager assigns agents); None: dispatch at the loop's next turn
         self.prepare: Callable[[Scheduler], Awaitable[Any]] | None = None
         self._prepare_task: asyncio.Task[None] | None = None      # holds the pass while it runs
         self._gc_paused = False                                   # inside gcpause.enter() (large runs): leave once

@@ -247,7 +247,7 @@ class Workflow:
             raise DefinitionError(f"manager= is for mode='hierarchical', not mode={mode!r}")
         if mode != "hierarchical":
             _check_prompt_agents(graph, self.tasks)
-        _preload_models(self.agents, graph, self.tasks, options.get("manager"))
+        _preload_models(self.agents)
         reuse = dict(reuse or {})
         reuse.update(self._selection_reuse(graph, options))
         # >>> hierarchical mode (notebook_orch.patterns.manager): the manager assigns agents before dispatch
@@ -343,13 +343,14 @@ def _check_prompt_agents(graph: Graph, tasks: Mapping[str, Task]) -> None:
             f"manager=NAME (%orch run --mode hierarchical --manager NAME) so that a manager assigns them")
 
 
-def _preload_models(agents: Mapping[str, Agent], graph: Graph, tasks: Mapping[str, Task], manager: Any) -> None:
-    """The model layer's imports before the run's clock starts (llm/_warm.py); at once when in already."""
-    names = {tasks[t].agent or "" for t in graph.ids if tasks[t].prompt is not None} | {manager or ""}
-    if names != {""}:
+def _preload_models(agents: Mapping[str, Agent]) -> None:
+    """The model layer's imports before the run's clock starts (llm/_warm.py): at once when they are in
+    already, as they are for every agent defined through `Workflow.agent`."""
+    llm_agents = [a for a in agents.values() if a.llm is not None]
+    if llm_agents:
         from .llm._warm import preload
-        for name in names - {""}:
-            preload(agents.get(name))
+        for agent in llm_agents:
+            preload(agent)
 
 
 def _same_definition(a: Task, b: Task) -> bool:
