@@ -77,7 +77,9 @@ class CycleError(DefinitionError):
 class UnknownNameError(DefinitionError, KeyError):
     """A task refers to a task, agent, resource or input that does not exist; `.choices` has the closest."""
 
-    def __init__(self, kind: str, name: str, referrer: str, choices: Iterable[str], hint: str = ""):
+    def __init__(self, kind: str, name: str, referrer: str, choices: Iterable[str], hint: str = "",
+                 none: str = ""):
+        """`none`: what to say when there are no choices (default: no such thing is defined yet)."""
         choices = list(choices)
         self.kind, self.name, self.referrer = kind, name, referrer
         self.choices = closest(name, choices)
@@ -88,7 +90,7 @@ class UnknownNameError(DefinitionError, KeyError):
             shown = ", ".join(repr(c) for c in sorted(choices)[:10])
             msg += f"; known {kind}s: {shown}" + (" …" if len(choices) > 10 else "")
         else:
-            msg += f"; no {kind} is defined yet"
+            msg += "; " + (none or f"no {kind} is defined yet")
         if hint:
             msg += ("" if msg.endswith(("?", ".", "…")) else ".") + f" {hint}"
         super().__init__(msg)

@@ -160,11 +160,11 @@ def build_graph(tasks: Mapping[str, Task], agents: Mapping[str, Agent],
         ds = {index[p] for p in data} if data else set()
         if mapped is not None:
             if mapped not in index:
-                raise UnknownNameError("task", mapped, f"map_over of task {tid!r}", _Others(ids, tid))
+                raise UnknownNameError("task", mapped, f"map_over of task {tid!r}", _Others(ids, tid), none=_NO_OTHER)
             ds.add(index[mapped])
         for a in task.after:
             if a not in index:
-                raise UnknownNameError("task", a, f"`after` of task {tid!r}", _Others(ids, tid))
+                raise UnknownNameError("task", a, f"`after` of task {tid!r}", _Others(ids, tid), none=_NO_OTHER)
             ds.add(index[a])
         if i in ds:
             raise CycleError([tid, tid])
@@ -173,7 +173,8 @@ def build_graph(tasks: Mapping[str, Task], agents: Mapping[str, Agent],
             for label, targets in task.routes.items():
                 for tgt in targets:
                     if tgt not in index:
-                        raise UnknownNameError("task", tgt, f"route {label!r} of task {tid!r}", _Others(ids, tid))
+                        raise UnknownNameError("task", tgt, f"route {label!r} of task {tid!r}", _Others(ids, tid),
+                                               none=_NO_OTHER)
                     route_parent.setdefault(index[tgt], set()).add(i)
                 table[label] = [index[t] for t in targets]
             routers[i] = table
@@ -202,6 +203,9 @@ def _check_fallback(tid: str, fallback: Any, tasks: Mapping[str, Task], agents: 
         raise UnknownNameError("task or agent", fallback, f"fallback of task {tid!r}", list(tasks) + list(agents))
     if fallback == tid:
         raise DefinitionError(f"task {tid!r} names itself as its fallback; name another task or agent")
+
+
+_NO_OTHER = "no other task is defined yet: define it, or drop the reference"
 
 
 class _Others:
