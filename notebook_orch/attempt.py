@@ -59,6 +59,11 @@ class Attempt:
         """The `Run` handle of this run."""
         return self._s.run
 
+    def clock(self, t: float | None = None) -> float:
+        """Seconds since the run began (the clock events are stamped with) of `perf_counter()` value `t`,
+        default now."""
+        return (perf_counter() if t is None else t) - self._s.t0
+
     def emit(self, kind: str, info: Any = None) -> None:
         """Record an event of this attempt (safe from worker threads: handed to the loop)."""
         s = self._s

@@ -78,6 +78,7 @@ class ToolCall(TypedDict, total=False):
     """`tool_call`: one call of a tool by a model."""
     tool: str
     input: Any                  # the validated arguments as JSON text, at most 500 characters (secrets redacted)
+    started: float              # run clock (s) when the call began: the order calls were made in
     duration_ms: float
     success: bool
     error: str | None

@@ -419,15 +419,23 @@ def timeline(run: "Run") -> pd.DataFrame:
 
 # ---------------------------------------------------------------------- tool calls
 def tool_calls(run: "Run") -> pd.DataFrame:
-    """One row per 'tool_call' event (info: a dict with tool, input, duration_ms, success, error[, agent])."""
+    """One row per 'tool_call' event (info: a dict with tool, input, started, duration_ms, success,
+    error[, agent]), in the order the calls began: a model's parallel calls end in any order."""
     f = _x.facts(run)
     if not f.tool_rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in TOOL_COLUMNS})
     agents: dict[str | None, str | None] = dict(zip(f.ids, f.agent))
     rows = [{"task": r.get("task"), "agent": r.get("agent", agents.get(r.get("task"))), "tool": r.get("tool"),
              "input": r.get("input"), "duration_ms": r.get("duration_ms", np.nan),
-             "success": r.get("success", r.get("error") is None), "error": r.get("error")} for r in f.tool_rows]
+             "success": r.get("success", r.get("error") is None), "error": r.get("error")}
+            for r in sorted(f.tool_rows, key=_tool_start)]
     return pd.DataFrame(rows, columns=TOOL_COLUMNS)
+
+
+def _tool_start(row: dict[str, Any]) -> float:
+    """When a recorded call began: `started`, or (events of older runs) its end less its duration."""
+    started = row.get("started")
+    return started if isinstance(started, (int, float)) else row["t"] - (row.get("duration_ms") or 0) / 1000
 
 
 # ---------------------------------------------------------------------- gantt

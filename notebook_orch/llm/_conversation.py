@@ -381,11 +381,12 @@ def _capability() -> Any:
             return response     # its `message` events: with the next request, or at the end of the run
 
         async def wrap_tool_validate(self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
+            t0 = perf_counter()
             try:
                 return await handler(args)
             except (ModelRetry, ValueError) as exc:
                 if getattr(tool_def, "kind", "function") == "function":
-                    _tool_event(ctx.deps, call.tool_name, args, 0.0, f"invalid arguments: {exc}")
+                    _tool_event(ctx.deps, call.tool_name, args, t0, f"invalid arguments: {exc}", ran=False)
                 raise
 
         async def wrap_tool_execute(self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
@@ -398,23 +399,29 @@ def _capability() -> Any:
                 result = await (asyncio.wait_for(handler(args), limit) if limit else handler(args))
             except asyncio.TimeoutError:
                 err = f"timed out after {limit:g} s (tool_timeout of agent {c.agent.name!r})"
-                _tool_event(c, call.tool_name, args, perf_counter() - t0, err)
+                _tool_event(c, call.tool_name, args, t0, err)
                 return f"Error: tool {call.tool_name} {err}"
             except ModelRetry as exc:
-                _tool_event(c, call.tool_name, args, perf_counter() - t0, f"ModelRetry: {exc}")
+                _tool_event(c, call.tool_name, args, t0, f"ModelRetry: {exc}")
                 raise
             except Exception as exc:  # noqa: BLE001 - a failing tool returns its error to the model
                 err = f"{type(exc).__name__}: {exc}"
-                _tool_event(c, call.tool_name, args, perf_counter() - t0, err)
+                _tool_event(c, call.tool_name, args, t0, err)
                 return f"Error: {safe(err)}"
-            _tool_event(c, call.tool_name, args, perf_counter() - t0, None)
+            _tool_event(c, call.tool_name, args, t0, None)
             return result
 
     _CAP = _Meter()
     return _CAP
 
 
-def _tool_event(call: _Call, tool: str, args: Any, seconds: float, error: str | None) -> None:
+def _tool_event(call: _Call, tool: str, args: Any, t0: float, error: str | None, ran: bool = True) -> None:
+    """A `tool_call` event for the call that began at `perf_counter()` value `t0` (its duration: 0 when
+    its arguments were refused, `ran=False`). Calls run concurrently and end in any order; `started`
+    keeps the order they were made in."""
+    if call.ctx is None:
+        return
+    seconds = perf_counter() - t0 if ran else 0.0
     try:
         shown = args if isinstance(args, str) else json.dumps(args, default=str, ensure_ascii=False)
     except (TypeError, ValueError):
@@ -422,5 +429,5 @@ def _tool_event(call: _Call, tool: str, args: Any, seconds: float, error: str | 
     shown = safe(shown)
     if len(shown) > _TOOL_INPUT:
         shown = shown[:_TOOL_INPUT] + "…"
-    call.emit("tool_call", {"tool": tool, "input": shown, "duration_ms": round(seconds * 1000, 3),
-                            "success": error is None, "error": None if error is None else safe(error)})
+    call.emit("tool_call", {"tool": tool, "input": shown, "started": call.ctx.clock(t0),
+                            "duration_ms": round(seconds * 1000, 3), "success": error is None, "error": None if error is None else safe(error)})

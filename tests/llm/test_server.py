@@ -1,6 +1,7 @@
 """Prompt tasks against a real OpenAI-compatible HTTP server on 127.0.0.1 (chat completions)."""
 import json
 import math
+import time
 
 import pytest
 from pydantic import BaseModel
@@ -105,6 +106,7 @@ def lookup(city: str, days: int = 1) -> str:
     """Weather for a city."""
     if city == "Atlantis":
         raise LookupError("no such city")
+    time.sleep(0.2)     # ends after the Atlantis call made after it: rows stay in the order of the calls
     return f"{city}: sunny for {days} days"
 
 
@@ -135,8 +137,6 @@ def test_tools_are_called_recorded_and_errors_go_back_to_the_model(server):
 
 
 def test_tool_timeout_returns_an_error_to_the_model(server):
-    import time
-
     def slow(query: str) -> str:
         """A slow lookup."""
         time.sleep(1.0)
