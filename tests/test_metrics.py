@@ -253,8 +253,21 @@ def starving_workflow(cap: int | None = 1) -> Workflow:
     return wf
 
 
+def undisturbed_starving_run(cap: int | None = 1, tries: int = 3):
+    """A run of `starving_workflow(cap)` in which no sleep overran by more than 20 ms: the assertions
+    are about the schedule, and a loaded machine that stalls the loop for 0.2 s makes another one (it
+    happens on CI). After `tries` disturbed runs, the last is returned and judged as it is."""
+    nominal = {"plan": 0.005, "join": 0.005, "slow": 0.09}     # the calls: 0.03
+    for _ in range(tries):
+        run = starving_workflow(cap).run(cache=False)
+        run_s = run.metrics().run_s
+        if all(run_s[t] < nominal.get(t, 0.03) + 0.02 for t in run_s.index):
+            break
+    return run
+
+
 def test_slowest_task_is_not_the_bottleneck_when_an_agent_serialises_a_fan_out():
-    run = starving_workflow().run(cache=False)
+    run = undisturbed_starving_run()
     m, b = run.metrics(), run.bottlenecks()
     by = b.set_index("task")
     calls = [f"call{k}" for k in range(6)]
@@ -267,7 +280,9 @@ def test_slowest_task_is_not_the_bottleneck_when_an_agent_serialises_a_fan_out()
         assert by.loc[c, "saving_s"] == pytest.approx(m.loc[c, "run_s"], abs=FLOAT)
     assert b.task.iloc[0] in ["plan", *calls, "join"]     # the top saving is on the serial chain
     mc = m.loc[calls]
-    waited = mc.index[mc.wait_s > mc.run_s]          # waited longer than they ran: the queue is the cause
+    # waited clearly longer than they ran: the queue is the cause (call1 waits about as long as call0
+    # ran, its own duration: either cause is fair, and which one depends on a millisecond)
+    waited = mc.index[mc.wait_s > mc.run_s + 0.01]
     assert len(waited) >= 3 and (by.loc[waited, "cause"] == "queued on agent api").all()
     assert (by.loc[mc.index[mc.wait_s < 0.5 * mc.run_s], "cause"] == "slow task").all()
     assert by.loc["slow", "cause"] == "slow task"
@@ -281,7 +296,7 @@ def test_slowest_task_is_not_the_bottleneck_when_an_agent_serialises_a_fan_out()
     # lifting the agent limit: predicted by the replay, then confirmed by a real run
     pred = metrics.what_if(run, max_concurrency={"api": None})
     assert pred.what_if_s < pred.simulated_s - 3 * m.loc[calls, "run_s"].min()
-    fixed = starving_workflow(cap=None).run(cache=False)
+    fixed = undisturbed_starving_run(cap=None)
     assert fixed.summary().makespan_s < run.summary().makespan_s
 
 
