@@ -272,21 +272,12 @@ class Scheduler:
                 if status[c] != "pending":
                     continue
                 npend[c] -= 1
-                if npend[c] == 0 or (self.trig[c] == "one_failed" and self._fires_early(c)):
+                if npend[c] == 0:
                     work.append((c, None, None))
         if any_failed and self.fail_fast and not self.cancelling and not self.state.finished:
             self.cancel("fail_fast: a task failed")
         elif self.left == 0 and not self.state.finished and self.done is not None:
             self._finish()
-
-    def _fires_early(self, c: int) -> bool:
-        """A pending `one_failed` task may run before all its upstream ended: once one failed and
-        every router feeding it has decided (a branch waits for its routers)."""
-        status = self.status
-        routers = self.route_in.get(c, ())
-        if any(status[r] not in TERMINAL for r in routers):
-            return False
-        return any(status[d] in _FAILED for d in self.g.deps[c])
 
     def _dead(self, d: int, i: int) -> str | None:
         """Why the edge d -> i carries nothing (d skipped, or d routed elsewhere), or None if it is live."""
@@ -306,7 +297,8 @@ class Scheduler:
         picked a label without this task, is dead. A branch none of whose routers picked it is
         `skipped` whatever its trigger, unless a plain (non-route) upstream succeeded: another live
         path reaches it. A task all of whose edges are dead is `skipped`. Otherwise the trigger rule
-        is applied to the live edges."""
+        is applied to the live edges. Every rule, `one_failed` included, is applied once all upstream
+        ended: an alert or clean-up path sees every outcome and never runs beside what it handles."""
         if self.cancelling:
             return "cancelled", "run cancelled"
         trig = self.trig[i]
@@ -320,13 +312,10 @@ class Scheduler:
             else:
                 return None, None  # every upstream succeeded and no router feeds it: the usual case
         up_failed = up_cancelled = dead_why = None
-        live = waiting = 0
+        live = 0
         route_alive = plain_ok = False
         for d in deps:
             s = status[d]
-            if s not in TERMINAL:      # one_failed fired early: others still running
-                waiting += 1
-                continue
             why = self._dead(d, i)
             is_route = routers is not None and d in routers
             if why is not None:
@@ -343,7 +332,7 @@ class Scheduler:
                 up_cancelled = up_cancelled or self.ids[d]
         if routers is not None and not route_alive and not plain_ok:
             return "skipped", dead_why      # a branch not picked, with no other live path to it
-        if deps and not live and not waiting:
+        if deps and not live:
             return "skipped", dead_why
         if trig == "all_success" or trig == "none_failed":
             if up_failed:

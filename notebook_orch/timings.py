@@ -379,8 +379,8 @@ def realised_deps(g: "Graph", f: Facts) -> list[tuple[int, ...]]:
     """node -> the upstream nodes it really waited for.
 
     An edge d -> c was executed when c was resolved (became ready, or reached a status without
-    running) after d ended. Edges a task did not wait for are dropped: a `one_failed` task fired by
-    the first failure, or an upstream still running when the run was cancelled. Edges to branches a
+    running) after d ended. Edges a task did not wait for are dropped: an upstream still running when
+    the run was cancelled. Edges to branches a
     router did not pick stay, but those branches are skipped and take no time.
     """
     end = f.end.tolist()

@@ -19,7 +19,7 @@ def _bold_edges(dot: str) -> set[tuple[str, str]]:
 
 
 def test_one_failed_repro_has_one_critical_path_everywhere():
-    # a fails after 50 ms, b sleeps 300 ms, c (one_failed after a and b) fires on a's failure.
+    # a fails after 50 ms, b sleeps 300 ms, c (one_failed after a and b) runs once both ended.
     wf = Workflow("cp", store=False)
 
     @wf.task
@@ -43,8 +43,10 @@ def test_one_failed_repro_has_one_critical_path_everywhere():
     assert set(cp.tasks) == on == _bold_nodes(dot)
     assert cp.edges == _bold_edges(dot)
     assert run.summary()["critical_path_s"] == pytest.approx(cp.length)
-    # c did not wait for b (it fired on a's failure and ended long before b), so b→c was not realised
-    assert cp.tasks == ["b"]
+    # c waited for b (every trigger rule waits for all upstream) and ran last: b→c is the path
+    assert cp.tasks == ["b", "c"] and cp.edges == {("b", "c")}
+    assert run.metrics().started_at["c"] >= run.metrics().finished_at["b"]
+    assert cp.length == pytest.approx(run.summary()["makespan_s"], abs=0.01)
 
 
 def test_chain_follows_the_realised_edges():
