@@ -64,6 +64,10 @@ class Attempt:
         default now."""
         return (perf_counter() if t is None else t) - self._s.t0
 
+    def write_output(self, text: str) -> None:
+        """Add text the body printed somewhere else (a Dask worker) to the task's output (loop thread)."""
+        capture.write((self._s.outputs, self.task), text)
+
     def emit(self, kind: str, info: Any = None) -> None:
         """Record an event of this attempt (safe from worker threads: handed to the loop)."""
         s = self._s

@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-__all__ = ["current_buffer", "install", "uninstall"]
+__all__ = ["current_buffer", "install", "uninstall", "write"]
 
 # (outputs dict of the run, task id, scheduler, node, item, attempt) inside a task body; None elsewhere.
 # The last four are the attempt context (notebook_orch.attempt), sharing this one variable.
@@ -33,11 +33,7 @@ class _Router:
         where = current_buffer.get()
         if where is None:
             return self._target.write(s)
-        outputs, task = where[0], where[1]
-        buf = outputs.get(task)
-        if buf is None:
-            buf = outputs[task] = []
-        buf.append(s)
+        write(where, s)
         return len(s)
 
     def writelines(self, lines: Any) -> None:
@@ -50,6 +46,18 @@ class _Router:
 
     def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno, ipykernel's extras, ...
         return getattr(self._target, name)
+
+
+def write(where: tuple[Any, ...] | None, s: str) -> None:
+    """Add text to the output of the task `where` names (a `current_buffer` value): what it printed
+    here, or elsewhere (a process, a Dask worker) and was handed back."""
+    if where is None or not s:
+        return
+    outputs, task = where[0], where[1]
+    buf = outputs.get(task)
+    if buf is None:
+        buf = outputs[task] = []
+    buf.append(s)
 
 
 def install() -> None:

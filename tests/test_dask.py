@@ -135,6 +135,17 @@ def four():
     return list(range(6))
 
 
+def chatty():
+    print("loading on", os.getpid())
+    print("a warning", file=__import__("sys").stderr)
+    return 1
+
+
+def chatty_fails():
+    print("about to fail")
+    raise ValueError("no data")
+
+
 def _worker_pids(c):
     return set(c.run(os.getpid).values())
 
@@ -150,6 +161,18 @@ def test_bodies_run_in_worker_processes_and_report_their_worker(client):
     assert len(workers) == 1 and workers[0] in client.scheduler_info()["workers"]
     assert run.metrics().loc["pid", "worker"] == workers[0]
     assert run.dashboard_link and run.dashboard_link.startswith("http")
+
+
+def test_what_a_body_prints_on_a_worker_is_its_task_output(client):
+    wf = Workflow("prints", store=False)
+    wf.task(chatty, executor="dask")
+    wf.task(chatty_fails, executor="dask")
+    run = wf.run(dask=client)
+    assert run.statuses == {"chatty": "succeeded", "chatty_fails": "failed"}
+    out = run.output("chatty")
+    assert out.startswith("loading on ") and int(out.split()[2]) in _worker_pids(client)
+    assert "a warning\n" in out
+    assert run.output("chatty_fails") == "about to fail\n"
 
 
 def test_map_of_20_short_items_uses_both_workers(client):

@@ -163,6 +163,31 @@ def test_process_body_that_times_out_is_killed_and_its_worker_replaced():
     assert out.stdout.split() == ["failed", "succeeded", "process", "True"]
 
 
+def test_what_a_process_body_prints_is_its_task_output():
+    out = _script("""
+        import os, sys
+        from notebook_orch import Workflow
+        def talks():
+            print("in", os.getpid())
+            print("careful", file=sys.stderr)
+            return os.getpid()
+        def fails():
+            print("before the error")
+            raise KeyError("missing")
+        if __name__ == "__main__":
+            wf = Workflow("p", store=False)
+            wf.task(talks, executor="process")
+            wf.task(fails, executor="process")
+            run = wf.run()
+            assert run.output("talks") == f"in {run['talks']}\\ncareful\\n" and run["talks"] != os.getpid()
+            assert run.output("fails") == "before the error\\n", run.output("fails")
+            assert isinstance(run.errors["fails"], KeyError)
+            print("ok", run.statuses["fails"])
+    """, timeout=90)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok", "failed"]
+
+
 # ---------------------------------------------------------------- item 2: the pool follows the limit
 def test_raising_concurrency_live_runs_that_many_sync_bodies_at_once():
     barrier = threading.Barrier(10, timeout=20)   # passes only when 10 bodies run at the same time

@@ -236,6 +236,43 @@ async def _as_coroutine(aw: Any) -> Any:
     return await aw
 
 
+PRINTED = "_notebook_orch_printed"   # attribute of an exception: what its body printed before raising
+
+
+def call_printing(fn: Callable[..., Any], kwargs: dict[str, Any], then: Callable[[str], Any] | None = None) -> Any:
+    """`call_body` in another process, keeping what the body prints (its sys.stdout and sys.stderr).
+
+    Without `then`: returns (value, printed text), and an exception raised carries the text as
+    its attribute `PRINTED` (exceptions pickle their attributes), so the text travels back with
+    the outcome. With `then`: calls `then(text)` when something was printed, also when the body
+    raised, and returns the value or raises, as `call_body` does."""
+    bucket: dict[str, list[str]] = {}
+    capture.install()
+    token = capture.current_buffer.set((bucket, "body"))   # this thread's prints (others' pass through)
+    try:
+        value = call_body(fn, kwargs)
+    except BaseException as exc:
+        printed = "".join(bucket.get("body", ()))
+        if printed:
+            if then is not None:
+                then(printed)
+            else:
+                try:
+                    setattr(exc, PRINTED, printed)
+                except AttributeError:   # an exception type with __slots__: its text is lost
+                    pass
+        raise
+    finally:
+        capture.current_buffer.reset(token)
+        capture.uninstall()
+    printed = "".join(bucket.get("body", ()))
+    if then is None:
+        return value, printed
+    if printed:
+        then(printed)
+    return value
+
+
 def exit_error(exc: BaseException) -> BaseException:
     """An exception a worker can hand to the loop: SystemExit & co. become a BodyExitError (else they end the loop)."""
     if isinstance(exc, Exception):

@@ -19,7 +19,8 @@ Design note.
   what is still remote before it closes, since the cluster forgets it then.
 * Each body reports, from the worker, the worker it started on (`log_event` on a topic of
   this run); that becomes a `worker` event of its attempt, and a second start of the same
-  key (the first worker died, Dask ran it again) a `worker_lost` event.
+  key (the first worker died, Dask ran it again) a `worker_lost` event. What the body prints
+  is sent the same way when it ends, before its outcome, and joins the task's output.
 * Cancel and timeouts cancel the futures; retries are new submissions (new keys).
 
 Longer than most modules on purpose: the executor, the worker-side wrapper (which the workers
@@ -319,11 +320,15 @@ class DaskExecutor:
                     self._died(key, address, None)
             return
         try:
-            key, address = msg
+            key, address, *printed = msg
         except (TypeError, ValueError):
             return
         seen = self._att.get(key)
         if seen is None or (seen[0] is not None and seen[0].run_over):   # late news of a finished run
+            return
+        if printed:      # what the body printed (sent before its outcome)
+            if seen[0] is not None:
+                seen[0].write_output(str(printed[0]))
             return
         before = self._where.get(key)
         self._where[key] = address
@@ -483,17 +488,17 @@ class _Chained:
 
 
 def _on_worker(fn: Callable[..., Any], kwargs: dict[str, Any], topic: str) -> Any:
-    """Runs on the worker: say where the body started, then run it (an async body gets its own loop)."""
+    """Runs on the worker: say where the body started, run it (an async body gets its own loop), then
+    send what it printed, on the same topic, ahead of its outcome."""
+    from . import call_body, call_printing
     try:
         from distributed import get_worker
         w = get_worker()
-        w.log_event(topic, [w.get_current_task(), w.address])
+        key, address = w.get_current_task(), w.address
+        w.log_event(topic, [key, address])
     except ValueError:  # not on a worker (a local test scheduler): nothing to report
-        pass
-    result = fn(**kwargs)
-    if asyncio.iscoroutine(result):
-        return asyncio.run(result)
-    return result
+        return call_body(fn, kwargs)
+    return call_printing(fn, kwargs, lambda text: w.log_event(topic, [key, address, text]))
 
 
 async def _settled(fut: Any) -> None:

@@ -9,8 +9,8 @@ awaitable, on the loop thread, and emits `abandoned` (info `killed: True`) at on
 Workers: min(the run's concurrency, CPU count): processes are for CPU-bound bodies, and
 more of them than cores only adds start-up cost. pebble cannot resize a live pool, so
 `resize` to another size closes the pool gracefully (its bodies finish) and the next
-submission opens one of the new size. Bodies, inputs and outputs must pickle; printed
-output of a process body is not captured.
+submission opens one of the new size. Bodies, inputs and outputs must pickle. What a body
+prints in its process travels back with its outcome and joins the task's output.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from .. import capture
 from ..errors import DefinitionError
-from . import DEFAULT_LIMIT, AbandonedInfo, call_body, report_abandoned
+from . import DEFAULT_LIMIT, PRINTED, AbandonedInfo, call_printing, report_abandoned
 
 __all__ = ["ProcessExecutor"]
 
@@ -65,7 +65,7 @@ class ProcessExecutor:
                 raise DefinitionError("executor='process' needs pebble: pip install pebble") from None
             self._pool = ProcessPool(max_workers=self.workers)
         loop = asyncio.get_running_loop()
-        pf = self._pool.schedule(call_body, args=(fn, kwargs))
+        pf = self._pool.schedule(call_printing, args=(fn, kwargs))
         fut = _KillableFuture(loop=loop)
         fut._pool, fut._pf, fut._where, fut._t0 = self, pf, capture.current_buffer.get(), perf_counter()
 
@@ -100,6 +100,9 @@ def _copy(pf: Future[Any], fut: asyncio.Future[Any]) -> None:
         return
     exc = pf.exception()
     if exc is not None:
+        capture.write(fut._where, exc.__dict__.pop(PRINTED, ""))
         fut.set_exception(exc)
     else:
-        fut.set_result(pf.result())
+        value, printed = pf.result()
+        capture.write(fut._where, printed)
+        fut.set_result(value)
