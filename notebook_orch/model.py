@@ -378,23 +378,35 @@ def _plain_definition(task: Task, data: dict[str, Any]) -> bool:
 
 
 # Facts about a body function, computed once per function (many tasks may share one body) and
-# kept outside the task objects so that a task stays as small as its fields.
-_FACTS: "weakref.WeakKeyDictionary[Any, tuple[tuple[str, ...], frozenset[str], bool]]" = weakref.WeakKeyDictionary()
+# kept outside the task objects so that a task stays as small as its fields. Keyed by id(fn): a
+# lookup is a dict get and a weakref call, where a WeakKeyDictionary makes a new weakref per
+# lookup (it is read for every task at definition and again by every graph build).
+# Invariant: an entry (ref, facts) is for the live object ref() only; the ref's callback drops
+# the entry when the function dies, so an id reused by a new object never finds stale facts.
+_Facts = tuple[tuple[str, ...], frozenset[str], bool]
+_FACTS: dict[int, tuple["weakref.ref[Any]", _Facts]] = {}
 
 
-def _body_facts(task_id: str, fn: Callable[..., Any]) -> tuple[tuple[str, ...], frozenset[str], bool]:
+def _body_facts(task_id: str, fn: Callable[..., Any]) -> _Facts:
     """(parameter names, those with defaults, is a coroutine function) of a body."""
-    try:
-        return _FACTS[fn]
-    except (KeyError, TypeError):
-        pass
+    entry = _FACTS.get(id(fn))
+    if entry is not None and entry[0]() is fn:
+        return entry[1]
     params, defaults = _signature(task_id, fn)
     facts = (params, defaults, _is_coroutine_function(fn))
+    key = id(fn)
     try:
-        _FACTS[fn] = facts
+        ref = weakref.ref(fn, lambda _r, key=key: _forget_facts(key, _r))
     except TypeError:  # not weak-referenceable: recomputed when asked
-        pass
+        return facts
+    _FACTS[key] = (ref, facts)
     return facts
+
+
+def _forget_facts(key: int, ref: "weakref.ref[Any]") -> None:
+    entry = _FACTS.get(key)
+    if entry is not None and entry[0] is ref:   # not an entry a new object under the same id made since
+        del _FACTS[key]
 
 
 def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
