@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .errors import CycleError, DefinitionError, UnknownNameError
-from .model import Agent, Task
+from .model import Agent, Task, _body_facts
 
 __all__ = ["Graph", "build_graph"]
 
@@ -136,41 +136,49 @@ def build_graph(tasks: Mapping[str, Task], agents: Mapping[str, Agent],
     """Validate the definitions and return their DAG; raises DefinitionError subclasses with the fix."""
     ids = list(tasks)
     index = {t: i for i, t in enumerate(ids)}
+    get = index.get
     resources = resources or {}
-    fallback_only = frozenset(
-        t.fallback for t in tasks.values()
-        if isinstance(t.fallback, str) and t.fallback in tasks and t.fallback not in agents)
+    fallbacks: list[str] = []
     deps: list[tuple[int, ...]] = []
     inputs: list[tuple[str, ...]] = []
     routers: dict[int, dict[str, list[int]]] = {}
     route_parent: dict[int, set[int]] = {}
     # One pass over the tasks; the common task (a body, its inputs, `after`) touches only the first lines
-    # of the loop: at 100,000 tasks every attribute read here shows in the definition cost.
+    # of the loop: at 100,000 tasks every attribute read here shows in the definition cost, so the
+    # fields are read from the task's __dict__ (every field is there: model._TASK_DICT).
     for i, (tid, task) in enumerate(tasks.items()):
-        if task.agent is not None and task.agent not in agents:
-            raise UnknownNameError("agent", task.agent, f"task {tid!r}", agents,
+        f = task.__dict__
+        agent, fallback, mapped = f["agent"], f["fallback"], f["map_over"]
+        if agent is not None and agent not in agents:
+            raise UnknownNameError("agent", agent, f"task {tid!r}", agents,
                                    hint="Define it first with wf.agent(...) or %%agent.")
-        if task.resources:
-            _check_resources(tid, task.resources, resources)
-        if task.fallback is not None:
-            _check_fallback(tid, task.fallback, tasks, agents)
-        mapped = task.map_over
-        params = task.params
-        data = tuple(p for p in params if p in index and not (mapped and p == "item")) if params else ()
-        ds = {index[p] for p in data} if data else set()
+        if f["resources"]:
+            _check_resources(tid, f["resources"], resources)
+        if fallback is not None:
+            _check_fallback(tid, fallback, tasks, agents)
+            if isinstance(fallback, str) and fallback in tasks and fallback not in agents:
+                fallbacks.append(fallback)
+        fn = f["fn"]
+        params = _body_facts(tid, fn)[0] if fn is not None else task.params
+        if params:
+            data = tuple(p for p in params if p in index and not (mapped and p == "item"))
+            ds = {index[p] for p in data}
+        else:
+            data, ds = (), set()
         if mapped is not None:
             if mapped not in index:
                 raise UnknownNameError("task", mapped, f"map_over of task {tid!r}", _Others(ids, tid), none=_NO_OTHER)
             ds.add(index[mapped])
-        for a in task.after:
-            if a not in index:
+        for a in f["after"]:
+            j = get(a)
+            if j is None:
                 raise UnknownNameError("task", a, f"`after` of task {tid!r}", _Others(ids, tid), none=_NO_OTHER)
-            ds.add(index[a])
+            ds.add(j)
         if i in ds:
             raise CycleError([tid, tid])
-        if task.routes:
+        if f["routes"]:
             table = {}
-            for label, targets in task.routes.items():
+            for label, targets in f["routes"].items():
                 for tgt in targets:
                     if tgt not in index:
                         raise UnknownNameError("task", tgt, f"route {label!r} of task {tid!r}", _Others(ids, tid),
@@ -178,8 +186,9 @@ def build_graph(tasks: Mapping[str, Task], agents: Mapping[str, Agent],
                     route_parent.setdefault(index[tgt], set()).add(i)
                 table[label] = [index[t] for t in targets]
             routers[i] = table
-        deps.append(tuple(sorted(ds)))
+        deps.append(tuple(sorted(ds)) if len(ds) > 1 else tuple(ds))
         inputs.append(data)
+    fallback_only = frozenset(fallbacks)
     for branch, parents in route_parent.items():  # a branch runs after the router that picks it
         if branch in parents:
             raise CycleError([ids[branch], ids[branch]])

@@ -351,30 +351,42 @@ _TASK_DICT = _shared_dict()
 
 def _plain_definition(task: Task, data: dict[str, Any]) -> bool:
     """Fill `task` from `data` if it is a plain definition (see above); False: let pydantic do it."""
-    if not data.keys() <= _PLAIN_TYPES.keys() or type(data.get("id")) is not str or not callable(data.get("fn")):
+    plain = _PLAIN_TYPES
+    for key, value in data.items():     # one pass: a known field, of exactly its type (fn: any callable)
+        types = plain.get(key)
+        if types is None or (types and type(value) not in types):
+            return False
+    tid, fn = data.get("id"), data.get("fn")
+    if tid is None or fn is None or not callable(fn):
         return False
-    for key, value in data.items():
-        types = _PLAIN_TYPES[key]
-        if types and type(value) not in types:
-            return False
-    after, tags = data.get("after", ()), data.get("tags", ())
-    for name in after:
-        if type(name) is not str:
-            return False
-    for name in tags:
-        if type(name) is not str:
-            return False
-    check_identifier("task", data["id"])
+    after, tags = data.get("after"), data.get("tags")
+    for names in (after, tags):
+        if names:
+            for name in names:
+                if type(name) is not str:
+                    return False
+    check_identifier("task", tid)
     values = _TASK_DICT.copy()
     values.update(data)
-    values["after"], values["tags"] = tuple(after), tuple(tags)
+    if after is not None and type(after) is not tuple:
+        values["after"] = tuple(after)
+    if tags is not None and type(tags) is not tuple:
+        values["tags"] = tuple(tags)
     given = frozenset(data)
     _set_attr(task, "__dict__", values)
     _set_attr(task, "__pydantic_fields_set__", _FIELDS_SETS.get(given) or _FIELDS_SETS.setdefault(given, set(given)))
     _set_attr(task, "__pydantic_extra__", None)
     _set_attr(task, "__pydantic_private__", None)
-    _body_facts(values["id"], values["fn"])   # _check_body's one check that can fail here (no prompt, no map_over)
+    _body_facts(tid, fn)   # _check_body's one check that can fail here (no prompt, no map_over)
     return True
+
+
+def make_task(data: dict[str, Any]) -> Task:
+    """`Task(**data)`, without unpacking `data` into a second dict on the plain path (see above)."""
+    task = object.__new__(Task)
+    if _plain_definition(task, data):
+        return task
+    return Task(**data)
 
 
 # Facts about a body function, computed once per function (many tasks may share one body) and
@@ -396,7 +408,7 @@ def _body_facts(task_id: str, fn: Callable[..., Any]) -> _Facts:
     facts = (params, defaults, _is_coroutine_function(fn))
     key = id(fn)
     try:
-        ref = weakref.ref(fn, lambda _r, key=key: _forget_facts(key, _r))
+        ref = weakref.ref(fn, functools.partial(_forget_facts, key))
     except TypeError:  # not weak-referenceable: recomputed when asked
         return facts
     _FACTS[key] = (ref, facts)

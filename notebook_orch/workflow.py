@@ -12,7 +12,7 @@ from . import gcpause
 from ._loop import running_loop
 from .errors import DefinitionError, LoopError, UnknownNameError
 from .graph import Graph, build_graph
-from .model import Agent, Task
+from .model import Agent, Task, make_task
 from .options import check_concurrency, check_run_options
 from .run import PastRun, Run
 from .scheduler import Scheduler
@@ -112,23 +112,27 @@ class Workflow:
 
     def add(self, task: Task) -> Task:
         """Add (or replace) a Task; a replaced task and everything downstream become stale."""
-        old = self.tasks.get(task.id)
-        self.tasks[task.id] = task
+        tid = task.id
+        old = self.tasks.get(tid)
+        self.tasks[tid] = task
         self._version += 1
         if task.prompt is not None:   # as in agent(): the model layer's imports, now
             from .llm._warm import preload
             preload(self.agents.get(task.agent) if task.agent else None)
-        if old is not None and not _same_definition(old, task):
-            self._mark_stale([task.id])
-        elif old is None:
-            self.stale.add(task.id)
+        if old is not None:
+            if not _same_definition(old, task):
+                self._mark_stale([tid])
+        else:
+            if self._unlearned:        # (the `stale` property, without its call per task)
+                self._learn_pending()
+            self._stale.add(tid)
         return task
 
     def _make_task(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task:
         tid = options.get("id") or getattr(fn, "__name__", None)
         if not tid or tid == "<lambda>":
             raise DefinitionError("a lambda has no name: give the task an id, e.g. wf.task(fn, id='clean')")
-        return Task(**{**options, "id": tid, "fn": fn})
+        return make_task({**options, "id": tid, "fn": fn})
 
     def drop(self, task_id: str) -> Task:
         """Remove a task; tasks that read it will fail validation until fixed."""

@@ -81,3 +81,22 @@ def test_tasks_share_one_key_table():
     combined = sys.getsizeof({k: None for k in plain.__dict__})
     for t in (plain, validated, copied):
         assert sys.getsizeof(t.__dict__) < combined / 2
+
+
+def test_body_facts_follow_the_function_not_its_id():
+    """Facts are cached by id(fn); a dead function's entry goes with it, so a new body never gets old facts."""
+    import gc
+
+    from notebook_orch.model import _FACTS
+
+    def make(n):
+        ns = {}
+        exec(f"def body({', '.join(f'p{k}' for k in range(n))}): return {n}", ns)
+        return ns["body"]
+
+    for n in range(30):      # ids of dead functions are reused quickly by CPython
+        fn = make(n)
+        assert Task(id="t", fn=fn).params == tuple(f"p{k}" for k in range(n))
+        del fn
+        gc.collect()
+    assert len(_FACTS) < 30

@@ -95,7 +95,7 @@ def _size(limit: int | None) -> int:
     return max(1, min(limit or DEFAULT_LIMIT, os.cpu_count() or 1))
 
 
-def _copy(pf: Future[Any], fut: asyncio.Future[Any]) -> None:
+def _copy(pf: Future[Any], fut: _KillableFuture) -> None:
     if fut.done() or pf.cancelled():
         return
     exc = pf.exception()
