@@ -15,7 +15,8 @@ from names (cycles, unknown names) when the tasks are defined: that cost is repo
 the run times). Like the floor's lists, the task names and `after` lists are made before the
 clock starts: what is timed is `wf.task(...)` per task, then `wf.validate()`.
 
-Each measurement runs in its own subprocess so peak RSS is that of one configuration only.
+Each measurement runs in its own subprocess so peak RSS is that of one configuration only;
+the three configurations run in rounds, back to back, and each ratio is the median of its rounds.
 Memory per task = (peak RSS - RSS after imports) / N.
 
 Usage: python benchmarks/overhead.py [N ...]   (default 1000 10000 100000)
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -128,30 +130,36 @@ def _child(kind: str, n: int) -> None:
         print(json.dumps(measure_orch(n, store=kind == "orch")))
 
 
-def _spawn(kind: str, n: int, repeat: int) -> dict:
-    runs = []
-    for _ in range(repeat):
-        out = subprocess.run([sys.executable, __file__, "--child", kind, str(n)],
-                             capture_output=True, text=True, check=True)
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    best = min(runs, key=lambda r: r["run_s"])
-    return {**best, "define_s": min(r["define_s"] for r in runs)}
+def _spawn(kind: str, n: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, str(n)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _ratio(rounds: list[dict], kind: str, key: str = "run_s") -> float:
+    return statistics.median(r[kind][key] / r["floor"]["run_s"] for r in rounds)
+
+
+def _best(rounds: list[dict], kind: str, key: str) -> float:
+    return min(r[kind][key] for r in rounds)
 
 
 def main(sizes: list[int]) -> None:
     print("ratio = notebook_orch run time / hand-written asyncio floor, same DAG, same process kind;")
     print("default = the store on (what a user gets), persisted = until the store committed everything.")
+    print("Ratios: median over rounds of (floor, default, store off) run back to back, so a change of")
+    print("machine speed between rounds cancels out; times and define: the best round.")
     print(f"{'N':>8} {'floor µs/task':>14} {'default':>8} {'persisted':>10} {'store off':>10} "
           f"{'floor KB/task':>14} {'default KB/task':>16} {'off KB/task':>12} {'define µs/task':>15}")
     for n in sizes:
-        repeat = 5 if n <= 10_000 else 3
-        f = _spawn("floor", n, repeat)
-        on = _spawn("orch", n, repeat)
-        off = _spawn("orch-off", n, repeat)
-        fl = f["run_s"]
-        print(f"{n:>8} {fl / n * 1e6:>14.1f} {on['run_s'] / fl:>8.2f} {on['persisted_s'] / fl:>10.2f} "
-              f"{off['run_s'] / fl:>10.2f} {f['mem_kb'] / n:>14.2f} {on['mem_kb'] / n:>16.2f} "
-              f"{off['mem_kb'] / n:>12.2f} {on['define_s'] / n * 1e6:>15.1f}", flush=True)
+        rounds = [{k: _spawn(k, n) for k in ("floor", "orch", "orch-off")}
+                  for _ in range(5 if n <= 10_000 else 3)]
+        print(f"{n:>8} {_best(rounds, 'floor', 'run_s') / n * 1e6:>14.1f} {_ratio(rounds, 'orch'):>8.2f} "
+              f"{_ratio(rounds, 'orch', 'persisted_s'):>10.2f} {_ratio(rounds, 'orch-off'):>10.2f} "
+              f"{statistics.median(r['floor']['mem_kb'] for r in rounds) / n:>14.2f} "
+              f"{statistics.median(r['orch']['mem_kb'] for r in rounds) / n:>16.2f} "
+              f"{statistics.median(r['orch-off']['mem_kb'] for r in rounds) / n:>12.2f} "
+              f"{_best(rounds, 'orch', 'define_s') / n * 1e6:>15.1f}", flush=True)
 
 
 if __name__ == "__main__":
