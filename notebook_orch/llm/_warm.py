@@ -2,8 +2,8 @@
 
 Design note.
 * Importing pydantic-ai takes 1-2 s, a provider SDK (openai) about as long again, and a remote
-  model's first request loads more lazily (httpx's asyncio backend, genai-prices' data, the TLS
-  context: 20-230 ms). Done by the first prompt task of a session on the kernel's loop, that would
+  model's first request loads more lazily (httpx's asyncio backend, the TLS context: 20-230 ms), and
+  making any model loads genai-prices' data (70-80 ms). Done by the first prompt task of a session on the kernel's loop, that would
   stall every other task of the run, the panel and the kernel's messages, and count as the task's
   own time.
 * So `preload(agent)` imports what `agent`'s prompts need when it is defined (`Workflow.agent`, and
@@ -25,11 +25,13 @@ from typing import Any
 
 __all__ = ["preload", "modules_for", "ssl_context"]
 
-# the model layer's own imports (notebook_orch.llm._conversation, ._models, ._convert at module level)
-_CORE = ("pydantic_ai", "pydantic_ai.direct", "httpx2")
-# A remote model's first request also loads, lazily: httpx's asyncio backend, genai-prices' data
-# (the answer's cost), and its client reads the CA bundle ("tls", 20-200 ms).
-_REMOTE = ("anyio._backends._asyncio", "genai_prices.data", "tls")
+# the model layer's own imports (notebook_orch.llm._conversation, ._models, ._convert at module level),
+# and genai-prices' data, which every pydantic-ai model loads when it is made (70-80 ms)
+_CORE = ("pydantic_ai", "pydantic_ai.direct", "httpx2", "genai_prices.data",
+         "notebook_orch.llm._models", "notebook_orch.llm._conversation")
+# A remote model's first request also loads, lazily: httpx's asyncio backend, and its client reads
+# the CA bundle ("tls", 20-200 ms).
+_REMOTE = ("anyio._backends._asyncio", "tls")
 _OPENAI = ("pydantic_ai.models.openai", "pydantic_ai.providers.openai", "pydantic_ai.providers.openai_compatible",
            *_REMOTE)
 _FUNCTION = ("pydantic_ai.models.function",)     # the demo model and a callable llm
