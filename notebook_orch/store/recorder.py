@@ -440,6 +440,8 @@ def _clean(kind: str, info: Any) -> Any:
         return info
     if kind in _OWN_INFO and type(info) is str:
         return info
+    if kind == "run_started" and type(info) is dict and "remaining" in info:   # one number per task: ours
+        return {**redact_obj({k: v for k, v in info.items() if k != "remaining"}), "remaining": info["remaining"]}
     return redact_obj(info)
 
 
@@ -449,9 +451,15 @@ def _limits_meta(lim: Any) -> dict[str, Any]:
     return {"concurrency": lim.concurrency, "pools": dict(lim.pools)}
 
 
+_META_FIELDS = frozenset({"agent", "map_over", "priority", "description", "routes", "trigger", "fallback",
+                          "resources", "tags", "prompt"})   # the fields _task_meta reads
+
+
 def _task_meta(task: Any) -> dict[str, Any]:
     """The options a display of a loaded run needs (no bodies, no callables, no edges: those are in the
     graph); defaults left out."""
+    if _META_FIELDS.isdisjoint(task.__pydantic_fields_set__):   # all defaults: most tasks of a large run
+        return {}
     d = task.__dict__
     m: dict[str, Any] = {}
     for name in ("agent", "map_over", "priority", "description"):
