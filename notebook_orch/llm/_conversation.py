@@ -430,4 +430,5 @@ def _tool_event(call: _Call, tool: str, args: Any, t0: float, error: str | None,
     if len(shown) > _TOOL_INPUT:
         shown = shown[:_TOOL_INPUT] + "…"
     call.emit("tool_call", {"tool": tool, "input": shown, "started": call.ctx.clock(t0),
-                            "duration_ms": round(seconds * 1000, 3), "success": error is None, "error": None if error is None else safe(error)})
+                            "duration_ms": round(seconds * 1000, 3), "success": error is None,
+                            "error": None if error is None else safe(error)})

@@ -3,9 +3,9 @@
 Design note.
 * Importing pydantic-ai takes 1-2 s, a provider SDK (openai) about as long again, and a remote
   model's first request loads more lazily (httpx's asyncio backend, the TLS context: 20-230 ms), and
-  making any model loads genai-prices' data (70-80 ms). Done by the first prompt task of a session on the kernel's loop, that would
-  stall every other task of the run, the panel and the kernel's messages, and count as the task's
-  own time.
+  making any model loads genai-prices' data (70-80 ms). Done by the first prompt task of a session
+  on the kernel's loop, that would stall every other task of the run, the panel and the kernel's
+  messages, and count as the task's own time.
 * So `preload(agent)` imports what `agent`'s prompts need when it is defined (`Workflow.agent`, and
   `Workflow.add` for a prompt task): the defining cell takes that time once per session, before any
   run. A run checks again before its first dispatch (an agent made without the workflow), so even
