@@ -239,13 +239,11 @@ async def _as_coroutine(aw: Any) -> Any:
 PRINTED = "_notebook_orch_printed"   # attribute of an exception: what its body printed before raising
 
 
-def call_printing(fn: Callable[..., Any], kwargs: dict[str, Any], then: Callable[[str], Any] | None = None) -> Any:
-    """`call_body` in another process, keeping what the body prints (its sys.stdout and sys.stderr).
-
-    Without `then`: returns (value, printed text), and an exception raised carries the text as
-    its attribute `PRINTED` (exceptions pickle their attributes), so the text travels back with
-    the outcome. With `then`: calls `then(text)` when something was printed, also when the body
-    raised, and returns the value or raises, as `call_body` does."""
+def call_printing(fn: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[Any, str]:
+    """`call_body` in another process or on a cluster worker, keeping what the body prints (its
+    sys.stdout and sys.stderr): returns (value, printed text). An exception raised carries the text
+    as its attribute `PRINTED` (exceptions pickle their attributes), so the text travels back with
+    the outcome either way."""
     bucket: dict[str, list[str]] = {}
     capture.install()
     token = capture.current_buffer.set((bucket, "body"))   # this thread's prints (others' pass through)
@@ -254,23 +252,15 @@ def call_printing(fn: Callable[..., Any], kwargs: dict[str, Any], then: Callable
     except BaseException as exc:
         printed = "".join(bucket.get("body", ()))
         if printed:
-            if then is not None:
-                then(printed)
-            else:
-                try:
-                    setattr(exc, PRINTED, printed)
-                except AttributeError:   # an exception type with __slots__: its text is lost
-                    pass
+            try:
+                setattr(exc, PRINTED, printed)
+            except AttributeError:   # an exception type with __slots__: its text is lost
+                pass
         raise
     finally:
         capture.current_buffer.reset(token)
         capture.uninstall()
-    printed = "".join(bucket.get("body", ()))
-    if then is None:
-        return value, printed
-    if printed:
-        then(printed)
-    return value
+    return value, "".join(bucket.get("body", ()))
 
 
 def exit_error(exc: BaseException) -> BaseException:

@@ -490,7 +490,7 @@ class _Chained:
 def _on_worker(fn: Callable[..., Any], kwargs: dict[str, Any], topic: str) -> Any:
     """Runs on the worker: say where the body started, run it (an async body gets its own loop), then
     send what it printed, on the same topic, ahead of its outcome."""
-    from . import call_body, call_printing
+    from . import PRINTED, call_body, call_printing
     try:
         from distributed import get_worker
         w = get_worker()
@@ -498,7 +498,16 @@ def _on_worker(fn: Callable[..., Any], kwargs: dict[str, Any], topic: str) -> An
         w.log_event(topic, [key, address])
     except ValueError:  # not on a worker (a local test scheduler): nothing to report
         return call_body(fn, kwargs)
-    return call_printing(fn, kwargs, lambda text: w.log_event(topic, [key, address, text]))
+    try:
+        value, printed = call_printing(fn, kwargs)
+    except BaseException as exc:
+        printed = exc.__dict__.pop(PRINTED, "")
+        if printed:
+            w.log_event(topic, [key, address, printed])
+        raise
+    if printed:
+        w.log_event(topic, [key, address, printed])
+    return value
 
 
 async def _settled(fut: Any) -> None:
