@@ -13,8 +13,18 @@ run are collected as usual.
 Building the DAG of a large workflow (`Workflow.validate`) allocates a few objects per task too:
 `paused(n)` does the same around it (100k tasks: 6-8 -> 4.5 µs per task).
 
-Runs overlap (a background run and a foreground one): `_active` counts them and only the last one
-out unfreezes. Work on fewer than MIN_TASKS tasks does not freeze: it has nothing to gain.
+Defining a large workflow grows the heap the same way, inside the user's own loop (`wf.task(...)`
+100,000 times), where no block surrounds the work: a first full pass over the caller's data and four
+more over the growing definitions cost 3-4 µs of the 12-16 µs per task measured at 100k tasks. So
+every DEFINE_EVERY new tasks, `defining()` freezes again what is alive then (gc.freeze is O(1): it
+splices the generations onto the permanent one) and the burst holds one count of `_active` until
+`settle()`, which `Workflow.validate()` calls (every %%task cell and every run validates). The price,
+stated in docs/performance.md: cyclic garbage already unreachable at one of those moments waits for
+the next validate to be collected; garbage made after it is collected as usual.
+
+Runs overlap (a background run and a foreground one): `_active` counts them (and a definition burst)
+and only the last one out unfreezes. Work on fewer than MIN_TASKS tasks does not freeze: it has
+nothing to gain.
 """
 from __future__ import annotations
 
@@ -23,11 +33,13 @@ import gc
 import threading
 from collections.abc import Iterator
 
-__all__ = ["MIN_TASKS", "enter", "leave", "paused"]
+__all__ = ["DEFINE_EVERY", "MIN_TASKS", "defining", "enter", "leave", "paused", "settle"]
 
 MIN_TASKS = 2_000
+DEFINE_EVERY = 1_000   # new tasks between two freezes of a definition burst
 _lock = threading.Lock()
-_active = 0            # runs inside enter()/leave(); the objects are frozen while it is > 0
+_active = 0            # runs inside enter()/leave(), plus 1 while _defining; frozen while it is > 0
+_defining = False      # a definition burst holds its count of _active until settle()
 
 
 def enter() -> None:
@@ -41,13 +53,36 @@ def enter() -> None:
 
 def leave() -> None:
     """A run that entered has ended: unfreeze once the last one has."""
-    global _active
     with _lock:
-        if _active == 0:
-            return
-        _active -= 1
-        if _active == 0:
-            gc.unfreeze()
+        _leave()
+
+
+def _leave() -> None:   # under _lock
+    global _active
+    if _active == 0:
+        return
+    _active -= 1
+    if _active == 0:
+        gc.unfreeze()
+
+
+def defining() -> None:
+    """DEFINE_EVERY more tasks were defined: freeze what is alive now, and hold until settle()."""
+    global _active, _defining
+    with _lock:
+        if not _defining:
+            _defining = True
+            _active += 1
+        gc.freeze()
+
+
+def settle() -> None:
+    """The definitions were validated: a definition burst's hold ends (unfreezing, unless a run holds)."""
+    global _defining
+    with _lock:
+        if _defining:
+            _defining = False
+            _leave()
 
 
 @contextlib.contextmanager

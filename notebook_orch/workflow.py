@@ -56,6 +56,7 @@ class Workflow:
         self.tasks: dict[str, Task] = {}
         self._stale: set[str] = set()                        # tasks redefined (or downstream of one) since they last ran
         self._unlearned: list[Run] = []                      # finished runs whose events _learn has not read yet
+        self._new_since_freeze = 0                           # tasks added since the last gcpause.defining()
         if not isinstance(keep_runs, int) or keep_runs < 1:
             raise DefinitionError(f"keep_runs must be a whole number of at least 1, got {keep_runs!r}")
         self.keep_runs = keep_runs                           # finished runs kept whole in memory; older: summaries
@@ -101,7 +102,7 @@ class Workflow:
         """
         if fn is None:
             def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-                self.add(self._make_task(f, options))
+                self.add(self._make_task(f, dict(options)))
                 return f
             return decorate
         return self.add(self._make_task(fn, options))
@@ -126,13 +127,20 @@ class Workflow:
             if self._unlearned:        # (the `stale` property, without its call per task)
                 self._learn_pending()
             self._stale.add(tid)
+            self._new_since_freeze += 1
+            if self._new_since_freeze >= gcpause.DEFINE_EVERY:   # a large definition loop (gcpause.py)
+                self._new_since_freeze = 0
+                gcpause.defining()
         return task
 
     def _make_task(self, fn: Callable[..., Any], options: dict[str, Any]) -> Task:
+        """The Task of `fn` with `options`, a dict of the caller's own (completed in place: no copy per task)."""
         tid = options.get("id") or getattr(fn, "__name__", None)
         if not tid or tid == "<lambda>":
             raise DefinitionError("a lambda has no name: give the task an id, e.g. wf.task(fn, id='clean')")
-        return make_task({**options, "id": tid, "fn": fn})
+        options["id"] = tid
+        options["fn"] = fn
+        return make_task(options)
 
     def drop(self, task_id: str) -> Task:
         """Remove a task; tasks that read it will fail validation until fixed."""
@@ -160,13 +168,14 @@ class Workflow:
     # ---------------------------------------------------------------- graph
     def validate(self) -> Graph:
         """Check every definition and return the DAG; raises a DefinitionError that says the fix."""
-        key = (self._version, len(self.tasks), len(self.agents), tuple(self.resources.items()))
-        if self._graph is not None and self._graph[0] == key:
+        try:
+            key = (self._version, len(self.tasks), len(self.agents), tuple(self.resources.items()))
+            if self._graph is None or self._graph[0] != key:
+                with gcpause.paused(len(self.tasks)):
+                    self._graph = (key, build_graph(self.tasks, self.agents, self.resources))
             return self._graph[1]
-        with gcpause.paused(len(self.tasks)):
-            graph = build_graph(self.tasks, self.agents, self.resources)
-        self._graph = (key, graph)
-        return graph
+        finally:
+            gcpause.settle()     # a definition burst ends with its check (gcpause.py)
 
     def estimates(self, graph: Graph | None = None) -> list[float]:
         """Expected duration per node: the last measured one, else the mean of the known ones, else 1 s."""

@@ -1,9 +1,13 @@
 """A large run leaves the objects alive at its start out of the collector's passes, and gives them back
-when the last overlapping run ends; small runs do not touch the collector."""
+when the last overlapping run ends; small runs do not touch the collector. A large definition loop
+does the same until the definitions are validated."""
 from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
+
+import pytest
 
 import notebook_orch as no
 from notebook_orch import gcpause
@@ -26,6 +30,7 @@ def _workflow(n: int, name: str) -> no.Workflow:
     wf.task(first, id="t0", cache=False)
     for i in range(1, n):
         wf.task(_noop, id=f"t{i}", after=[f"t{i - 1}"], cache=False)
+    wf.validate()      # as every %%task cell does: the definition burst ends here
     return wf
 
 
@@ -54,6 +59,41 @@ def test_large_runs_freeze_while_they_overlap_and_unfreeze_after():
     assert seen[0] > 0 and seen[1] > 0
     assert gc.get_freeze_count() == 0
     assert small.run().status == "succeeded" and gc.get_freeze_count() == 0
+
+
+def test_a_large_definition_loop_freezes_until_validated_and_its_garbage_is_collected_after():
+    class Cycle:
+        def __init__(self):
+            self.me = self
+
+    collected: list[int] = []
+    wf = no.Workflow("d", store=False)
+    assert gc.get_freeze_count() == 0
+    for i in range(gcpause.DEFINE_EVERY - 1):
+        wf.task(_noop, id=f"t{i}", cache=False)
+    assert gc.get_freeze_count() == 0          # small workflows never touch the collector
+    garbage = Cycle()
+    weakref.finalize(garbage, collected.append, 1)
+    del garbage                                 # unreachable cyclic garbage, alive when the burst freezes
+    wf.task(_noop, id="last", cache=False)
+    assert gc.get_freeze_count() > 0
+    gc.collect()
+    assert collected == []                      # frozen: the collector skips it while definitions go on
+    wf.validate()
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert collected == [1]                     # handed back and collected
+    assert wf.run().status == "succeeded" and gc.get_freeze_count() == 0
+
+
+def test_a_failed_validation_ends_the_burst_too():
+    wf = no.Workflow("e", store=False)
+    for i in range(gcpause.DEFINE_EVERY):
+        wf.task(_noop, id=f"t{i}", after=["nope"] if i == 5 else [], cache=False)
+    assert gc.get_freeze_count() > 0
+    with pytest.raises(no.DefinitionError):
+        wf.validate()
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_cancelled_large_run_unfreezes():
