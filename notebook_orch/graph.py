@@ -143,6 +143,8 @@ def build_graph(tasks: Mapping[str, Task], agents: Mapping[str, Agent],
     inputs: list[tuple[str, ...]] = []
     routers: dict[int, dict[str, list[int]]] = {}
     route_parent: dict[int, set[int]] = {}
+    last_fn: Any = None
+    last_params: tuple[str, ...] = ()
     # One pass over the tasks; the common task (a body, its inputs, `after`) touches only the first lines
     # of the loop: at 100,000 tasks every attribute read here shows in the definition cost, so the
     # fields are read from the task's __dict__ (every field is there: model._TASK_DICT).
@@ -159,7 +161,13 @@ def build_graph(tasks: Mapping[str, Task], agents: Mapping[str, Agent],
             if isinstance(fallback, str) and fallback in tasks and fallback not in agents:
                 fallbacks.append(fallback)
         fn = f["fn"]
-        params = _body_facts(tid, fn)[0] if fn is not None else task.params
+        if fn is None:
+            params = task.params
+        elif fn is last_fn:             # a loop of tasks over one body: its facts once
+            params = last_params
+        else:
+            last_fn, last_params = fn, _body_facts(tid, fn)[0]
+            params = last_params
         if params:
             data = tuple(p for p in params if p in index and not (mapped and p == "item"))
             ds = {index[p] for p in data}

@@ -108,11 +108,14 @@ def _reraise(kind: str, data: dict[str, Any], exc: ValidationError, fields: Any 
     raise DefinitionError(f"{kind} {name!r}: " + "; ".join(parts)) from None
 
 
+_KEYWORDS = frozenset(keyword.kwlist)
+
+
 def check_identifier(kind: str, name: str) -> str:
     """A task id or agent name as given, or InvalidIdError (not an identifier, reserved '__', a Python keyword)."""
     if not isinstance(name, str) or not name.isidentifier() or name.startswith("__"):
         raise InvalidIdError(kind, str(name))
-    if keyword.iskeyword(name):   # 'class' cannot name the parameter that receives the output
+    if name in _KEYWORDS:   # 'class' cannot name the parameter that receives the output
         raise KeywordIdError(kind, name)
     return name
 
@@ -324,7 +327,7 @@ class Task(BaseModel):
 # pydantic path runs (`check_identifier`, the signature check of `_check_body`). Any other call, including every invalid one,
 # goes through pydantic unchanged, so its errors and coercions stay pydantic's.
 # Invariant: a task made here equals (==, fields set, dump) the one pydantic makes from the same data.
-_PLAIN_TYPES: dict[str, tuple[type, ...]] = {
+_PLAIN_TYPES: dict[str, tuple[type, ...]] = {   # fn (): any type whose instances are callable
     "id": (str,), "fn": (), "after": (list, tuple), "agent": (str, type(None)), "cache": (bool,),
     "priority": (int,), "description": (str,), "source": (str, type(None)), "tags": (list, tuple),
 }
@@ -349,22 +352,50 @@ def _shared_dict() -> dict[str, Any]:
 _TASK_DICT = _shared_dict()
 
 
+# (given keys in order, the type of each value) -> the shared fields-set of a plain definition with
+# those keys, or None when one value is not of its field's exact type (or a key is not a plain field).
+# Large workflows repeat one or two shapes: checking a shape once turns the per-task type checks into
+# one tuple lookup. Bounded: shapes past _SHAPES_MAX are judged every time rather than kept.
+_SHAPES: dict[tuple[tuple[str, ...], tuple[type, ...]], set[str] | None] = {}
+_SHAPES_MAX = 1_000
+
+
+def _plain_shape(keys: tuple[str, ...], types: tuple[type, ...]) -> set[str] | None:
+    if "id" not in keys or "fn" not in keys:
+        return None
+    for key, kind in zip(keys, types):
+        allowed = _PLAIN_TYPES.get(key)
+        if allowed is None or (kind not in allowed if allowed else not _instances_callable(kind)):
+            return None
+    given = frozenset(keys)
+    return _FIELDS_SETS.get(given) or _FIELDS_SETS.setdefault(given, set(given))
+
+
+def _instances_callable(kind: type) -> bool:
+    """callable(x) for every x of type `kind` (it is the type's __call__ slot that decides)."""
+    return any("__call__" in vars(k) for k in kind.__mro__)
+
+
 def _plain_definition(task: Task, data: dict[str, Any]) -> bool:
     """Fill `task` from `data` if it is a plain definition (see above); False: let pydantic do it."""
-    plain = _PLAIN_TYPES
-    for key, value in data.items():     # one pass: a known field, of exactly its type (fn: any callable)
-        types = plain.get(key)
-        if types is None or (types and type(value) not in types):
-            return False
-    tid, fn = data.get("id"), data.get("fn")
-    if tid is None or fn is None or not callable(fn):
+    shape = (tuple(data), tuple(map(type, data.values())))
+    fields_set = _SHAPES.get(shape, False)
+    if fields_set is False:
+        fields_set = _plain_shape(*shape)
+        if len(_SHAPES) < _SHAPES_MAX:
+            _SHAPES[shape] = fields_set
+    if fields_set is None:
         return False
+    tid, fn = data["id"], data["fn"]          # a str and a callable: the shape says so
     after, tags = data.get("after"), data.get("tags")
-    for names in (after, tags):
-        if names:
-            for name in names:
-                if type(name) is not str:
-                    return False
+    if after:
+        for name in after:
+            if type(name) is not str:
+                return False
+    if tags:
+        for name in tags:
+            if type(name) is not str:
+                return False
     check_identifier("task", tid)
     values = _TASK_DICT.copy()
     values.update(data)
@@ -372,9 +403,8 @@ def _plain_definition(task: Task, data: dict[str, Any]) -> bool:
         values["after"] = tuple(after)
     if tags is not None and type(tags) is not tuple:
         values["tags"] = tuple(tags)
-    given = frozenset(data)
     _set_attr(task, "__dict__", values)
-    _set_attr(task, "__pydantic_fields_set__", _FIELDS_SETS.get(given) or _FIELDS_SETS.setdefault(given, set(given)))
+    _set_attr(task, "__pydantic_fields_set__", fields_set)
     _set_attr(task, "__pydantic_extra__", None)
     _set_attr(task, "__pydantic_private__", None)
     _body_facts(tid, fn)   # _check_body's one check that can fail here (no prompt, no map_over)
