@@ -35,12 +35,12 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from . import policy
 from .events import TERMINAL
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
     from .graph import Graph
     from .run import Run
 
@@ -58,6 +58,7 @@ class Facts:
     """Arrays indexed by node number (the run's definition order) and flat attempt / wait tables."""
 
     def __init__(self) -> None:
+        import numpy as np   # by the first fold, not with the package: 0.1 s of `import notebook_orch`
         self.ids: list[str] = []
         self.n = 0
         self.status: list[str] = []            # final (or current) status per node
@@ -112,6 +113,7 @@ def _nominal_backoff(task: Any, attempt: int) -> float:
 
 
 def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events, by kind
+    import numpy as np
     s = run.state
     g = run.graph_
     ids = g.ids
@@ -328,6 +330,7 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
 def _segments(f: Facts, waits: list[tuple[int, float, float]], blocked: dict[int, list[tuple[float, str]]],
               default: str) -> None:
     """Split every wait at its task's 'blocked' events and label each piece with the limit that held it."""
+    import numpy as np
     s_node: list[int] = []
     s_lim: list[str] = []
     s_t0: list[float] = []
