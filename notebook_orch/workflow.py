@@ -272,9 +272,12 @@ class Workflow:
         params = {**self.params, **(options.get("params") or {})}
         store = attach_store(self, graph, options)          # the run's recorder and cache hook (None: store off)
         lookup = self.cache_lookup if options.get("cache", True) else None
+        # the store keys everything of a run by its id: 4 random bytes, so that the many runs one second
+        # can hold (a test, a loop of small runs) do not share one (with 2, two runs of a 240-run property
+        # test did, and the store read them back as one run)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         sched = Scheduler(
-            graph, self.tasks, self.agents, run_id=f"{self.name}-{stamp}-{os.urandom(2).hex()}", workflow=self.name,
+            graph, self.tasks, self.agents, run_id=f"{self.name}-{stamp}-{os.urandom(4).hex()}", workflow=self.name,
             concurrency=concurrency, resources=self.resources,
             params=params, namespace=self.namespace, fail_fast=options.get("fail_fast", self.fail_fast),
             estimates=self.estimates(graph), reuse=reuse,
