@@ -129,9 +129,9 @@ def learn_run(run: Any) -> None:
     """Learn the globals a run's task bodies and its workflow's namespace hold."""
     wf = getattr(run, "workflow", None)
     learn(getattr(wf, "namespace", None))
+    bodies = {id(fn): fn for fn in (getattr(t, "fn", None) for t in (getattr(run, "tasks", None) or {}).values())}
     seen: set[int] = set()
-    for task in (getattr(run, "tasks", None) or {}).values():
-        fn = getattr(task, "fn", None)
+    for fn in bodies.values():       # once per body: a loop of 10,000 tasks usually shares one or two
         while fn is not None and hasattr(fn, "func"):  # functools.partial
             fn = fn.func
         ns = getattr(fn, "__globals__", None)

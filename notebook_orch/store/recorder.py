@@ -40,6 +40,7 @@ EVENTS_EVERY = 0.5   # seconds between events chunks of a live run (outputs are 
 _ENDED = frozenset({"failed", "upstream_failed", "skipped", "cancelled"})
 LOOP_PICKLE_BYTES = 1 << 20   # an output pickled bigger than this is left to the writer thread
 COMMIT_GAP = 0.01             # seconds at least between two commits of a run
+FINAL_ON_LOOP = 5_000         # events left at a run's end above which the writer thread writes them
 KEEP_ROWS = 3     # failed attempts at a finished run's batch before its outputs stay in memory only
 KEEP_EVENTS = 5   # ... before its events are given up too (its status is retried as long as the process lives)
 
@@ -140,8 +141,13 @@ class Recorder:
             self._handle = self.loop.call_later(COMMIT_GAP, self._tick)
 
     def finished(self) -> None:
-        """The scheduler's finish hook: write the rest at once (on the loop when the store is free)."""
+        """The scheduler's finish hook: write the rest at once. On the loop when that is quick; a large run's
+        last events (encoding 30,000 of them took 15-25 ms of the loop, 300,000 ten times that) go to the
+        writer thread, so the run returns when it ended. Every read of the store waits for the writer
+        (`Store.drain`), so this process never sees the run unfinished."""
         self.hurry = True
+        if self.on_loop and len(self.st.events) - self._scanned + len(self._events) > FINAL_ON_LOOP:
+            self.to_thread()
         if self.on_loop:
             self._tick()
         elif self.store.writer is not None:
@@ -154,29 +160,35 @@ class Recorder:
         n = len(events)
         new = events[self._scanned:n]
         self._scanned = n
-        handlers = self._handlers
+        handlers, never = self._handlers, self.cache.never
+        unc, results, index, nones, outs = self.cache.uncacheable, self.st.results, self.cache.g.index, \
+            self._nones, self._outs
         for ev in new:
-            h = handlers.get(ev[2])
+            kind = ev[2]
+            if (kind == "succeeded" or kind == "running") and ev[1] in never:
+                # cache=False, most tasks of a large run, inline: never reused, no start time kept,
+                # and a None output is one index in the events chunk
+                if kind == "succeeded":
+                    unc[ev[1]] = _NEVER
+                    if results.get(ev[1]) is None:
+                        nones.append(index[ev[1]])
+                    else:
+                        outs.append(ev)
+                continue
+            h = handlers.get(kind)
             if h is not None:
                 h(ev)
         self._events.extend(new)
 
     def _on_running(self, ev: Any) -> None:
-        if ev[1] not in self.cache.never:   # durations are kept for rows of the cache only
-            self._started.setdefault(ev[1], ev[0])
+        self._started.setdefault(ev[1], ev[0])   # durations are kept for rows of the cache only
 
     def _on_output(self, ev: Any) -> None:
         tid = ev[1]
         cache = self.cache
-        if tid in cache.never:  # cache=False: never reused; a None output is one index in the events chunk
-            if ev[2] == "succeeded":
-                cache.uncacheable[tid] = _NEVER
-                if self.st.results.get(tid) is None:
-                    self._nones.append(cache.g.index[tid])
-                    return
-            self._outs.append(ev)
-            return
         self._outs.append(ev)
+        if tid in cache.never:  # 'cached': a cache=False task reused within a session (retry, only=)
+            return
         if ev[2] == "succeeded":
             if tid in cache.fallback:
                 cache.uncacheable[tid] = "its output came from its fallback: kept for this run, not reused"
