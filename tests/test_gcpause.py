@@ -86,6 +86,19 @@ def test_a_large_definition_loop_freezes_until_validated_and_its_garbage_is_coll
     assert wf.run().status == "succeeded" and gc.get_freeze_count() == 0
 
 
+def test_under_a_running_loop_a_definition_loop_ends_with_the_loops_next_turn():
+    async def cell():   # a notebook cell runs on the kernel's loop
+        wf = no.Workflow("g", store=False)
+        for i in range(gcpause.DEFINE_EVERY):
+            wf.task(_noop, id=f"t{i}", cache=False)
+        frozen = gc.get_freeze_count()
+        await asyncio.sleep(0)
+        return frozen, gc.get_freeze_count()
+
+    frozen, after = asyncio.run(cell())
+    assert frozen > 0 and after == 0
+
+
 def test_a_failed_validation_ends_the_burst_too():
     wf = no.Workflow("e", store=False)
     for i in range(gcpause.DEFINE_EVERY):
@@ -109,4 +122,17 @@ def test_a_cancelled_large_run_unfreezes():
         return run
 
     assert asyncio.run(main()).status == "cancelled"
+    assert gc.get_freeze_count() == 0
+
+
+def test_a_large_run_that_cannot_start_leaves_the_collector_as_it_was():
+    def needs(missing):
+        return missing
+
+    wf = no.Workflow("f", store=False)
+    for i in range(gcpause.MIN_TASKS):
+        wf.task(_noop, id=f"t{i}", cache=False)
+    wf.task(needs, id="needs", cache=False)
+    with pytest.raises(no.OrchError, match="missing"):
+        wf.run()
     assert gc.get_freeze_count() == 0

@@ -79,6 +79,7 @@ def attach(workflow: Any, graph: Any, options: dict[str, Any]) -> Recorder | Non
     if options.get("from_"):
         force |= graph.descendants([options["from_"]])
     params = {**workflow.params, **(options.get("params") or {})}
-    cache = RunCache(store, workflow.name, graph, {t: workflow.tasks[t] for t in graph.ids}, dict(workflow.agents),
+    tasks = dict(zip(graph.ids, map(workflow.tasks.__getitem__, graph.ids)))
+    cache = RunCache(store, workflow.name, graph, tasks, dict(workflow.agents),
                      params, workflow.namespace, read=bool(options.get("cache", True)), force=force)
     return Recorder(store, cache)

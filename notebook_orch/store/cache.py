@@ -58,7 +58,7 @@ class RunCache:
         self.reusable: set[str] = set()         # tasks whose output is stored / was found under their fingerprint
         self.not_reusable: set[str] = set()     # finished tasks decided otherwise
         self.fallback: set[str] = set()         # tasks whose output came from their fallback (seen in the events)
-        self.never = frozenset(t for t, task in tasks.items() if task.cache is False)   # cache=False tasks
+        self.never = frozenset(t for t, task in tasks.items() if task.__dict__["cache"] is False)   # cache=False tasks
         self._fb_seen = 0                       # events looked at for fallbacks
         self.leases: list[str] = []             # fingerprints to lease (the recorder writes them)
         self.state: Any = None                  # the run's state (statuses, results), set by the recorder
