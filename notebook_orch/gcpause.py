@@ -17,10 +17,11 @@ Defining a large workflow grows the heap the same way, inside the user's own loo
 100,000 times), where no block surrounds the work: a first full pass over the caller's data and four
 more over the growing definitions cost 3-4 µs of the 12-16 µs per task measured at 100k tasks. So
 every DEFINE_EVERY new tasks, `defining()` freezes again what is alive then (gc.freeze is O(1): it
-splices the generations onto the permanent one) and the burst holds one count of `_active` until
-`settle()`, which `Workflow.validate()` calls (every %%task cell and every run validates). The price,
-stated in docs/performance.md: cyclic garbage already unreachable at one of those moments waits for
-the next validate to be collected; garbage made after it is collected as usual.
+splices the generations onto the permanent one), and the burst holds one count of `_active` until
+`settle()`: `Workflow.validate()` calls it (every %%task cell and every run validates), and so does
+the event loop's next turn when one runs (a notebook cell's definition loop ends with the cell).
+The price, stated in docs/performance.md: cyclic garbage already unreachable at one of those
+moments is collected after the burst, not during it; garbage made after it is collected as usual.
 
 Runs overlap (a background run and a foreground one): `_active` counts them (and a definition burst)
 and only the last one out unfreezes. Work on fewer than MIN_TASKS tasks does not freeze: it has
@@ -28,6 +29,7 @@ nothing to gain.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import threading
@@ -67,12 +69,17 @@ def _leave() -> None:   # under _lock
 
 
 def defining() -> None:
-    """DEFINE_EVERY more tasks were defined: freeze what is alive now, and hold until settle()."""
+    """DEFINE_EVERY more tasks were defined: freeze what is alive now, and hold until settle() (or, under a
+    running event loop, as a notebook cell runs, until the loop's next turn: the cell's end)."""
     global _active, _defining
     with _lock:
         if not _defining:
             _defining = True
             _active += 1
+            try:
+                asyncio.get_running_loop().call_soon(settle)
+            except RuntimeError:   # a script: the next validate() or run settles
+                pass
         gc.freeze()
 
 
