@@ -388,14 +388,11 @@ def _plain_definition(task: Task, data: dict[str, Any]) -> bool:
         return False
     tid, fn = data["id"], data["fn"]          # a str and a callable: the shape says so
     after, tags = data.get("after"), data.get("tags")
-    if after:
-        for name in after:
-            if type(name) is not str:
-                return False
-    if tags:
-        for name in tags:
-            if type(name) is not str:
-                return False
+    for names in (after, tags):
+        if names:
+            for name in names:
+                if type(name) is not str:
+                    return False
     check_identifier("task", tid)
     values = _TASK_DICT.copy()
     values.update(data)

@@ -498,16 +498,16 @@ def _on_worker(fn: Callable[..., Any], kwargs: dict[str, Any], topic: str) -> An
         w.log_event(topic, [key, address])
     except ValueError:  # not on a worker (a local test scheduler): nothing to report
         return call_body(fn, kwargs)
+    printed = ""
     try:
         value, printed = call_printing(fn, kwargs)
+        return value
     except BaseException as exc:
         printed = exc.__dict__.pop(PRINTED, "")
+        raise
+    finally:   # before the outcome reaches the client
         if printed:
             w.log_event(topic, [key, address, printed])
-        raise
-    if printed:
-        w.log_event(topic, [key, address, printed])
-    return value
 
 
 async def _settled(fut: Any) -> None:
