@@ -23,6 +23,10 @@ the event loop's next turn when one runs (a notebook cell's definition loop ends
 The price, stated in docs/performance.md: cyclic garbage already unreachable at one of those
 moments is collected after the burst, not during it; garbage made after it is collected as usual.
 
+A map task that expands to MIN_TASKS items or more makes its run a large one from then on (a map of
+100,000 items: 9 full passes, 1.2-1.4 s of a 3-4 s run, before). The run's events themselves stay out
+of every pass by being plain tuples (`events.EventLog`).
+
 Runs overlap (a background run and a foreground one): `_active` counts them (and a definition burst)
 and only the last one out unfreezes. Work on fewer than MIN_TASKS tasks does not freeze: it has
 nothing to gain.

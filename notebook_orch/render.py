@@ -139,7 +139,7 @@ def build(graph: "Graph", tasks: Mapping[str, "Task"], run: "Run | None" = None,
     if run is not None:
         statuses = run.statuses
         times = Timings()
-        times.feed(run.events)
+        times.feed(run.state.events)
         if run.done and run.status != "cancelled":
             cp = critical_path(run)            # the realised one: the same as the metrics'
             crit_nodes, crit_edges = set(cp.tasks), cp.edges

@@ -7,7 +7,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from .errors import LoopError, OrchError, RunCancelledError, TaskFailedError, UnknownNameError
-from .events import STATUSES, TERMINAL, Event
+from .events import STATUSES, TERMINAL, Event, EventLog
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -106,9 +106,9 @@ class Run:
         return dict(self.state.errors)
 
     @property
-    def events(self) -> list[Event]:
-        """Every event so far, in order (immutable records; see notebook_orch.events)."""
-        return self.state.events
+    def events(self) -> EventLog:
+        """Every event so far, in order: a live read-only sequence of `Event`s (see notebook_orch.events)."""
+        return EventLog(self.state.events)
 
     @property
     def attempts(self) -> dict[str, int]:

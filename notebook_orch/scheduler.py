@@ -14,7 +14,8 @@ Design note (in the manner of dask's local scheduler):
   back when the limit frees, so a blocked agent never stalls the others.
 * A running attempt is one asyncio.Task; its end (success, exception, timeout, cancel)
   is handled synchronously on the loop, which updates counters and dispatches again.
-* Every change is an immutable `Event` appended to `events` and published on the bus.
+* Every change is an event appended to `events` (a plain tuple of an `Event`'s fields, see
+  `events.EventLog`) and published on the bus as an `Event`.
 
 Longer than most modules on purpose: the hot path (dispatch -> attempt -> settle) stays in one
 class with per-node lists, which keeps the per-task overhead near a hand-written asyncio
@@ -34,7 +35,7 @@ from typing import Any, cast
 
 from . import capture, gcpause, policy
 from .errors import DefinitionError, OrchError, UnknownNameError
-from .events import TERMINAL, AttemptStarted, Event, ItemDone, Retrying
+from .events import TERMINAL, as_event
 from .executors import Executors
 from .graph import Graph, unresolved_params
 from .limits import Breaker, Limits
@@ -181,10 +182,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ events
     def emit(self, i: int, kind: str, attempt: int = 0, info: Any = None) -> None:
-        ev = _new_event(Event, (perf_counter() - self.t0, self.ids[i] if i >= 0 else "", kind, attempt, info))
+        ev = (perf_counter() - self.t0, self.ids[i] if i >= 0 else "", kind, attempt, info)
         self.events.append(ev)
         if self._subs:
-            self.bus.publish(ev)
+            self.bus.publish(as_event(ev))
 
     # ------------------------------------------------------------------ start
     def begin(self) -> asyncio.Future[str]:
@@ -386,6 +387,9 @@ class Scheduler:
         if not items:
             self.results[tid] = []
             return "succeeded", "no items"
+        if len(items) >= gcpause.MIN_TASKS and not self._gc_paused:   # a large map is a large run too
+            self._gc_paused = True
+            gcpause.enter()
         prio, rem, heap = self.prio[i], self.rem[i], self.heap
         for k in range(len(items)):
             heapq.heappush(heap, policy.ready_key(prio, rem, i, k))
@@ -526,7 +530,7 @@ class Scheduler:
             self.status[i] = "running"
             self.emit(i, "running", attempt, agent)
         if k >= 0 or not first:  # map items and fallback attempts: 'running' does not mark their start
-            self.emit(i, "attempt_started", attempt, _new_event(AttemptStarted, (k, agent)))
+            self.emit(i, "attempt_started", attempt, (k, agent))
         br = self.breakers.get(agent) if agent is not None and self.breakers else None
         if br is not None and br.consecutive >= br.failures:  # cooled down: this attempt is the probe
             br.probing = True
@@ -662,7 +666,7 @@ class Scheduler:
             delay = policy.jittered(policy.backoff(task.retry_backoff, attempt))
             if k < 0:
                 self.status[i] = "retrying"
-                self.emit(i, "retrying", attempt, _new_event(Retrying, (text, delay)))
+                self.emit(i, "retrying", attempt, (text, delay))
             self._requeue_later(policy.ready_key(self.prio[i], self.rem[i], i, k), delay)
             return
         if task.fallback is not None and (i, k) not in self.fb_used:
@@ -724,11 +728,11 @@ class Scheduler:
         else:
             self.item_failed.setdefault(i, (k, exc))  # type: ignore[arg-type]
         self.items_left[i] -= 1
-        self.emit(i, "item_done", self.item_att[i][k], _new_event(ItemDone, (k, n, ok, t_start)))
+        self.emit(i, "item_done", self.item_att[i][k], (k, n, ok, t_start))
         if self.items_left[i] == 0:
             if i in self.item_failed:
                 k0, first = self.item_failed[i]
-                bad = sum(1 for ev in self.events if ev.task == self.ids[i] and ev.kind == "item_done" and not ev.info[2])
+                bad = sum(1 for ev in self.events if ev[1] == self.ids[i] and ev[2] == "item_done" and not ev[4][2])
                 err = AttemptError(f"{bad} of {n} items failed; first: item {k0} "
                                    f"({self.items[i][k0]!r:.40}): {_error_text(first)}")
                 err.__cause__ = first
@@ -881,7 +885,6 @@ class Scheduler:
         self.dask_local = fetch_plan(self)
 
 
-_new_event = tuple.__new__  # Event(...) without NamedTuple's Python-level __new__: hot path
 _set_output = capture.current_buffer.set
 
 

@@ -15,9 +15,10 @@ Invariants (the scheduler keeps them; readers may rely on them):
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .events import STATUSES, Bus, Event
+from .events import STATUSES, Bus, RawEvent
 
 if TYPE_CHECKING:  # pragma: no cover
     from .graph import Graph
@@ -27,11 +28,11 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["RunState", "run_start"]
 
 
-def run_start(events: list[Event]) -> dict[str, Any]:
+def run_start(events: Sequence[RawEvent]) -> dict[str, Any]:
     """The info of the run's `run_started` event: {"tasks", "limits" (Limits.snapshot()), "remaining"}
     ({} for a run recorded before these were kept)."""
-    if events and events[0].kind == "run_started" and isinstance(events[0].info, dict):
-        return events[0].info
+    if events and events[0][2] == "run_started" and isinstance(events[0][4], dict):
+        return events[0][4]
     return {}
 
 
@@ -56,7 +57,7 @@ class RunState:
         self.results: dict[str, Any] = {}            # id -> output (succeeded / cached only)
         self.errors: dict[str, BaseException] = {}   # id -> last exception
         self.outputs: dict[str, list[str]] = {}      # id -> printed text chunks
-        self.events: list[Event] = []                # every event, in order
+        self.events: list[RawEvent] = []             # every event, in order, as a plain tuple (events.EventLog)
         self.bus = Bus()                             # live subscribers (empty for a stored run)
         self.run_status = "pending"                  # pending, running, paused, succeeded, failed, cancelled, interrupted
         self.finished = False
@@ -75,31 +76,31 @@ class RunState:
         """Seconds since the start (the makespan once finished)."""
         if self.finished:
             for ev in reversed(self.events):
-                if ev.kind == "run_finished":
-                    return ev.t
-            return self.events[-1].t if self.events else 0.0
+                if ev[2] == "run_finished":
+                    return ev[0]
+            return self.events[-1][0] if self.events else 0.0
         if self.started_wall is None or now_wall is None:
-            return self.events[-1].t if self.events else 0.0
+            return self.events[-1][0] if self.events else 0.0
         return max(0.0, now_wall - self.started_wall)
 
     # ------------------------------------------------------------ reading back
     @classmethod
     def from_events(cls, run_id: str, workflow: str, graph: "Graph", tasks: dict[str, "Task"],
-                    agents: dict[str, "Agent"], events: list[Event], results: dict[str, Any],
+                    agents: dict[str, "Agent"], events: list[RawEvent], results: dict[str, Any],
                     errors: dict[str, BaseException], run_status: str, started_wall: float | None) -> "RunState":
         """A finished (or interrupted) run rebuilt from its recorded events and stored outputs."""
         from .limits import Limits
         start = run_start(events)
         st = cls(run_id, workflow, graph, tasks, agents, Limits.from_snapshot(start.get("limits") or {}))
         index = graph.index
-        for ev in events:
-            i = index.get(ev.task)
+        for _, task, kind, attempt, _ in events:
+            i = index.get(task)
             if i is None:
                 continue
-            if ev.kind in STATUSES:
-                st.status[i] = ev.kind
-            if ev.attempt > st.attempts[i]:
-                st.attempts[i] = ev.attempt
+            if kind in STATUSES:
+                st.status[i] = kind
+            if attempt > st.attempts[i]:
+                st.attempts[i] = attempt
         st.events = events
         st.results = results
         st.errors = errors

@@ -99,7 +99,7 @@ class Facts:
 
 def facts(run: "Run") -> Facts:
     """The Facts of `run`, recomputed only when new events arrived."""
-    key = (len(run.events), bool(run.done))
+    key = (len(run.state.events), bool(run.done))
     hit = _cache.get(run)
     if hit is not None and hit[0] == key and run.done:
         return hit[1]
@@ -156,7 +156,8 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
         if t > q:
             waits.append((i, q, t))
 
-    for t, task, kind, att, info in run.events:
+    events = s.events
+    for t, task, kind, att, info in events:
         if inner_open and kind != "blocked" and task in idx and idx[task] in inner_open:
             i0 = idx[task]
             tb, lim = inner_open.pop(i0)
@@ -273,7 +274,7 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
 
     f = Facts()
     f.finished = finished_t is not None
-    last_t = run.events[-1].t if run.events else 0.0
+    last_t = events[-1][0] if events else 0.0
     if f.finished:
         now = float(finished_t)  # type: ignore[arg-type]
     else:

@@ -341,7 +341,7 @@ class Workflow:
         from .patterns.manager import definitions
         ran = definitions(run)   # as defined when it started (a hierarchical run's tasks are assigned copies)
         times = Timings()
-        times.feed(run.events)
+        times.feed(run.state.events)
         for task, status in run.statuses.items():
             if status == "succeeded" or status == "cached":
                 took = times.duration(task)

@@ -136,3 +136,34 @@ def test_a_large_run_that_cannot_start_leaves_the_collector_as_it_was():
     with pytest.raises(no.OrchError, match="missing"):
         wf.run()
     assert gc.get_freeze_count() == 0
+
+
+def test_a_large_map_freezes_from_its_expansion_to_the_runs_end():
+    """Two tasks, but one maps over MIN_TASKS items: as large a run as MIN_TASKS tasks."""
+    seen: list[int] = []
+    wf = no.Workflow("bigmap", store=False, concurrency=None)
+
+    @wf.task(cache=False)
+    def items():
+        return list(range(gcpause.MIN_TASKS))
+
+    async def each(item):
+        if item == 0:
+            seen.append(gc.get_freeze_count())
+        return item
+
+    wf.task(each, id="each", map_over="items", cache=False)
+    run = wf.run()
+    assert run.status == "succeeded" and len(run["each"]) == gcpause.MIN_TASKS
+    assert seen and seen[0] > 0
+    assert gc.get_freeze_count() == 0
+    small = no.Workflow("smallmap", store=False)
+    small.task(lambda: [1, 2], id="items", cache=False)
+
+    def one(item):
+        seen.append(gc.get_freeze_count())
+        return item
+
+    small.task(one, id="each", map_over="items", cache=False)
+    seen.clear()
+    assert small.run().status == "succeeded" and seen == [0, 0]

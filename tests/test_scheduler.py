@@ -513,6 +513,46 @@ def test_event_stream_is_immutable_and_complete():
     assert all(a.t <= b.t for a, b in zip(run.events, run.events[1:]))
 
 
+def test_run_events_are_events_with_named_infos_live_and_out_of_the_collectors_view():
+    import gc
+
+    from notebook_orch import Event
+    from notebook_orch.events import AttemptStarted, ItemDone, Retrying
+    wf = Workflow("w", store=False)
+    calls = []
+
+    @wf.task(retries=1, retry_backoff=0.0, cache=False)
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("once")
+        return [1, 2]
+
+    wf.task(lambda item: item, id="each", map_over="flaky", cache=False)
+    seen = []
+
+    async def main():
+        run = wf.start()
+        events = run.events                       # a view: it grows with the run
+        run.subscribe(seen.append)
+        await run
+        return run, events
+
+    run, events = asyncio.run(main())
+    assert len(events) == len(run.events) > 0 and events == list(run.events)
+    assert all(type(e) is Event for e in events) and all(type(e) is Event for e in seen)
+    by_kind = {e.kind: e for e in run.events}
+    assert isinstance(by_kind["retrying"].info, Retrying) and by_kind["retrying"].info.error.endswith("once")
+    assert isinstance(by_kind["attempt_started"].info, AttemptStarted) and by_kind["attempt_started"].info.item >= 0
+    done = [e.info for e in run.events if e.kind == "item_done"]
+    assert all(isinstance(d, ItemDone) for d in done) and sorted(d.index for d in done) == [0, 1]
+    assert run.events[-1].kind == "run_finished" and run.events[-2:][-1] == run.events[-1]
+    assert [e.kind for e in reversed(run.events)][0] == "run_finished"
+    gc.collect()   # the run keeps plain tuples, which the collector stops tracking (events.EventLog);
+    gc.collect()   # one holding a tuple, from the next pass on
+    assert not any(gc.is_tracked(e) for e in run.state.events if e[2] in ("ready", "running", "item_done"))
+
+
 def test_a_body_that_swallows_cancellation_does_not_undo_the_cancel():
     wf = Workflow("w", store=False)
     leftovers = []

@@ -112,29 +112,28 @@ class Follow:
         n = len(events)
         visual = _VISUAL
         for k in range(self.seen, n):
-            ev = events[k]
-            kind = ev.kind
+            t, task, kind, attempt, info = events[k]
             if kind in visual:
                 self.visual += 1
             if kind == "stream":
-                info = ev.info if isinstance(ev.info, dict) else {}
-                stream[ev.task] = (str(info.get("text", "")), int(info.get("tokens") or 0))
+                if not isinstance(info, dict):
+                    info = {}
+                stream[task] = (str(info.get("text", "")), int(info.get("tokens") or 0))
             elif kind == "running":
-                if isinstance(ev.info, str):
-                    agent[ev.task] = ev.info
+                if isinstance(info, str):
+                    agent[task] = info
             elif kind == "assigned":                          # hierarchical: the manager's choice
-                if isinstance(ev.info, dict) and ev.info.get("agent"):
-                    agent[ev.task] = str(ev.info["agent"])
+                if isinstance(info, dict) and info.get("agent"):
+                    agent[task] = str(info["agent"])
             elif kind == "attempt_started":
-                info = ev.info
                 if isinstance(info, tuple) and len(info) == 2:
                     if isinstance(info[1], str):
-                        agent[ev.task] = info[1]
-                    if info[0] >= 0 and ev.attempt == 1:          # a map item's first start
-                        r = ready.get(ev.task)
+                        agent[task] = info[1]
+                    if info[0] >= 0 and attempt == 1:          # a map item's first start
+                        r = ready.get(task)
                         if r is not None:
-                            item_wait[ev.task] = item_wait.get(ev.task, 0.0) + max(0.0, ev.t - r)
-                            started[ev.task] = started.get(ev.task, 0) + 1
+                            item_wait[task] = item_wait.get(task, 0.0) + max(0.0, t - r)
+                            started[task] = started.get(task, 0) + 1
         self.seen = n
 
     def wait(self, tid: str, now: float | None) -> float | None:
@@ -162,7 +161,7 @@ def view_of(run: "Run", follow: Follow, limit: int) -> View:
     now: float | None
     if live:
         started = getattr(st, "started_wall", None) or getattr(run, "started_wall", None)
-        elapsed = max(0.0, time.time() - started) if started else (events[-1].t if events else 0.0)
+        elapsed = max(0.0, time.time() - started) if started else (events[-1][0] if events else 0.0)
         now = elapsed
     else:
         elapsed, now = run.elapsed(), None

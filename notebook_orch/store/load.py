@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from ..errors import OrchError
-from ..events import Event
+from ..events import RawEvent
 from ..graph import Graph
 from ..model import Agent, Task
 from ..run import Run
@@ -34,16 +34,16 @@ def load_run(store: Store, run_id: str | None = None) -> StoredRun:
     graph = Graph(ids, [tuple(d) for d in meta["deps"]], [tuple(x) for x in meta["inputs"]],
                   frozenset(meta.get("fallback_only", ())),
                   {int(k): v for k, v in meta.get("routers", {}).items()})
-    events = [Event(t, task, kind, attempt, _tuples(info)) for t, task, kind, attempt, info in raw_events]
-    errors: dict[str, BaseException] = {ev.task: StoredError(str(ev.info)) for ev in events if ev.kind == "failed"}
-    ended = {ev.task: ev.kind for ev in events if ev.kind in ("succeeded", "cached")}
+    events: list[RawEvent] = [(t, task, kind, attempt, _tuples(info)) for t, task, kind, attempt, info in raw_events]
+    errors: dict[str, BaseException] = {ev[1]: StoredError(str(ev[4])) for ev in events if ev[2] == "failed"}
+    ended = {ev[1]: ev[2] for ev in events if ev[2] in ("succeeded", "cached")}
     keys = {t: fps.get(t, f"run:{row['run_id']}:{t}") for t in ids if t in ended and t not in json_values}
     values = store.values(keys.values(), run_id=row["run_id"])
     results = {t: values[k] for t, k in keys.items() if k in values}
     results.update({t: v for t, v in json_values.items() if t in ended})
     results = {t: results[t] for t in ids if t in results}
     run_status = row["status"]
-    if run_status == "running" and not any(e.kind == "run_finished" for e in events):
+    if run_status == "running" and not any(e[2] == "run_finished" for e in events):
         run_status = store.status_of(row["run_id"], run_status, row.get("host"), row.get("pid"))
     lim = meta["limits"]
     wf = Workflow(row["workflow"], concurrency=lim.get("concurrency"), resources=lim.get("pools") or {}, store=False)
@@ -56,9 +56,9 @@ def load_run(store: Store, run_id: str | None = None) -> StoredRun:
         if "tags" in tm:
             tm["tags"] = tuple(tm["tags"])
         wf.tasks[t] = Task.model_construct(id=t, fn=None, prompt="", **tm)
-    for ev in events:   # a hierarchical run: each task ran under the agent the manager assigned
-        if ev.kind == "assigned" and ev.task in wf.tasks and isinstance(ev.info, dict) and ev.info.get("agent"):
-            wf.tasks[ev.task] = wf.tasks[ev.task].model_copy(update={"agent": ev.info["agent"]})
+    for _, task, kind, _, info in events:   # a hierarchical run: each task ran under the agent the manager assigned
+        if kind == "assigned" and task in wf.tasks and isinstance(info, dict) and info.get("agent"):
+            wf.tasks[task] = wf.tasks[task].model_copy(update={"agent": info["agent"]})
     state = RunState.from_events(row["run_id"], row["workflow"], graph, dict(wf.tasks), dict(wf.agents), events,
                                  results, errors, run_status, row["started"])
     if not run_start(events):   # recorded before runs kept their starting limits in their first event
