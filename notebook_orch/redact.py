@@ -28,6 +28,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from itertools import repeat
 from typing import Any
 
 __all__ = [
@@ -129,7 +130,9 @@ def learn_run(run: Any) -> None:
     """Learn the globals a run's task bodies and its workflow's namespace hold."""
     wf = getattr(run, "workflow", None)
     learn(getattr(wf, "namespace", None))
-    bodies = {id(fn): fn for fn in (getattr(t, "fn", None) for t in (getattr(run, "tasks", None) or {}).values())}
+    tasks = (getattr(run, "tasks", None) or {}).values()
+    fns = list(map(getattr, tasks, repeat("fn"), repeat(None)))   # C loops: a run may have 100,000 tasks
+    bodies = dict(zip(map(id, fns), fns))
     seen: set[int] = set()
     for fn in bodies.values():       # once per body: a loop of 10,000 tasks usually shares one or two
         while fn is not None and hasattr(fn, "func"):  # functools.partial

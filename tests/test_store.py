@@ -97,6 +97,24 @@ def test_run_load_reads_a_past_run_back():
         loaded.pause()
 
 
+def test_a_run_recorded_with_its_dag_as_json_lists_still_loads():
+    """Runs record their DAG's edges packed; a store written before that keeps them as JSON lists."""
+    import json
+    wf = _chain()
+    live = wf.run()
+    open_store().drain(None)
+    con = sqlite3.connect(STORE)
+    meta = json.loads(con.execute("SELECT meta FROM runs WHERE run_id = ?", (live.id,)).fetchone()[0])
+    assert isinstance(meta["deps"], dict)                     # packed
+    meta["deps"] = [list(d) for d in live.graph_.deps]         # as older releases wrote it
+    with con:
+        con.execute("UPDATE runs SET meta = ? WHERE run_id = ?", (json.dumps(meta), live.id))
+    con.close()
+    loaded = Run.load(live.id)
+    assert loaded.graph_.deps == live.graph_.deps == [(), (0,), (1,)]
+    assert list(loaded.metrics()["on_critical_path"]) == list(live.metrics()["on_critical_path"]) == [True] * 3
+
+
 def test_run_load_of_an_unknown_id_names_the_closest():
     live = _chain().run()
     with pytest.raises(UnknownNameError, match="did you mean") as err:

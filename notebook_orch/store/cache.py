@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Generator, Mapping
+from itertools import compress, repeat
+from operator import attrgetter, is_
 from typing import Any
 
 from ..model import Task, parse_ttl
@@ -34,6 +36,7 @@ from .sqlite import Store
 __all__ = ["RunCache", "age", "cache_column"]
 
 _MISS: tuple[bool, Any, str] = (False, None, "")
+_CACHE = attrgetter("cache")   # the never set is built by C loops (no Python frame per task of a 100,000-task run)
 LEASE_POLL = (0.02, 0.5)   # seconds between looks at another process's lease: first, at most
 
 
@@ -58,7 +61,7 @@ class RunCache:
         self.reusable: set[str] = set()         # tasks whose output is stored / was found under their fingerprint
         self.not_reusable: set[str] = set()     # finished tasks decided otherwise
         self.fallback: set[str] = set()         # tasks whose output came from their fallback (seen in the events)
-        self.never = frozenset(t for t, task in tasks.items() if task.__dict__["cache"] is False)   # cache=False tasks
+        self.never = frozenset(compress(tasks, map(is_, map(_CACHE, tasks.values()), repeat(False))))   # cache=False
         self._fb_seen = 0                       # events looked at for fallbacks
         self.leases: list[str] = []             # fingerprints to lease (the recorder writes them)
         self.state: Any = None                  # the run's state (statuses, results), set by the recorder

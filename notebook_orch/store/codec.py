@@ -6,12 +6,14 @@
 
 Encoding 30k events this way costs a few milliseconds (the times stay exact, so a loaded run's
 metrics equal the live run's); JSON of one list per event cost ~4 µs an event, held the GIL
-in one call, and so slowed the event loop while the writer thread encoded.
+in one call, and so slowed the event loop while the writer thread encoded. A run's row keeps its
+DAG's deps packed the same way (`pack_lists`).
 """
 from __future__ import annotations
 
 import base64
 from array import array
+from itertools import chain
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -34,6 +36,24 @@ def pack_ints(values: Sequence[int]) -> str:
 
 def unpack_ints(text: str) -> list[int]:
     return list(_unpack("i", text))
+
+
+def pack_lists(lists: Sequence[Sequence[int]]) -> dict[str, str]:
+    """A list of int lists (a DAG's deps) as {"len": packed lengths, "flat": packed items}: no JSON per list
+    (100,000 nodes: 55 ms as JSON lists, 25 ms packed)."""
+    return {"len": _pack("i", list(map(len, lists))), "flat": _pack("i", list(chain.from_iterable(lists)))}
+
+
+def unpack_lists(d: Any) -> list[tuple[int, ...]]:
+    """`pack_lists`'s form, or a JSON list of lists (runs recorded before it), as a list of tuples."""
+    if not isinstance(d, dict):
+        return [tuple(x) for x in d]
+    flat = _unpack("i", d["flat"]).tolist()
+    out, k = [], 0
+    for n in _unpack("i", d["len"]):
+        out.append(tuple(flat[k:k + n]))
+        k += n
+    return out
 
 
 def encode(events: Sequence[Any], index: Mapping[str, int], clean: Callable[[str, Any], Any]) -> dict[str, Any]:

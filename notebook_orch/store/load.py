@@ -15,6 +15,7 @@ from ..graph import Graph
 from ..model import Agent, Task
 from ..run import Run
 from ..state import RunState, run_start
+from . import codec
 from .sqlite import Store
 
 __all__ = ["StoredError", "StoredRun", "load_run"]
@@ -31,7 +32,7 @@ def load_run(store: Store, run_id: str | None = None) -> StoredRun:
     json_values = extra["values"]
     meta = json.loads(row["meta"])
     ids = list(meta["ids"])
-    graph = Graph(ids, [tuple(d) for d in meta["deps"]], [tuple(x) for x in meta["inputs"]],
+    graph = Graph(ids, codec.unpack_lists(meta["deps"]), [tuple(x) for x in meta["inputs"]],
                   frozenset(meta.get("fallback_only", ())),
                   {int(k): v for k, v in meta.get("routers", {}).items()})
     events: list[RawEvent] = [(t, task, kind, attempt, _tuples(info)) for t, task, kind, attempt, info in raw_events]
