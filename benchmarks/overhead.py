@@ -16,7 +16,8 @@ the run times). Like the floor's lists, the task names and `after` lists are mad
 clock starts: what is timed is `wf.task(...)` per task, then `wf.validate()`.
 
 Each measurement runs in its own subprocess so peak RSS is that of one configuration only;
-the three configurations run in rounds, back to back, and each ratio is the median of its rounds.
+the three configurations run in rounds, back to back (each round in another order), and each ratio
+is the median of its rounds.
 Memory per task = (peak RSS - RSS after imports) / N.
 
 Usage: python benchmarks/overhead.py [N ...]   (default 1000 10000 100000)
@@ -136,6 +137,16 @@ def _spawn(kind: str, n: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+KINDS = ("floor", "orch", "orch-off")
+
+
+def _rotated(kinds: tuple[str, ...], r: int) -> tuple[str, ...]:
+    """Round r's order: each configuration takes each place in turn (on this VM a process started right
+    after another one ran measurably slower, so a fixed order favoured the first)."""
+    k = r % len(kinds)
+    return kinds[k:] + kinds[:k]
+
+
 def _ratio(rounds: list[dict], kind: str, key: str = "run_s") -> float:
     return statistics.median(r[kind][key] / r["floor"]["run_s"] for r in rounds)
 
@@ -152,8 +163,7 @@ def main(sizes: list[int]) -> None:
     print(f"{'N':>8} {'floor µs/task':>14} {'default':>8} {'persisted':>10} {'store off':>10} "
           f"{'floor KB/task':>14} {'default KB/task':>16} {'off KB/task':>12} {'define µs/task':>15}")
     for n in sizes:
-        rounds = [{k: _spawn(k, n) for k in ("floor", "orch", "orch-off")}
-                  for _ in range(5 if n <= 10_000 else 3)]
+        rounds = [{k: _spawn(k, n) for k in _rotated(KINDS, r)} for r in range(5 if n <= 10_000 else 3)]
         print(f"{n:>8} {_best(rounds, 'floor', 'run_s') / n * 1e6:>14.1f} {_ratio(rounds, 'orch'):>8.2f} "
               f"{_ratio(rounds, 'orch', 'persisted_s'):>10.2f} {_ratio(rounds, 'orch-off'):>10.2f} "
               f"{statistics.median(r['floor']['mem_kb'] for r in rounds) / n:>14.2f} "

@@ -1,17 +1,18 @@
 """The recorder: follows one run's events and has them written to the store. It never emits into the run.
 
-On the event loop it does only what is cheap: per event one call that, for a `succeeded`
-output stored under a fingerprint, makes the value findable by this process's next lookups
-at once (`Store.pending`) and wakes the writer thread. Everything else happens on the
-writer thread (`writer.py`), in `collect()`: it reads the events added since the last
-batch (the run's event list only grows), pickles and signs outputs, redacts the events
-(`notebook_orch.redact`) into a JSON chunk and, once the run is over, adds the run's
-status and counts. What could not be kept is written down in the recorder's own notes
-(`not_persisted`, read by `run.not_persisted`, the metrics and `%orch status`), never as
-an event of the run.
+Every 10 ms (`_tick`, on the run's loop) it files the events added since its last look (the
+run's event list only grows) and, when that is cheap and needs no waiting, builds and writes
+the next batch there (`collect()`): outputs pickled and signed, events redacted
+(`notebook_orch.redact`) and packed into a JSON chunk every half second (`codec`), once the
+run is over its status and counts. An output that pickles big, a locked store, a write error
+or a large run's last events hand the run to the writer thread (`writer.py`), which does the
+same with waiting and retries. A `succeeded` output stored under a fingerprint is findable by
+this process's next lookups at once (`Store.pending`). What could not be kept is written down
+in the recorder's own notes (`not_persisted`, read by `run.not_persisted`, the metrics and
+`%orch status`), never as an event of the run.
 
-Outputs are pickled off the loop, so a body that mutates its input in place while the
-writer pickles that input may have the mutated value stored (or the pickling fails: then
+Outputs are pickled after their task ended (within 10 ms on the loop, later on the thread), so a
+downstream body that mutates its input in place before that may have the mutated value stored (or the pickling fails: then
 the output is kept in memory for the session, with the reason). Small JSON-able outputs of
 tasks that are not cached (`cache=False`) are kept in the events chunk itself, not as rows.
 """
@@ -19,19 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pickle
-import socket
 import time
 import warnings
 from collections import Counter
 from itertools import compress
-from operator import attrgetter, itemgetter, not_
+from operator import itemgetter
 from typing import Any
 
 from ..redact import learn_run, redact, redact_obj
 from . import codec, sign
 from .cache import RunCache
+from .runrow import run_row
 from .sqlite import Batch, Store, StoreWarning, _Unavailable
 
 __all__ = ["Recorder"]
@@ -425,18 +425,7 @@ class Recorder:
             self._output(ev, True, cap)
 
     def _run_insert(self) -> tuple[Any, ...]:
-        run, st, g = self.run, self.st, self.cache.g
-        meta = {
-            "ids": g.ids, "deps": codec.pack_lists(g.deps), "inputs": g.inputs,
-            "fallback_only": sorted(g.fallback_only), "routers": {str(k): v for k, v in g.routers.items()},
-            "tasks": _task_metas(run.tasks),
-            "agents": {a: _agent_meta(ag) for a, ag in run.agents.items()},
-            "limits": _limits_meta(st.limits),
-            "options": {k: redact_obj(v) for k, v in run.options.items()
-                        if isinstance(v, (str, int, float, bool, list, type(None)))},
-        }
-        return (run.id, self.workflow, getattr(run, "started_wall", None) or time.time(), None, "running",
-                len(g.ids), None, socket.gethostname(), os.getpid(), json.dumps(meta, default=repr))
+        return run_row(self.run, self.st, self.cache.g, self.workflow)
 
     def _warn(self, exc: BaseException) -> None:
         """One StoreWarning per run; the run itself goes on."""
@@ -449,6 +438,7 @@ class Recorder:
 
 
 _NEVER = "cache=False on the task: it runs every time"
+_KIND = itemgetter(2)
 _OWN_INFO = frozenset({"cached", "running", "blocked", "attempt_started", "item_done", "limit_changed", "run_started",
                        "run_finished", "run_paused", "run_resumed"})   # info we write ourselves (ids, names, numbers)
 
@@ -461,54 +451,3 @@ def _clean(kind: str, info: Any) -> Any:
     if kind == "run_started" and type(info) is dict and "remaining" in info:   # one number per task: ours
         return {**redact_obj({k: v for k, v in info.items() if k != "remaining"}), "remaining": info["remaining"]}
     return redact_obj(info)
-
-
-def _limits_meta(lim: Any) -> dict[str, Any]:
-    if isinstance(lim, dict):
-        return {"concurrency": lim.get("concurrency"), "pools": dict(lim.get("pools") or {})}
-    return {"concurrency": lim.concurrency, "pools": dict(lim.pools)}
-
-
-_META_FIELDS = frozenset({"agent", "map_over", "priority", "description", "routes", "trigger", "fallback",
-                          "resources", "tags", "prompt"})   # the fields _task_meta reads
-
-
-def _task_metas(tasks: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """id -> _task_meta for the tasks that set one of its fields. Most tasks of a large run set none:
-    they are passed over by C loops (a Python frame per task of 100,000 cost 30 ms)."""
-    sets = map(_FIELDS_SET, tasks.values())
-    picked = compress(tasks.items(), map(not_, map(_META_FIELDS.isdisjoint, sets)))
-    return {t: m for t, m in ((t, _task_meta(task)) for t, task in picked) if m}
-
-
-_FIELDS_SET = attrgetter("__pydantic_fields_set__")
-_KIND = itemgetter(2)
-
-
-def _task_meta(task: Any) -> dict[str, Any]:
-    """The options a display of a loaded run needs (no bodies, no callables, no edges: those are in the
-    graph); defaults left out."""
-    d = task.__dict__
-    m: dict[str, Any] = {}
-    for name in ("agent", "map_over", "priority", "description"):
-        if d[name]:
-            m[name] = d[name] if name != "description" else redact(d[name])
-    if d["routes"]:
-        m["routes"] = {k: list(v) for k, v in d["routes"].items()}
-    if d["trigger"] != "all_success":
-        m["trigger"] = d["trigger"]
-    if isinstance(d["fallback"], str):
-        m["fallback"] = d["fallback"]
-    if d["resources"]:
-        m["resources"] = dict(d["resources"])
-    if d["tags"]:
-        m["tags"] = list(d["tags"])
-    if d["prompt"] is not None:
-        m["kind"] = "prompt"
-    return m
-
-
-def _agent_meta(agent: Any) -> dict[str, Any]:
-    """Only what a display needs; never llm objects, base URLs or key names."""
-    return {"role": redact(agent.role) if agent.role else agent.role, "max_concurrency": agent.max_concurrency,
-            "rate_limit": agent.rate_limit}
