@@ -49,8 +49,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, TypedDict, overload
 
-__all__ = ["Event", "EventLog", "RawEvent", "TERMINAL", "STATUSES", "Bus", "RunStarted", "Usage", "ToolCall", "Stream", "Message",
-           "Assigned", "ModelRetrying", "Retrying", "ItemDone", "AttemptStarted"]
+__all__ = ["Event", "EventLog", "RawEvent", "TERMINAL", "STATUSES", "Bus", "RunStarted", "Usage", "ToolCall",
+           "Stream", "Message", "Assigned", "ModelRetrying", "Retrying", "ItemDone", "AttemptStarted"]
 
 
 # ---------------------------------------------------------------- payloads (Event.info by kind)
@@ -171,7 +171,7 @@ class EventLog(Sequence[Event]):
     at its first pass, but tracks every instance of a tuple subclass, a NamedTuple too, for as long
     as it lives, so every full pass walked all of a large run's events again (100k tasks: 300,000
     events, 0.4-0.5 s of a 4.5 s run spent in passes that collected nothing). The view makes an `Event`
-    when it is read (O(1), the list is not copied) and grows with the run, as the list does.
+    of an item when it is read (O(1), the list is not copied) and grows with the run, as the list does.
     """
 
     __slots__ = ("_raw",)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import base64
 from array import array
-from itertools import chain
 from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 __all__ = ["decode", "encode"]
