@@ -5,6 +5,7 @@ Screenshots go to artifacts/screenshots/ under the repository root (the path is 
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -151,13 +152,12 @@ def _save(server, page, name: str) -> None:
     while time.time() < deadline:
         try:
             cells = server.api(f"/api/contents/{name}")["content"]["cells"]
-        except urllib.error.HTTPError as exc:   # read while the save is writing it: not readable yet
-            seen.append(f"HTTP {exc.code}")
-            time.sleep(0.25)
-            continue
-        html = [o.get("data", {}).get("text/html", "") for c in cells for o in c.get("outputs", [])]
-        if any('class="norch-static"' in h for h in html):
-            return
+        except urllib.error.HTTPError as exc:   # read while the save is writing it (or the file is gone:
+            seen.append(f"HTTP {exc.code}; root holds {sorted(os.listdir(server.root))}")   # saved again below)
+        else:
+            html = [o.get("data", {}).get("text/html", "") for c in cells for o in c.get("outputs", [])]
+            if any('class="norch-static"' in h for h in html):
+                return
         dialog = page.locator(".jp-Dialog")
         if dialog.count():
             seen.append("dialog: " + dialog.first.inner_text()[:300])
@@ -173,4 +173,4 @@ def _save(server, page, name: str) -> None:
     log = server.log.read_text()[-3000:] if server.log.exists() else ""
     raise AssertionError(f"the saved notebook does not hold the panel's static snapshot; outputs saved: "
                          f"{sum(len(c.get('outputs', [])) for c in cells)}; "
-                         f"seen: {seen[-8:]}; server log tail:\n{log}")
+                         f"seen: {seen[:3] + ['...'] + seen[-5:]}; server log tail:\n{log}")
