@@ -141,8 +141,8 @@ KINDS = ("floor", "orch", "orch-off")
 
 
 def _rotated(kinds: tuple[str, ...], r: int) -> tuple[str, ...]:
-    """Round r's order: each configuration takes each place in turn (on this VM a process started right
-    after another one ran measurably slower, so a fixed order favoured the first)."""
+    """Round r's order: each configuration takes each place in turn (on this VM the place in a sequence of
+    processes changed a process's speed: swapping two of them flipped which was faster in 2 pairs of 3)."""
     k = r % len(kinds)
     return kinds[k:] + kinds[:k]
 
