@@ -8,12 +8,13 @@ from .errors import (CycleError, DefinitionError, InvalidIdError, LoopError, Orc
 from .events import Event
 from .model import Agent, Task
 from .run import Run
+from .tracing import instrument
 from .workflow import Workflow
 
 __version__ = "0.1.0"
 __all__ = ["Workflow", "Agent", "Task", "Run", "Event", "OrchError", "DefinitionError", "CycleError",
            "UnknownNameError", "InvalidIdError", "TaskFailedError", "RunCancelledError", "LoopError", "PlanError",
-           "load_ipython_extension", "unload_ipython_extension"]
+           "load_ipython_extension", "unload_ipython_extension", "instrument"]
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -179,6 +179,7 @@ class Scheduler:
         self.prepare: Callable[[Scheduler], Awaitable[Any]] | None = None
         self._prepare_task: asyncio.Task[None] | None = None      # holds the pass while it runs
         self._gc_paused = False                                   # inside gcpause.enter() (large runs): leave once
+        self.trace: Any = None                                    # tracing.py's span builder (None: no spans)
 
     # ------------------------------------------------------------------ events
     def emit(self, i: int, kind: str, attempt: int = 0, info: Any = None) -> None:
@@ -538,6 +539,8 @@ class Scheduler:
 
     async def _attempt(self, i: int, k: int, attempt: int) -> None:
         _set_output((self.outputs, self.ids[i], self, i, k, attempt))   # also the attempt context
+        if self.trace is not None:        # the attempt's span is current inside it (tracing.py)
+            self.trace.enter(i, k, attempt)
         slot = self.rate_slot.pop((i, k), None) if self.rate_slot else None
         t_start = perf_counter() - self.t0 if k >= 0 else 0.0
         try:

@@ -18,6 +18,7 @@ from .run import PastRun, Run
 from .scheduler import Scheduler
 from .store import attach as attach_store
 from .timings import Timings
+from .tracing import attach as attach_tracing
 
 __all__ = ["Workflow"]
 
@@ -296,6 +297,7 @@ class Workflow:
             if store is not None:
                 sched.finish_hooks.append(store.finished)   # the run's last outputs, events and status
             sched.finish_hooks.append(lambda: self._finished(run))  # learning is lazy: not on the run's clock
+            attach_tracing(sched)       # spans of the run when a tracer provider is configured (tracing.py)
             self.runs.append(run)       # before begin(): a run whose tasks are all cached ends inside it
             try:
                 sched.begin()

@@ -220,7 +220,8 @@ class DaskExecutor:
             body = _portable(fn)
         _pickle_log.disabled = True   # our own message below names the task and the object
         try:
-            fut = client.submit(_on_worker, body, kw, self._topic, key=key, pure=False, resources=res)
+            from ..tracing import carrier   # the attempt's trace context goes with the body (None: no tracing)
+            fut = client.submit(_on_worker, body, kw, self._topic, carrier(), key=key, pure=False, resources=res)
         except Exception as exc:  # noqa: BLE001 - whatever stopped the submission, said with the task's name
             raise _unpicklable(task, fn, kwargs, exc) from None
         finally:
@@ -487,9 +488,14 @@ class _Chained:
         return self.before(event) if self.before is not None else None
 
 
-def _on_worker(fn: Callable[..., Any], kwargs: dict[str, Any], topic: str) -> Any:
+def _on_worker(fn: Callable[..., Any], kwargs: dict[str, Any], topic: str, trace: dict[str, str] | None = None) -> Any:
     """Runs on the worker: say where the body started, run it (an async body gets its own loop), then
-    send what it printed, on the same topic, ahead of its outcome."""
+    send what it printed, on the same topic, ahead of its outcome. `trace`: the attempt's trace context
+    (tracing.carrier()), current while the body runs, so the spans it opens join the attempt's span."""
+    if trace:
+        from ..tracing import joined
+        with joined(trace):
+            return _on_worker(fn, kwargs, topic)
     from . import PRINTED, call_body, call_printing
     try:
         from distributed import get_worker
