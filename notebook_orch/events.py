@@ -83,6 +83,7 @@ class ToolCall(TypedDict, total=False):
     success: bool
     error: str | None
     agent: str                  # only when it is not the task's agent
+    server: str                 # only for a tool of an MCP server: its command line or URL (llm/_mcp.py)
 
 
 class Stream(TypedDict):

@@ -34,7 +34,7 @@ METRICS_COLUMNS = ["agent", "status", "attempts", "ready_at", "started_at", "fin
                    "cache_hit", "on_critical_path", "slack_s", "tokens_in", "tokens_out", "cost_usd", "error"]
 BOTTLENECK_COLUMNS = ["task", "run_s", "wait_s", "on_critical_path", "saving_s", "cause"]
 UTILIZATION_COLUMNS = ["capacity", "busy_s", "utilization", "wait_s", "max_queue"]
-TOOL_COLUMNS = ["task", "agent", "tool", "input", "duration_ms", "success", "error"]
+TOOL_COLUMNS = ["task", "agent", "tool", "input", "duration_ms", "success", "error", "server"]
 # simulations of the list schedule per bottlenecks() call are capped so that
 # (tasks simulated) x (units per simulation) stays under this many unit-steps
 SIM_BUDGET = 400_000
@@ -420,14 +420,15 @@ def timeline(run: "Run") -> pd.DataFrame:
 # ---------------------------------------------------------------------- tool calls
 def tool_calls(run: "Run") -> pd.DataFrame:
     """One row per 'tool_call' event (info: a dict with tool, input, started, duration_ms, success,
-    error[, agent]), in the order the calls began: a model's parallel calls end in any order."""
+    error[, agent][, server]), in the order the calls began: a model's parallel calls end in any order.
+    `server`: the MCP server of the tool (None: a function tool)."""
     f = _x.facts(run)
     if not f.tool_rows:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in TOOL_COLUMNS})
     agents: dict[str | None, str | None] = dict(zip(f.ids, f.agent))
     rows = [{"task": r.get("task"), "agent": r.get("agent", agents.get(r.get("task"))), "tool": r.get("tool"),
              "input": r.get("input"), "duration_ms": r.get("duration_ms", np.nan),
-             "success": r.get("success", r.get("error") is None), "error": r.get("error")}
+             "success": r.get("success", r.get("error") is None), "error": r.get("error"), "server": r.get("server")}
             for r in sorted(f.tool_rows, key=_tool_start)]
     return pd.DataFrame(rows, columns=TOOL_COLUMNS)
 

@@ -138,6 +138,7 @@ class Agent(BaseModel):
     base_url: str | None = Field(None, description="Base URL of an OpenAI-compatible server (Ollama, vLLM, …).")
     api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key; the key itself is never stored.")
     tools: list[Any] = Field(default_factory=list, description="Tools the agent may call (functions with typed parameters).")
+    mcp: list[Any] = Field(default_factory=list, description="MCP servers whose tools the agent may call: command lines of stdio servers ('python -m mcp_server_time'), http(s):// URLs of streamable-HTTP servers, or pydantic-ai MCP toolsets; started once per run.")
     max_concurrency: int | None = Field(None, ge=1, description="At most this many of the agent's tasks run at once (None: no agent limit).")
     rate_limit: str | None = Field(None, description="At most COUNT task starts per PERIOD, e.g. '60/min'.")
     retries: int | None = Field(None, ge=0, description="Default `retries` for the agent's tasks.")
@@ -160,6 +161,12 @@ class Agent(BaseModel):
     @classmethod
     def _name_is_identifier(cls, v: str) -> str:
         return _check_identifier("agent", v)
+
+    @field_validator("mcp", mode="before")
+    @classmethod
+    def _mcp_entries(cls, v: Any, info: Any) -> Any:
+        from .llm._mcp import check_entries
+        return check_entries(info.data.get("name", "?"), v) if v else []
 
     @field_validator("rate_limit", "token_limit")
     @classmethod

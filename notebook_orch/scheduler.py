@@ -174,6 +174,7 @@ class Scheduler:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.loop_thread = 0                                      # threading.get_ident() of the loop's thread
         self.finish_hooks: list[Callable[[], Any]] = []          # called once when the run ends
+        self.closers: list[Callable[[], Awaitable[Any]]] = []    # awaited when it ends, before `done` resolves (MCP servers)
         # hook: an async pass awaited on the loop after run_started, before any task is made ready
         # (hierarchical mode: the manager assigns agents); None: dispatch at the loop's next turn
         self.prepare: Callable[[Scheduler], Awaitable[Any]] | None = None
@@ -860,6 +861,14 @@ class Scheduler:
                 hook()
             except Exception as exc:  # bookkeeping must never turn a finished run into an error
                 self.bus.errors.append((hook, exc))
+        if self.closers:      # async cleanups (MCP servers stopping) end before the run's future resolves
+            closers, self.closers = self.closers, []
+            self._closing = self.loop.create_task(_close_all(closers))  # type: ignore[union-attr]
+            self._closing.add_done_callback(lambda _: self._resolve_done())
+        else:
+            self._resolve_done()
+
+    def _resolve_done(self) -> None:
         if self.done is not None and not self.done.done():
             if self.dask is not None:   # done once its futures are cancelled or fetched and its client closed
                 done, status = self.done, self.state.run_status
@@ -889,6 +898,10 @@ class Scheduler:
 
 
 _set_output = capture.current_buffer.set
+
+
+async def _close_all(closers: list[Callable[[], Awaitable[Any]]]) -> None:
+    await asyncio.gather(*(c() for c in closers), return_exceptions=True)
 
 
 def _bodies(tasks: list[Task]) -> list[tuple[tuple[str, ...], str]]:

@@ -298,6 +298,9 @@ class Workflow:
                 sched.finish_hooks.append(store.finished)   # the run's last outputs, events and status
             sched.finish_hooks.append(lambda: self._finished(run))  # learning is lazy: not on the run's clock
             attach_tracing(sched)       # spans of the run when a tracer provider is configured (tracing.py)
+            if any(a.mcp for a in sched.agents.values()):   # MCP servers: started once, stopped at the end
+                from .llm._mcp import attach as attach_mcp
+                attach_mcp(sched)
             self.runs.append(run)       # before begin(): a run whose tasks are all cached ends inside it
             try:
                 sched.begin()

@@ -93,7 +93,7 @@ def test_frames_have_the_spec_columns(mixed_run):
     assert list(run.utilization().columns[:len(SPEC_UTILIZATION)]) == SPEC_UTILIZATION
     assert list(run.timeline().columns) == ["t", "running", "ready"]
     tc = run.tool_calls()
-    assert list(tc.columns) == ["task", "agent", "tool", "input", "duration_ms", "success", "error"] and tc.empty
+    assert list(tc.columns) == ["task", "agent", "tool", "input", "duration_ms", "success", "error", "server"] and tc.empty
 
 
 # ---------------------------------------------------------------------- timestamps

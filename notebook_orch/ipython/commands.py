@@ -419,6 +419,29 @@ def _list(m: Any, args: Any) -> Any:
     return pd.DataFrame(rows, columns=["task", *cols]).set_index("task")
 
 
+@command("agents")
+@magic_arguments(name="orch agents")
+def _agents(m: Any, args: Any) -> Any:
+    """The agents of the active workflow: model, limits, tools (MCP servers' tools listed, started once if need be)."""
+    import pandas as pd
+    rows = []
+    for name, agent in m.wf.agents.items():
+        tools = [getattr(t, "__name__", type(t).__name__) for t in agent.tools]
+        servers: dict[str, Any] = {}
+        if agent.mcp:
+            from ..llm._mcp import list_tools
+            servers = list_tools(agent)
+            for label, names in servers.items():
+                tools.extend(names if names is not None else [f"? ({label} did not start: a run says why)"])
+        llm = agent.llm if isinstance(agent.llm, str) or agent.llm is None else getattr(
+            agent.llm, "model_name", None) or getattr(agent.llm, "__name__", type(agent.llm).__name__)
+        rows.append({"agent": name, "llm": llm, "tools": ", ".join(tools), "mcp": ", ".join(servers),
+                     "max_concurrency": agent.max_concurrency, "rate_limit": agent.rate_limit,
+                     "tool_timeout": agent.tool_timeout})
+    cols = ["llm", "tools", "mcp", "max_concurrency", "rate_limit", "tool_timeout"]
+    return _wide(pd.DataFrame(rows, columns=["agent", *cols]).set_index("agent"))
+
+
 @command("drop")
 @magic_arguments(name="orch drop")
 @argument("id", help="the task id")

@@ -167,6 +167,9 @@ class OrchMagics(Magics):
             fields["tools"] = _split(fields["tools"])
         if isinstance(fields.get("tools"), list):
             fields["tools"] = [self.lookup(t, "tool") if isinstance(t, str) else t for t in fields["tools"]]
+        if isinstance(fields.get("mcp"), list):   # `mcp: [server]`: a notebook global holding a pydantic-ai toolset
+            fields["mcp"] = [self.shell.user_ns[e] if isinstance(e, str) and e.isidentifier() and self._user_global(e)
+                             else e for e in fields["mcp"]]
         llm = fields.get("llm")
         if isinstance(llm, str) and ":" not in llm and llm != "demo" and self._user_global(llm):
             fields["llm"] = self.shell.user_ns[llm]

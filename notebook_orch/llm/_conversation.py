@@ -52,7 +52,8 @@ _TOOL_INPUT = 500              # characters of a tool call's input kept in its e
 class _Call:
     """What one attempt's conversation knows: its attempt context, counters, the streamed text."""
 
-    __slots__ = ("ctx", "agent", "task", "sent", "system_done", "streaming", "parts", "t_emit", "n_chunks", "waited")
+    __slots__ = ("ctx", "agent", "task", "sent", "system_done", "streaming", "parts", "t_emit", "n_chunks", "waited",
+                 "servers")
 
     def __init__(self, ctx: Any, agent: "Agent", task: "Task", streaming: bool):
         self.ctx = ctx
@@ -65,6 +66,7 @@ class _Call:
         self.t_emit = 0.0
         self.n_chunks = 0
         self.waited = 0.0             # seconds the current request waited in before_request (windows, budget)
+        self.servers: dict[str, str] = {}   # tool name -> the MCP server it comes from (llm/_mcp.py)
 
     def emit(self, kind: str, info: Any) -> None:
         if self.ctx is not None:
@@ -158,8 +160,8 @@ async def run_prompt(task: "Task", agent: "Agent | None", inputs: dict[str, Any]
     system = system_prompt(agent)
     call = _Call(_attempt.current(), agent, task, _wants_stream(run))
     try:
-        if agent.tools or task.output_model is not None or task.routes:
-            value = await _agent_run(call, model, system, text)
+        if agent.tools or agent.mcp or task.output_model is not None or task.routes:
+            value = await _agent_run(call, model, system, text, run)
         else:
             value = await _direct(call, model, system, text)
     except OrchError:
@@ -296,14 +298,20 @@ def _pyd_agent(task: "Task", agent: "Agent", system: str) -> Any:
     return pa
 
 
-async def _agent_run(call: _Call, model: Any, system: str, text: str) -> Any:
-    from pydantic_ai import capture_run_messages
-    from pydantic_ai.exceptions import UnexpectedModelBehavior
+async def _agent_run(call: _Call, model: Any, system: str, text: str, run: Any = None) -> Any:
+    from ._mcp import toolsets_for
     pa = _pyd_agent(call.task, call.agent, system)
     handler = _stream_handler if call.streaming else None
+    async with toolsets_for(call, run) as toolsets:   # the agent's MCP servers (llm/_mcp.py), started once per run
+        return await _agent_result(call, pa, model, text, handler, toolsets)
+
+
+async def _agent_result(call: _Call, pa: Any, model: Any, text: str, handler: Any, toolsets: Any) -> Any:
+    from pydantic_ai import capture_run_messages
+    from pydantic_ai.exceptions import UnexpectedModelBehavior
     with capture_run_messages() as messages:
         try:
-            result = await pa.run(text, model=model, deps=call, event_stream_handler=handler)
+            result = await pa.run(text, model=model, deps=call, event_stream_handler=handler, toolsets=toolsets)
         except UnexpectedModelBehavior as exc:
             call.emit_messages(messages)
             raise _exhausted(call.task, messages, exc) from None
@@ -429,6 +437,8 @@ def _tool_event(call: _Call, tool: str, args: Any, t0: float, error: str | None,
     shown = safe(shown)
     if len(shown) > _TOOL_INPUT:
         shown = shown[:_TOOL_INPUT] + "…"
-    call.emit("tool_call", {"tool": tool, "input": shown, "started": call.ctx.clock(t0),
-                            "duration_ms": round(seconds * 1000, 3), "success": error is None,
-                            "error": None if error is None else safe(error)})
+    info = {"tool": tool, "input": shown, "started": call.ctx.clock(t0), "duration_ms": round(seconds * 1000, 3),
+            "success": error is None, "error": None if error is None else safe(error)}
+    if tool in call.servers:
+        info["server"] = call.servers[tool]     # an MCP server's tool
+    call.emit("tool_call", info)

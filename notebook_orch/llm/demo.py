@@ -7,8 +7,9 @@ Deterministic: the same conversation gets the same answer.
   enum (a router's labels) picks the label the prompt mentions, else one by a hash of the prompt.
   `register_answer(title, fn)` lets another part of the project answer schemas of that title
   itself (the planner's "Plan", the manager's "Assignments"): `fn(prompt_text, schema) -> dict`.
-* Tools: the first reply calls each of the agent's tools once (arguments built from their
-  schemas, strings taken from the prompt), then it answers.
+* Tools: the first reply calls each of the agent's tools once, function tools and MCP servers'
+  alike (arguments built from their schemas: a string from an example the schema gives, else from
+  the prompt), then it answers, quoting what they returned; a call that failed is not repeated.
 * `Agent.demo_latency` seconds pass before each answer; streamed answers arrive in pieces over it.
 """
 from __future__ import annotations
@@ -132,6 +133,9 @@ def _string(schema: dict[str, Any], prompt: str, name: str) -> str:
         return "demo@example.com"
     if fmt in ("uri", "url"):
         return "https://example.com/demo"
+    example = _example(schema)
+    if example is not None:
+        return example
     words = _words(prompt)
     topic = " ".join(words[:6]) if words else "the request"
     text = f"demo {name.replace('_', ' ')} about {topic}"
@@ -143,9 +147,38 @@ def _string(schema: dict[str, Any], prompt: str, name: str) -> str:
     return text
 
 
-def _text_answer(agent: str, prompt: str) -> str:
+_QUOTED = re.compile(r"""e\.g\.,?\s*['"]([^'"]{1,80})['"]""")
+
+
+def _example(schema: dict[str, Any]) -> str | None:
+    """A string the schema itself suggests: its first example, or one quoted after "e.g." in its description
+    (what MCP servers write: "IANA timezone name (e.g., 'America/New_York')"); a time for "HH:MM"."""
+    examples = schema.get("examples")
+    if isinstance(examples, list) and examples and isinstance(examples[0], str):
+        return examples[0]
+    text = str(schema.get("description") or "")
+    m = _QUOTED.search(text)
+    if m:
+        return m.group(1)
+    if "HH:MM" in text:
+        return "12:00"
+    return None
+
+
+def _text_answer(agent: str, prompt: str, tool_results: list[tuple[str, str]] | None = None) -> str:
     first = next((line.strip() for line in prompt.splitlines() if line.strip()), "")
-    return f"[{agent}, {DEMO_NOTE}] {first[:120]} ({len(prompt.split())} words considered)"
+    used = ""
+    if tool_results:     # what the tools it called returned, cut: the answer shows they were used
+        used = " Tools: " + "; ".join(f"{n} -> {' '.join(r.split())[:160]}" for n, r in tool_results) + "."
+    return f"[{agent}, {DEMO_NOTE}] {first[:120]} ({len(prompt.split())} words considered){used}"
+
+
+def _tool_results(messages: list[Any]) -> list[tuple[str, str]]:
+    from pydantic_ai.messages import ModelRequest, ToolReturnPart
+
+    from ._convert import _text
+    return [(p.tool_name, _text(p.content)) for m in messages if isinstance(m, ModelRequest) for p in m.parts
+            if isinstance(p, ToolReturnPart) and getattr(p, "retry", None) is None]
 
 
 def _structured(schema: dict[str, Any], prompt: str) -> Any:
@@ -155,7 +188,8 @@ def _structured(schema: dict[str, Any], prompt: str) -> Any:
 
 def demo_model(agent: str = "assistant", latency: float = 0.0) -> Any:
     """The demo model for one agent (its name appears in answers; `latency` seconds per answer)."""
-    from pydantic_ai.messages import ModelRequest, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+    from pydantic_ai.messages import (ModelRequest, ModelResponse, RetryPromptPart, TextPart, ToolCallPart,
+                                      ToolReturnPart)
     from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 
     from ._convert import request_text
@@ -163,7 +197,10 @@ def demo_model(agent: str = "assistant", latency: float = 0.0) -> Any:
     def plan(messages: list[Any], info: AgentInfo) -> tuple[str, Any]:
         """('tools', [(name, args)]) | ('output', (tool name, args)) | ('json', text) | ('text', text)."""
         prompt = request_text(messages, info.instructions)
-        called = any(isinstance(p, ToolReturnPart) and getattr(p, "retry", None) is None
+        # a tool that answered, or refused its arguments or failed (its error came back): the tools were tried
+        tool_names = {t.name for t in info.function_tools}
+        called = any((isinstance(p, ToolReturnPart) and getattr(p, "retry", None) is None)
+                     or (isinstance(p, RetryPromptPart) and p.tool_name in tool_names)
                      for m in messages if isinstance(m, ModelRequest) for p in m.parts)
         if info.function_tools and not called:
             return "tools", [(t.name, instance_of(t.parameters_json_schema, prompt, name=t.name))
@@ -176,7 +213,7 @@ def demo_model(agent: str = "assistant", latency: float = 0.0) -> Any:
             schema = dict(output_object.json_schema)
             schema.setdefault("title", getattr(output_object, "name", None) or "")
             return "json", json.dumps(_structured(schema, prompt))
-        return "text", _text_answer(agent, prompt)
+        return "text", _text_answer(agent, prompt, _tool_results(messages))
 
     async def answer(messages: list[Any], info: AgentInfo) -> ModelResponse:
         kind, what = plan(messages, info)
