@@ -21,6 +21,7 @@ Design note.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shlex
 import sys
@@ -66,6 +67,9 @@ def check_entries(agent: str, entries: Sequence[Any]) -> list[Any]:
     if isinstance(entries, (str, bytes)) or not isinstance(entries, Sequence):
         entries = [entries]
     out = list(entries)
+    if out and importlib.util.find_spec("fastmcp") is None:
+        raise MCPUnavailableError(f"agent {agent!r}: Agent(mcp=...) needs the MCP client, which is not installed; "
+                                  f"{INSTALL}")
     for e in out:
         if isinstance(e, str):
             if not e.strip():

@@ -35,6 +35,7 @@ _REMOTE = ("anyio._backends._asyncio", "tls")
 _OPENAI = ("pydantic_ai.models.openai", "pydantic_ai.providers.openai", "pydantic_ai.providers.openai_compatible",
            *_REMOTE)
 _FUNCTION = ("pydantic_ai.models.function",)     # the demo model and a callable llm
+_MCP = ("pydantic_ai.mcp", "fastmcp.client.transports", "jsonschema.validators")   # Agent(mcp=...): ~1 s
 
 _loaded: set[str] = set()     # names imported (or failed); only ever grows
 _ssl: dict[tuple[str | None, str | None], Any] = {}    # (SSL_CERT_FILE, SSL_CERT_DIR) -> httpx2's TLS context
@@ -69,7 +70,7 @@ def ssl_context() -> Any:
 
 def preload(agent: Any = None) -> None:
     """Import what `agent`'s prompt tasks need before their first request (at once if already in)."""
-    for name in modules_for(agent):
+    for name in modules_for(agent) + (_MCP if getattr(agent, "mcp", None) else ()):
         if name in _loaded:
             continue
         try:

@@ -301,6 +301,14 @@ def test_without_the_mcp_extra_the_error_names_the_install(monkeypatch):
     assert "pip install 'notebook_orch[mcp]'" in str(run.errors["one"])
 
 
+def test_without_the_extra_defining_the_agent_says_so(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastmcp" else real(name, *a))
+    with pytest.raises(MCPUnavailableError, match=r"agent 'b'.*pip install 'notebook_orch\[mcp\]'"):
+        Agent(name="b", llm="demo", mcp=[TIME])
+
+
 def test_bad_entries_are_refused_when_the_agent_is_defined():
     with pytest.raises(DefinitionError, match="is not an MCP server"):
         Agent(name="a", llm="demo", mcp=[42])
@@ -328,3 +336,27 @@ def test_agent_yaml_mcp_and_orch_agents_lists_the_tools(ip):
     table = ip.run_line_magic("orch", "agents")
     assert table.loc["clock", "mcp"] == TIME
     assert "get_current_time" in table.loc["clock", "tools"] and "convert_time" in table.loc["clock", "tools"]
+
+
+def test_mcp_tool_calls_are_spans_naming_their_server():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import notebook_orch
+    from notebook_orch.tracing import uninstrument
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    notebook_orch.instrument(provider)
+    try:
+        wf = Workflow("traced_mcp", store=False)
+        wf.agent(Agent(name="clock", llm="demo", mcp=[TIME]))
+        wf.prompt("now", "Time in Paris?", agent="clock")
+        assert wf.run().status == "succeeded"
+    finally:
+        uninstrument()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    tool = spans["execute_tool get_current_time"]
+    assert tool.attributes["notebook_orch.mcp_server"] == TIME and tool.attributes["gen_ai.tool.type"] == "extension"
+    assert tool.parent.span_id == spans["attempt 1"].context.span_id
