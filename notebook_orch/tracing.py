@@ -159,6 +159,7 @@ class _RunSpans:
         self.run_ctx: Any = None
         self.tasks: dict[str, _Task] = {}
         self.attempts: dict[tuple[str, int, int], tuple[Any, Any]] = {}   # (task, item, attempt) -> (span, context)
+        self.open: dict[str, list[tuple[str, int, int]]] = {}   # task -> the keys of its open attempts (few)
         self.maps = {t.id for t in sched.tasks if t.map_over is not None}
         self.totals = [0, 0, 0.0, True]   # tokens in, out, cost, cost known
 
@@ -204,11 +205,16 @@ class _RunSpans:
             attrs["notebook_orch.agent"] = agent
         span = self._start(f"attempt {attempt}", st.ctx, t, attrs)
         self.attempts[key] = (span, self._trace.set_span_in_context(span, st.ctx))
+        self.open.setdefault(task, []).append(key)
 
     def _close_attempt(self, key: tuple[str, int, int], t: float, error: Any = None) -> None:
         hit = self.attempts.pop(key, None)
         if hit is None:
             return
+        keys = self.open[key[0]]
+        keys.remove(key)
+        if not keys:
+            del self.open[key[0]]
         if error is not None:
             self._fail(hit[0], error)
         hit[0].end(end_time=self.ns(t))
@@ -218,7 +224,7 @@ class _RunSpans:
         item's: the one running in the caller's attempt context), else the task's, else the run's."""
         if not task:
             return self.run_ctx
-        open_ = [k for k in self.attempts if k[0] == task and k[2] == attempt]
+        open_ = [k for k in self.open.get(task, ()) if k[2] == attempt]
         if len(open_) > 1:
             from .attempt import current
             ctx = current()
@@ -244,6 +250,8 @@ class _RunSpans:
             self._chat(t, task, attempt, info if isinstance(info, dict) else {})
         elif kind == "tool_call":
             self._tool(t, task, attempt, info if isinstance(info, dict) else {})
+        elif kind == "retrying":        # a model request retried inside the attempt, or the task's next attempt
+            self._retrying(t, task, attempt, info)
         elif kind == "running":
             if task not in self.maps:
                 self._open_attempt(task, -1, attempt, info, t)
@@ -263,6 +271,21 @@ class _RunSpans:
             self._end_run(t, info)
         elif task and kind in ("ready", "blocked", "assigned"):
             self._task(task, t)
+
+    def _retrying(self, t: float, task: str, attempt: int, info: Any) -> None:
+        """An event on the span that waits: the attempt's (HTTP 429 / 5xx of a model request) or the task's."""
+        if isinstance(info, dict):
+            span = self._trace.get_current_span(self._parent_of(task, attempt))
+            attrs = {"http.response.status_code": int(info.get("status") or 0),
+                     "notebook_orch.delay_s": float(info.get("delay_s") or 0.0), "notebook_orch.retry": int(info.get("retry") or 0),
+                     "error.type": _clean(info.get("error") or "")[:300]}
+        else:
+            st = self.tasks.get(task)
+            if st is None or not isinstance(info, tuple) or len(info) != 2:
+                return
+            span = st.span
+            attrs = {"notebook_orch.delay_s": float(info[1]), "error.type": _clean(info[0])[:300]}
+        span.add_event("retrying", attributes=attrs, timestamp=self.ns(t))
 
     def _chat(self, t: float, task: str, attempt: int, u: dict[str, Any]) -> None:
         st = self.tasks.get(task) if task else None
@@ -330,7 +353,7 @@ class _RunSpans:
 
     def _end_task(self, t: float, task: str, status: str, attempt: int, info: Any) -> None:
         st = self._task(task, t)
-        for key in [k for k in self.attempts if k[0] == task]:
+        for key in list(self.open.get(task, ())):
             self._close_attempt(key, t, None if status == "succeeded" else status)
         span = st.span
         attrs: dict[str, Any] = {"notebook_orch.status": status, "notebook_orch.cache_hit": status == "cached",

@@ -103,6 +103,8 @@ def test_span_tree_and_attributes(spans):
     assert sorted(s.name for s in attempts) == ["attempt 1", "attempt 2"]
     first = next(s for s in attempts if s.name == "attempt 1")
     assert first.status.status_code == trace.StatusCode.ERROR and "first attempt fails" in first.status.description
+    (retry,) = flaky.events
+    assert retry.name == "retrying" and "first attempt fails" in retry.attributes["error.type"]
     # a map task: one attempt span per item, with the item
     doubled = named["task doubled"][0]
     items = sorted(s.attributes["notebook_orch.item"] for s in named["attempt 1"]
