@@ -274,6 +274,7 @@ class _RunSpans:
 
     def _retrying(self, t: float, task: str, attempt: int, info: Any) -> None:
         """An event on the span that waits: the attempt's (HTTP 429 / 5xx of a model request) or the task's."""
+        attrs: dict[str, Any]
         if isinstance(info, dict):
             span = self._trace.get_current_span(self._parent_of(task, attempt))
             attrs = {"http.response.status_code": int(info.get("status") or 0),
