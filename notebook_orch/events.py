@@ -31,6 +31,8 @@ notes -- no status change:
     cache_error      the cache lookup raised; the task runs (info: error text)
     usage            one model request's usage (info: `Usage`)
     tool_call        one tool call by an agent (info: `ToolCall`)
+    mcp_server       an agent's MCP server started for the run, by this attempt (info: {"server", "started",
+                     "duration_ms", "ok", "tools" or "error"}; llm/_mcp.py)
     stream           a prompt task's partial answer while it streams (info: `Stream`), coalesced
     message          one message of a prompt task's conversation (info: `Message`)
     abandoned        a timed-out or cancelled sync body was left running in its thread (info: why)

@@ -250,6 +250,8 @@ class _RunSpans:
             self._chat(t, task, attempt, info if isinstance(info, dict) else {})
         elif kind == "tool_call":
             self._tool(t, task, attempt, info if isinstance(info, dict) else {})
+        elif kind == "mcp_server":
+            self._mcp_start(t, task, attempt, info if isinstance(info, dict) else {})
         elif kind == "retrying":        # a model request retried inside the attempt, or the task's next attempt
             self._retrying(t, task, attempt, info)
         elif kind == "running":
@@ -271,6 +273,22 @@ class _RunSpans:
             self._end_run(t, info)
         elif task and kind in ("ready", "blocked", "assigned"):
             self._task(task, t)
+
+    def _mcp_start(self, t: float, task: str, attempt: int, info: dict[str, Any]) -> None:
+        """`initialize SERVER`: the start of an MCP server (its process, or the connection) and its handshake."""
+        server = _clean(info.get("server") or "server")
+        url = server.lower().startswith(("http://", "https://"))
+        attrs: dict[str, Any] = {"mcp.method.name": "initialize", "notebook_orch.mcp_server": server,
+                                 "network.transport": "tcp" if url else "pipe"}
+        if info.get("tools"):
+            attrs["notebook_orch.mcp_tools"] = [_clean(n) for n in info["tools"]]
+        started = info.get("started")
+        start = float(started) if isinstance(started, (int, float)) else t
+        span = self._start(f"initialize {server}", self._parent_of(task, attempt), start, attrs)
+        if not info.get("ok", True):
+            span.set_attribute("error.type", "mcp_server_start")
+            self._fail(span, info.get("error") or "failed to start")
+        span.end(end_time=self.ns(t))
 
     def _retrying(self, t: float, task: str, attempt: int, info: Any) -> None:
         """An event on the span that waits: the attempt's (HTTP 429 / 5xx of a model request) or the task's."""

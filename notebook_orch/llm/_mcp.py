@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
@@ -167,6 +168,23 @@ class _Server:
         return await asyncio.shield(self.started)
 
     async def _start(self) -> Any:
+        """Start and list the tools; an `mcp_server` event of the attempt that started it says how long it took
+        (runs in a task made in that attempt's context, so `attempt.current()` is that attempt)."""
+        from .. import attempt as _attempt
+        ctx, t0 = _attempt.current(), perf_counter()
+        try:
+            served = await self._connect()
+        except Exception as exc:
+            if ctx is not None:
+                ctx.emit("mcp_server", {"server": self.label, "started": ctx.clock(t0), "ok": False, "error": str(exc),
+                                        "duration_ms": round((perf_counter() - t0) * 1000, 3)})
+            raise
+        if ctx is not None:
+            ctx.emit("mcp_server", {"server": self.label, "started": ctx.clock(t0), "ok": True,
+                                    "tools": _known.get(self.label), "duration_ms": round((perf_counter() - t0) * 1000, 3)})
+        return served
+
+    async def _connect(self) -> Any:
         if isinstance(self.entry, str) and not _is_url(self.entry):
             fd, name = tempfile.mkstemp(prefix="notebook_orch-mcp-", suffix=".stderr")   # 0600
             os.close(fd)

@@ -265,6 +265,8 @@ def test_a_server_that_fails_to_start_fails_the_agents_tasks_with_its_stderr():
     wf.prompt("fine", "unaffected", agent="ok")
     run = wf.run()
     assert run.statuses == {"one": "failed", "two": "failed", "fine": "succeeded"}
+    (started,) = [e.info for e in run.events if e.kind == "mcp_server"]      # one start, tried once
+    assert started["ok"] is False and "boom" in started["error"]
     for task in ("one", "two"):
         err = run.errors[task]
         assert isinstance(err, MCPServerError)
@@ -360,3 +362,7 @@ def test_mcp_tool_calls_are_spans_naming_their_server():
     tool = spans["execute_tool get_current_time"]
     assert tool.attributes["notebook_orch.mcp_server"] == TIME and tool.attributes["gen_ai.tool.type"] == "extension"
     assert tool.parent.span_id == spans["attempt 1"].context.span_id
+    start = spans[f"initialize {TIME}"]        # the server's start: where the attempt's first seconds went
+    assert start.parent.span_id == spans["attempt 1"].context.span_id
+    assert start.attributes["network.transport"] == "pipe"
+    assert "get_current_time" in start.attributes["notebook_orch.mcp_tools"]
