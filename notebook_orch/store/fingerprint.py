@@ -11,7 +11,8 @@ A fingerprint is a blake2b digest (32 hex characters) over, in order:
   body runs are left out: `priority`, `tags`, `description`, `retries`, `retry_backoff`,
   `timeout`, `resources`, `executor`, `cache`;
 * the **agent config** without secrets or limits: `name`, `role`, `goal`, `instructions`,
-  `llm`, `base_url` (without credentials or query), `tools`. Never `api_key_env`, never a
+  `llm`, `base_url` (without credentials or query), `tools`, `mcp` (its servers' command lines
+  and URLs, credentials masked; when it has any). Never `api_key_env`, never a
   mapping key that looks like a secret, never a string that looks like a key (the names and
   shapes are `notebook_orch.redact`'s: one policy for what is a secret);
 * the **inputs**: for every upstream task its fingerprint, or (when its output was not
@@ -382,6 +383,10 @@ def agent_hash(agent: Any) -> str:
             value = _strip_url(value)
         h.update(_config_hash(value).encode())
         h.update(b";")
+    mcp = getattr(agent, "mcp", None)
+    if mcp:   # its MCP servers, by command line or URL (credentials masked); none: the digest agents always had
+        from ..llm._mcp import label_of
+        h.update(b"mcp=" + hash_value([label_of(e) for e in mcp]).encode() + b";")
     return _digest(h)
 
 

@@ -366,3 +366,12 @@ def test_mcp_tool_calls_are_spans_naming_their_server():
     assert start.parent.span_id == spans["attempt 1"].context.span_id
     assert start.attributes["network.transport"] == "pipe"
     assert "get_current_time" in start.attributes["notebook_orch.mcp_tools"]
+
+
+def test_the_mcp_servers_are_part_of_the_agents_fingerprint():
+    from notebook_orch.store.fingerprint import agent_hash
+    plain = agent_hash(Agent(name="a", llm="demo"))
+    assert agent_hash(Agent(name="a", llm="demo", mcp=[])) == plain          # cached results stay valid
+    with_time = agent_hash(Agent(name="a", llm="demo", mcp=[TIME]))
+    assert with_time != plain and with_time == agent_hash(Agent(name="a", llm="demo", mcp=[TIME]))
+    assert agent_hash(Agent(name="a", llm="demo", mcp=["python -m mcp_server_git"])) != with_time
