@@ -210,6 +210,10 @@ class _Exporter:
                 opts.append(f"llm={self.name_of(raw, f'llm of agent {agent.name!r}')}")
             elif field == "tools":
                 opts.append("tools=[" + ", ".join(self.name_of(t, f"tool of agent {agent.name!r}") for t in raw) + "]")
+            elif field == "mcp":    # command lines and URLs as text, toolset objects by their notebook name
+                opts.append("mcp=[" + ", ".join(repr(redact_url(e) if "://" in e else redact(e)) if isinstance(e, str)
+                                                else self.name_of(e, f"MCP server of agent {agent.name!r}")
+                                                for e in raw) + "]")
             elif isinstance(raw, str):
                 opts.append(f"{field}={(redact_url(raw) if field == 'base_url' else redact(raw))!r}")
             else:

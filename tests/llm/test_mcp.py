@@ -375,3 +375,12 @@ def test_the_mcp_servers_are_part_of_the_agents_fingerprint():
     with_time = agent_hash(Agent(name="a", llm="demo", mcp=[TIME]))
     assert with_time != plain and with_time == agent_hash(Agent(name="a", llm="demo", mcp=[TIME]))
     assert agent_hash(Agent(name="a", llm="demo", mcp=["python -m mcp_server_git"])) != with_time
+
+
+def test_orch_export_keeps_the_mcp_servers(ip, tmp_path):
+    ip.run_cell_magic("agent", "clock", f"llm: demo\nmcp: [{TIME}, 'https://u:pw-hunter2-secret@mcp.example.com/mcp']\n")
+    ip.run_cell_magic("task", "now --prompt --agent clock", "What time is it?\n")
+    script = tmp_path / "flow.py"
+    ip.run_line_magic("orch", f"export {script}")
+    text = script.read_text()
+    assert f"mcp=['{TIME}', 'https://" in text and "hunter2" not in text
