@@ -22,7 +22,7 @@ from .timings import Timings
 __all__ = ["Workflow"]
 
 _RUN_OPTIONS = ("concurrency", "only", "from_", "cache", "fail_fast", "mode", "params", "dask_client",
-                "manager", "executor", "dask", "manager_retries", "manager_tokens")
+                "manager", "executor", "dask", "manager_retries", "manager_tokens", "reviews")
 
 
 class Workflow:
@@ -290,6 +290,8 @@ class Workflow:
             sched.use_executor(options.get("executor"), options.get("dask", options.get("dask_client", self.dask)))
             sched.prepare = assign                                # hierarchical mode: the manager's pass, else None
             run = Run(self, sched.state, sched, dict(options))
+            from .review import attach as attach_reviews          # Task(review=True): a person answers (review.py)
+            attach_reviews(sched, run, options, store)
             if store is not None:
                 store.bind(run)
             sched.run = run
