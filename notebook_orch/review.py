@@ -16,9 +16,10 @@ An answer (`run.approve`, `run.reject`, the panel's buttons, `%orch approve|reje
   rejects within the task's `retries` and then fails it, so a script always ends;
 * rejected, Python task (or a map task): `failed` with the feedback as its error (`ReviewRejectedError`).
 
-Policies (`wf.run(reviews=...)`): "wait" (for a person; the default in a notebook kernel),
-"approve", "reject", "fail" (the default elsewhere: nobody can answer; the task fails with
-`ReviewRequiredError`, naming the option to pass). The desk knows no widget: the panel calls
+Policies (`wf.run(reviews=...)`): "wait" (for a person; the default in a notebook kernel and for
+`wf.start()`, whose caller holds the Run), "approve", "reject", "fail" (the default of `wf.run()` /
+`wf.arun()` outside a notebook: nobody can answer; the task fails with `ReviewRequiredError`,
+naming the option to pass). The desk knows no widget: the panel calls
 `run.approve` / `run.reject`.
 
 Persistence: `keep(task, record)` and `lookup(task)` (wired by `store.reviews`) write each review
@@ -324,8 +325,9 @@ def reviews_frame(run: "Run") -> "pd.DataFrame":
 
 
 # ---------------------------------------------------------------------- wiring (Workflow._launch)
-def attach(sched: "Scheduler", run: "Run", options: dict[str, Any], recorder: Any) -> None:
-    """Give the scheduler a ReviewDesk when a task asks for review (`reviews=` checked either way)."""
+def attach(sched: "Scheduler", run: "Run", options: dict[str, Any], recorder: Any, answerable: bool = False) -> None:
+    """Give the scheduler a ReviewDesk when a task asks for review (`reviews=` checked either way).
+    `answerable`: the caller holds the live Run (`wf.start()`), so the default is to wait for it."""
     policy = check_policy(options["reviews"]) if "reviews" in options else None
     if not any(t.__dict__.get("review") for t in sched.tasks):
         return
@@ -333,7 +335,9 @@ def attach(sched: "Scheduler", run: "Run", options: dict[str, Any], recorder: An
     if recorder is not None:
         from .store.reviews import wire
         lookup, keep = wire(recorder, run)
-    sched.desk = ReviewDesk(sched, policy or default_policy(), lookup, keep)
+    policy = policy or ("wait" if answerable else default_policy())
+    run.options["reviews"] = policy        # run.retry_failed() answers the same way
+    sched.desk = ReviewDesk(sched, policy, lookup, keep)
 
 
 def done_or_asked(sched: "Scheduler") -> "asyncio.Future[None]":
