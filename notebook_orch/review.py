@@ -364,3 +364,11 @@ def waiting_note(run: "Run") -> str:
     first = tasks[0] if tasks else "TASK"
     return (f"run {run.id} waits for your review of {names} (the rest goes on): answer in the run panel, or with "
             f"run.approve({first!r}) / run.reject({first!r}, 'what to change'); `await run` then waits for the end")
+
+
+def drafts(run: "Run") -> dict[str, Any]:
+    """Task -> the draft waiting for a review in `run` now (empty for a run without reviews, or over)."""
+    desk = getattr(getattr(run, "_sched", None), "desk", None)
+    if desk is None:
+        return {}
+    return {desk.s.ids[i]: v for i, v in desk.drafts.items()}
