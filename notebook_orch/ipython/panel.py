@@ -504,7 +504,7 @@ class RunPanel:
         self._rerun_b.disabled = live
         self._slider.disabled = not live
         self._table.value = table_html(view)
-        if view.counts.get("review") or self.reviews.pending:
+        if view.counts.get("review") or self.reviews.pending or self.reviews.message:
             self.reviews.update(self.run)
         if svg is not None:
             self._dag.value = self._dag_html(view.run, svg)

@@ -39,6 +39,7 @@ class ReviewBox:
         self.editing: str | None = None          # None, 'text', 'json' or 'form'
         self.fields: dict[str, Any] = {}
         self._syncing = False                    # True while the box itself sets the picker
+        self._run_id = ""                        # the run whose drafts are shown
         btn = lambda text, icon, tip, style="": w.Button(description=text, icon=icon, tooltip=tip,  # noqa: E731
                                                          button_style=style, layout=w.Layout(width="auto"))
         self._title = w.HTML()
@@ -94,6 +95,9 @@ class ReviewBox:
     def update(self, run: "Run | None") -> None:
         """Show the drafts waiting in `run` now (hide the box when none)."""
         waiting = drafts(run) if run is not None and not run.done else {}
+        if run is not None and run.id != self._run_id:   # another run in this panel (Re-run, Retry failed)
+            self._run_id = run.id
+            self._message.value = ""
         pending = list(waiting)
         if pending != self.pending:
             self.pending = pending
