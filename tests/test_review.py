@@ -384,3 +384,25 @@ def test_a_stored_run_shows_its_reviews(tmp_path):
     assert back.statuses["draft"] == "failed"
     with pytest.raises(OrchError, match="read-only"):
         back.approve("draft")
+
+
+def test_an_output_cached_without_review_is_reviewed_once_review_is_asked():
+    wf = Workflow("rv11")
+
+    def draft():
+        with open("calls.txt", "a") as f:    # counted outside the body's closure (which is part of its fingerprint)
+            f.write("x")
+        return "text"
+
+    def calls():
+        return open("calls.txt").read()
+
+    wf.task(draft, id="draft")
+    assert wf.run().statuses["draft"] == "succeeded"
+    assert wf.run().statuses["draft"] == "cached"            # an ordinary cache hit
+    wf.task(draft, id="draft", review=True)                  # now a person must see it: not reused unreviewed
+    run = wf.run(reviews="approve")
+    assert run.statuses["draft"] == "succeeded" and calls() == "xx"
+    assert run.reviews().status.tolist() == ["approved"]
+    again = wf.run(reviews="fail")                           # approved before: reused, nobody asked
+    assert again.statuses["draft"] == "cached" and again.reviews().empty and calls() == "xx"
