@@ -145,6 +145,9 @@ class Run:
             raise RunCancelledError(f"task {task_id!r} was cancelled before it finished")
         if st in TERMINAL:
             raise TaskFailedError(f"task {task_id!r} has no output: it is {st}")
+        if st == "review":
+            raise OrchError(f"task {task_id!r} has no output yet: its draft waits for your review. Answer it in the "
+                            f"run panel, or with run.approve({task_id!r}) / run.reject({task_id!r}, 'feedback')")
         raise OrchError(f"task {task_id!r} is {st}: no output yet. Wait for the run first "
                         f"(`await run` or `run.wait()`).")
 

@@ -56,7 +56,7 @@ def test_review_waits_other_branches_go_on_and_an_edit_reaches_downstream():
         await _until(run, "other", "succeeded")      # the only slot was free while draft waited
         assert run.statuses["final"] == "pending" and "final" not in seen
         assert run.reviews().status.tolist() == ["pending"]
-        with pytest.raises(OrchError, match="no output yet"):
+        with pytest.raises(OrchError, match="no output yet: its draft waits for your review.*run.approve"):
             run["draft"]
         assert run.approve("draft", "an edited draft") == "an edited draft"
         await run
