@@ -29,12 +29,16 @@ unanswered draft again without running the task, and an approved value is kept.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import heapq
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import policy as _policy
 from .errors import DefinitionError, OrchError, UnknownNameError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -192,6 +196,22 @@ class ReviewDesk:
                             + (f"Waiting now: {', '.join(waiting)}." if waiting else "No review is waiting now."))
         return i
 
+    def on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) on the run's loop thread (the scheduler's state has one writer); from another thread
+        (a frontend callback, a script's helper thread) it is handed over and its result or error returned."""
+        s = self.s
+        if s.loop is None or threading.get_ident() == s.loop_thread:
+            return fn(*args)
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - the caller's thread raises it
+                fut.set_exception(exc)
+        s.loop.call_soon_threadsafe(call)
+        return fut.result(timeout=60)
+
     def approve(self, task: Any, value: Any = None, *, by: str = "person") -> Any:
         """Accept the draft (value None) or an edit of it (validated against the output model, guardrails and
         routes first: an invalid edit raises and the review stays open). Returns the accepted value."""
@@ -228,12 +248,10 @@ class ReviewDesk:
         again = task_def.prompt is not None and task_def.map_over is None and (
             by == "person" or s.attempts[i] <= s.retries[i])
         if again:
-            from . import policy
             self.rounds.setdefault(i, []).append((draft, feedback))
             s.status[i] = "retrying"
             s.emit(i, "retrying", s.attempts[i], (f"rejected in review: {feedback}", 0.0))
-            import heapq
-            heapq.heappush(s.heap, policy.ready_key(s.prio[i], s.rem[i], i))
+            heapq.heappush(s.heap, _policy.ready_key(s.prio[i], s.rem[i], i))
         else:
             exc = ReviewRejectedError(f"task {tid!r} was rejected in review: {feedback}")
             s._terminal(i, "failed", f"ReviewRejectedError: {exc}", exc)

@@ -193,12 +193,14 @@ class Run:
     def approve(self, task: Any, value: Any = None) -> Any:
         """Accept the output of `task`, which waits in `review`; `value`: an edit that replaces it (validated
         against the task's output_model, guardrails and routes first). Downstream tasks then start."""
-        return self._desk().approve(task, value)
+        desk = self._desk()
+        return desk.on_loop(desk.approve, task, value)
 
     def reject(self, task: Any, feedback: str) -> None:
         """Refuse the output of `task` (waiting in `review`): a prompt task is asked again with `feedback` in
         its conversation (a retry); another task fails with `feedback` as its error."""
-        self._desk().reject(task, feedback)
+        desk = self._desk()
+        desk.on_loop(desk.reject, task, feedback)
 
     def reviews(self) -> "pd.DataFrame":
         """One row per review asked: `task`, `status` (pending, approved, edited, rejected), `asked_at`,

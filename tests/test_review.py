@@ -406,3 +406,31 @@ def test_an_output_cached_without_review_is_reviewed_once_review_is_asked():
     assert run.reviews().status.tolist() == ["approved"]
     again = wf.run(reviews="fail")                           # approved before: reused, nobody asked
     assert again.statuses["draft"] == "cached" and again.reviews().empty and calls() == "xx"
+
+
+def test_answers_from_another_thread_are_handed_to_the_loop():
+    import threading
+
+    wf = Workflow("rv12", store=False)
+
+    @wf.task(review=True)
+    def draft():
+        return "x"
+
+    @wf.task
+    def final(draft):
+        return draft * 2
+
+    got = {}
+
+    async def main():
+        run = wf.start()
+        await _until(run, "draft")
+        t = threading.Thread(target=lambda: got.setdefault("value", run.approve("draft", "yy")))
+        t.start()
+        while t.is_alive():
+            await asyncio.sleep(0.01)
+        return await run
+
+    run = asyncio.run(main())
+    assert got["value"] == "yy" and run["final"] == "yyyy"
