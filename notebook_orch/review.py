@@ -220,7 +220,7 @@ class ReviewDesk:
         draft = self.drafts[i]
         edited = value is not None
         if edited:
-            value = s._check_output(i, value)       # OutputInvalidError names the field; nothing changes
+            value = self._validated(i, value)       # OutputInvalidError names the field; nothing changes
             edited = not _same(value, draft)
         else:
             value = draft
@@ -231,6 +231,16 @@ class ReviewDesk:
         s._succeed(i, value)
         s._dispatch()
         return value
+
+    def _validated(self, i: int, value: Any) -> Any:
+        """An edit checked as the attempt's output was: a map task's list item by item."""
+        s = self.s
+        if s.tasks[i].map_over is None:
+            return s._check_output(i, value)
+        if not isinstance(value, (list, tuple)):
+            raise OrchError(f"task {s.ids[i]!r} maps over {s.tasks[i].map_over!r}: its output is a list (one result "
+                            f"per item), so an edit must be a list too; got {type(value).__name__}")
+        return [s._check_output(i, v) for v in value] if s.checks[i] else list(value)
 
     def reject(self, task: Any, feedback: str, *, by: str = "person") -> None:
         """Refuse the draft: a prompt task is asked again with `feedback`, another task fails with it."""

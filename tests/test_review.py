@@ -434,3 +434,32 @@ def test_answers_from_another_thread_are_handed_to_the_loop():
 
     run = asyncio.run(main())
     assert got["value"] == "yy" and run["final"] == "yyyy"
+
+
+def test_a_map_task_is_reviewed_as_its_list():
+    wf = Workflow("rv13", store=False)
+
+    @wf.task
+    def items():
+        return [1, 2, 3]
+
+    @wf.task(map_over="items", review=True, output_model=Summary)
+    def summaries(item):
+        return {"title": f"t{item}", "words": item}
+
+    @wf.task
+    def total(summaries):
+        return sum(s.words for s in summaries)
+
+    async def main():
+        run = wf.start()
+        await _until(run, "summaries")
+        with pytest.raises(OrchError, match="must be a list"):
+            run.approve("summaries", {"title": "x", "words": 1})
+        with pytest.raises(OutputInvalidError):
+            run.approve("summaries", [{"title": "x"}])
+        run.approve("summaries", [{"title": "a", "words": 10}, Summary(title="b", words=20)])
+        return await run
+
+    run = asyncio.run(main())
+    assert run["total"] == 30 and run.reviews().status.tolist() == ["edited"]
