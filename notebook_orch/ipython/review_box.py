@@ -165,7 +165,8 @@ class ReviewBox:
         """Open the editor on the draft: 'form' (fields of the output model), 'text' (a str) or 'json'."""
         tid = self._task(None)
         value = drafts(self._run())[tid]
-        model = self._run().tasks[tid].output_model if tid in self._run().tasks else None
+        task = self._run().tasks.get(tid)
+        model = task.output_model if task is not None and task.map_over is None else None   # a map: a list
         how = how or ("form" if model is not None and hasattr(model, "model_fields") else
                       "text" if isinstance(value, str) else "json")
         self.editing = how
