@@ -463,3 +463,34 @@ def test_a_map_task_is_reviewed_as_its_list():
 
     run = asyncio.run(main())
     assert run["total"] == 30 and run.reviews().status.tolist() == ["edited"]
+
+
+def test_rejected_structured_prompt_is_asked_again_through_the_agent_run():
+    from pydantic_ai.messages import ToolCallPart
+
+    seen = []
+
+    def answer(messages, info):
+        seen.append(messages)
+        words = 500 if len(seen) == 1 else 40
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, {"title": "Tea", "words": words})])
+
+    wf = Workflow("rv14", store=False)
+    wf.agent("writer", llm=FunctionModel(answer), instructions="Be brief.")
+    wf.prompt("summary", "Summarise the tea market.", agent="writer", output_model=Summary, review=True)
+
+    async def main():
+        run = wf.start()
+        await _until(run, "summary")
+        assert run._sched.desk.drafts and run.statuses["summary"] == "review"
+        run.reject("summary", "Far too long: under 50 words")
+        await _until(run, "summary")
+        run.approve("summary")
+        return await run
+
+    run = asyncio.run(main())
+    assert run["summary"] == Summary(title="Tea", words=40)
+    text = "\n".join(str(getattr(p, "content", "")) for m in seen[1] for p in m.parts)
+    assert "Summarise the tea market." in text and "Far too long: under 50 words" in text and '"words": 500' in text
+    msgs = run.messages("summary")
+    assert "Far too long" in "\n".join(msgs[msgs.attempt == 2].content)
