@@ -59,6 +59,13 @@ class Attempt:
         """The `Run` handle of this run."""
         return self._s.run
 
+    @property
+    def review_feedback(self) -> list[tuple[Any, str]]:
+        """(draft, feedback) of this task's outputs a reviewer rejected, oldest first (notebook_orch.review);
+        a prompt task's conversation carries them when it is asked again."""
+        desk = self._s.desk
+        return list(desk.rounds.get(self.node, ())) if desk is not None else []
+
     def clock(self, t: float | None = None) -> float:
         """Seconds since the run began (the clock events are stamped with) of `perf_counter()` value `t`,
         default now."""

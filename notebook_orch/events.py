@@ -10,6 +10,8 @@ task statuses -- the task entered that status:
     ready            trigger rule holds; queued for a slot
     running          attempt `attempt` started (info: executor name)
     retrying         attempt failed, next one after a delay (info: (error, delay_s))
+    review           the attempt succeeded and its output waits for a person (asked; Task.review, SPEC §14;
+                     info: `ReviewAsked`); it holds no slot; nothing downstream starts meanwhile
     succeeded        output available in `run.results`
     cached           output reused from the store or an earlier run (info: where from)
     failed           after its last attempt and fallback (info: error text)
@@ -35,6 +37,8 @@ notes -- no status change:
                      "duration_ms", "ok", "tools" or "error"}; llm/_mcp.py)
     stream           a prompt task's partial answer while it streams (info: `Stream`), coalesced
     message          one message of a prompt task's conversation (info: `Message`)
+    review_answered  a person (or the run's `reviews=` policy) answered the review (info: `ReviewAnswered`);
+                     followed by succeeded (approved / edited), retrying (a rejected prompt) or failed
     abandoned        a timed-out or cancelled sync body was left running in its thread (info: why)
     worker           the Dask worker an attempt started on (info: {"worker", "key", "queued_s"})
     worker_lost      a Dask worker died while running the attempt; Dask runs it again (info: {"worker",
@@ -52,7 +56,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, TypedDict, overload
 
 __all__ = ["Event", "EventLog", "RawEvent", "TERMINAL", "STATUSES", "Bus", "RunStarted", "Usage", "ToolCall",
-           "Stream", "Message", "Assigned", "ModelRetrying", "Retrying", "ItemDone", "AttemptStarted"]
+           "Stream", "Message", "Assigned", "ModelRetrying", "Retrying", "ItemDone", "AttemptStarted", "ReviewAsked",
+           "ReviewAnswered"]
 
 
 # ---------------------------------------------------------------- payloads (Event.info by kind)
@@ -136,7 +141,20 @@ class AttemptStarted(NamedTuple):
     item: int                   # -1: not a map item
     agent: str | None
 
-STATUSES: tuple[str, ...] = ("pending", "ready", "running", "retrying", "succeeded", "cached",
+class ReviewAsked(TypedDict, total=False):
+    """`review`: a task's output waits for a person (notebook_orch.review)."""
+    preview: str                # the draft as text, cut (secrets redacted); the value itself is in the desk / store
+    resumed: str | None         # the run whose unanswered draft this is (a resumed review), else None
+
+
+class ReviewAnswered(TypedDict, total=False):
+    """`review_answered`: how a review ended (notebook_orch.review)."""
+    status: str                 # approved, edited or rejected
+    feedback: str | None        # a rejection's feedback (an edit's or approval's note, if any)
+    by: str                     # 'person' (run.approve / run.reject, the panel, %orch) or "policy:<reviews=>"
+
+
+STATUSES: tuple[str, ...] = ("pending", "ready", "running", "retrying", "review", "succeeded", "cached",
                              "failed", "upstream_failed", "skipped", "cancelled")
 TERMINAL: frozenset[str] = frozenset({"succeeded", "cached", "failed", "upstream_failed", "skipped", "cancelled"})
 

@@ -86,11 +86,11 @@ def task_metrics(run: "Run") -> pd.DataFrame:
     f, d = _analysis(run)
     started = ~np.isnan(f.start)
     ends = _ends(f)
-    upto = np.where(started, f.start, ends)
+    upto = np.where(started, f.start, ends - f.review)     # a draft offered again never started: its review
     wait = np.where(np.isnan(f.ready), np.nan, upto - f.ready)
     queued = np.bincount(f.seg_node, weights=f.seg_t1 - f.seg_t0, minlength=f.n) if f.n else np.zeros(0)
     wait = np.where(f.is_map & ~np.isnan(wait), queued, wait)   # a map task: the time its items queued
-    run_s = np.where(started, ends - f.start, 0.0)
+    run_s = np.where(started, ends - f.start - f.review, 0.0)   # a person's time is review_s, not run_s
     df = pd.DataFrame({
         "agent": pd.Series(f.agent, dtype=object),
         "status": f.status,
@@ -111,6 +111,7 @@ def task_metrics(run: "Run") -> pd.DataFrame:
         "queued_s": queued,
         "abandoned": f.abandoned,
         "worker": pd.Series(f.worker, dtype=object),   # the Dask worker(s) it ran on, else None
+        "review_s": f.review,                           # asked -> answered: waiting for a person (notebook_orch.review)
     })
     df.index = pd.Index(f.ids, name="task")
     return df
@@ -226,8 +227,11 @@ def _causes(f: _x.Facts, d: _Derived) -> list[str]:
             best = final[i] - cl
             if cl > best:
                 best, cause = cl, "queued on the cluster"
-        if retry[i] > best:
-            best, cause = retry[i], "retries"
+        rv = f.review[i]          # a person's time; rejected rounds' reviews are in `retry` too (the retry gap)
+        if retry[i] - (rv - f.review_hold[i]) > best:
+            best, cause = retry[i] - (rv - f.review_hold[i]), "retries"
+        if rv > best and rv > 1e-3:
+            best, cause = rv, "waiting for review"
         for j in usable:
             if waits[i, j] > best and waits[i, j] > 1e-3:
                 best, cause = waits[i, j], _cause_label(labels[j])
@@ -255,7 +259,7 @@ def bottlenecks(run: "Run", top: int | None = None) -> pd.DataFrame:
     and busy_s); the others get NaN. `.attrs` holds makespan_s, simulated_makespan_s, simulated.
     """
     f, d = _analysis(run)
-    rows = np.flatnonzero(~np.isnan(f.start))
+    rows = np.flatnonzero(~np.isnan(f.start) | (f.review > 0))   # a resumed draft ran no attempt: its review
     base = _baseline(run, f, d)
     for i in _candidates(f, d, rows, top):
         if i not in d.savings:
@@ -266,7 +270,7 @@ def bottlenecks(run: "Run", top: int | None = None) -> pd.DataFrame:
     causes = _causes(f, d)
     df = pd.DataFrame({
         "task": [f.ids[i] for i in rows],
-        "run_s": np.asarray(d.dur)[rows],
+        "run_s": (np.asarray(d.dur) - f.review)[rows],
         "wait_s": wait[rows],
         "on_critical_path": d.on_cp[rows],
         "saving_s": [d.savings.get(i, np.nan) for i in rows.tolist()],

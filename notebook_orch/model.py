@@ -227,6 +227,7 @@ class Task(BaseModel):
     description: str = Field("", description="One line shown in the DAG tooltip and listings.")
     expected_output: str = Field("", description="One line: what a good answer looks like (appended to a prompt task's prompt).")
     output_retries: int = Field(2, ge=0, description="Times an invalid structured answer is sent back to the model with the validation error before the attempt fails.")
+    review: bool = Field(False, description="A person approves, edits or rejects the output before anything downstream uses it (status `review` meanwhile; notebook_orch.review).")
 
     def __init__(self, **data: Any):
         if _plain_definition(self, data):

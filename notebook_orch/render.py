@@ -7,7 +7,7 @@ calling `Digraph.node()` per node would quote every attribute through graphviz's
 Reading the picture:
 
 * fill colour = status (`PALETTE`): pending grey, ready white, running blue, retrying
-  yellow, succeeded green, cached light green, failed red, upstream_failed orange,
+  yellow, review (waiting for a person) lavender, succeeded green, cached light green, failed red, upstream_failed orange,
   skipped light grey with a dashed border, cancelled dark grey (white text);
 * shape: box = Python task, note = prompt (LLM) task, box3d = map task (label shows
   `map done/total` items); a thick border and thick edges = the run's critical path
@@ -45,6 +45,7 @@ PALETTE: dict[str, tuple[str, str, str]] = {
     "ready": ("#ffffff", "#000000", ""),
     "running": ("#6fa8dc", "#000000", ""),
     "retrying": ("#ffe066", "#000000", ""),
+    "review": ("#b4a7d6", "#000000", "bold"),
     "succeeded": ("#57bb6b", "#000000", ""),
     "cached": ("#c6efce", "#000000", ""),
     "failed": ("#e06666", "#000000", ""),

@@ -145,6 +145,9 @@ class Run:
             raise RunCancelledError(f"task {task_id!r} was cancelled before it finished")
         if st in TERMINAL:
             raise TaskFailedError(f"task {task_id!r} has no output: it is {st}")
+        if st == "review":
+            raise OrchError(f"task {task_id!r} has no output yet: its draft waits for your review. Answer it in the "
+                            f"run panel, or with run.approve({task_id!r}) / run.reject({task_id!r}, 'feedback')")
         raise OrchError(f"task {task_id!r} is {st}: no output yet. Wait for the run first "
                         f"(`await run` or `run.wait()`).")
 
@@ -186,6 +189,35 @@ class Run:
         """Change a resource pool's capacity while the run is live."""
         self._controls().set_pool(pool, capacity)
 
+    # ---------------------------------------------------------------- review (notebook_orch.review)
+    def approve(self, task: Any, value: Any = None) -> Any:
+        """Accept the output of `task`, which waits in `review`; `value`: an edit that replaces it (validated
+        against the task's output_model, guardrails and routes first). Downstream tasks then start."""
+        desk = self._desk()
+        return desk.on_loop(desk.approve, task, value)
+
+    def reject(self, task: Any, feedback: str) -> None:
+        """Refuse the output of `task` (waiting in `review`): a prompt task is asked again with `feedback` in
+        its conversation (a retry); another task fails with `feedback` as its error."""
+        desk = self._desk()
+        desk.on_loop(desk.reject, task, feedback)
+
+    def reviews(self) -> "pd.DataFrame":
+        """One row per review asked: `task`, `status` (pending, approved, edited, rejected), `asked_at`,
+        `answered_at`, `feedback` (then `attempt`, `review_s`, `by`)."""
+        from .review import reviews_frame
+        return reviews_frame(self)
+
+    def _desk(self) -> Any:
+        desk = getattr(self._controls(), "desk", None)
+        if desk is None:
+            raise OrchError(f"run {self.id} has no task that asks for a review (Task(review=True) / "
+                            f"%%task --review), so there is nothing to approve or reject")
+        if self.state.finished:
+            raise OrchError(f"run {self.id} is over ({self.status}); a review can only be answered while it runs. "
+                            f"Start it again (finished tasks come back cached) to be asked again")
+        return desk
+
     def retry_failed(self, **options: Any) -> "Run":
         """A new run of the same workflow that reuses this run's outputs and re-runs the rest."""
         keep = {t: (v, f"reused from run {self.id}") for t, v in self.state.results.items()}
@@ -223,18 +255,25 @@ class Run:
             running = None
         if running is not None and running is not loop:
             raise LoopError("run.wait() was called on a different event loop than the run's; use `await run`")
+        target: Any = sched.done
         if running is not None:
             from ._loop import allow_nested
             allow_nested(loop)
+            if getattr(sched, "desk", None) is not None:   # a blocked cell cannot be answered: return at a review
+                from .review import done_or_asked
+                target = done_or_asked(sched)
         try:
             # shield: a timeout ends the wait, not the run
-            loop.run_until_complete(asyncio.wait_for(asyncio.shield(sched.done), timeout))
+            loop.run_until_complete(asyncio.wait_for(asyncio.shield(target), timeout))
         except asyncio.TimeoutError:
             raise OrchError(f"run {self.id} still {self.status} after {timeout} s") from None
         except (KeyboardInterrupt, asyncio.CancelledError):
             # Ctrl-C / the kernel's stop button, or the code around the wait was cancelled
             self.cancel("interrupted while waiting")
             raise
+        if not self.state.finished and getattr(sched, "desk", None) is not None:
+            from .review import waiting_note
+            print(waiting_note(self))
         return self
 
     # ---------------------------------------------------------------- views

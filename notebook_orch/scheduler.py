@@ -181,6 +181,7 @@ class Scheduler:
         self._prepare_task: asyncio.Task[None] | None = None      # holds the pass while it runs
         self._gc_paused = False                                   # inside gcpause.enter() (large runs): leave once
         self.trace: Any = None                                    # tracing.py's span builder (None: no spans)
+        self.desk: Any = None                                     # review.ReviewDesk when a task has review=True
 
     # ------------------------------------------------------------------ events
     def emit(self, i: int, kind: str, attempt: int = 0, info: Any = None) -> None:
@@ -369,6 +370,12 @@ class Scheduler:
             if hit is None:  # another process computes this output; wait for it (store/cache.py)
                 self._wait_lease(i, value, where)
                 return None
+        if self.desk is not None and self.desk.wants[i]:   # a review left open (or answered) by an earlier run
+            resumed = self.desk.resume(i)
+            if resumed is True:
+                return None
+            if resumed:
+                return self._cached(i, *resumed)
         self.status[i] = "ready"
         self.emit(i, "ready")
         if task.map_over is None:
@@ -745,6 +752,9 @@ class Scheduler:
                 self._succeed(i, self.item_out.pop(i))
 
     def _succeed(self, i: int, value: Any) -> None:
+        if self.desk is not None and self.desk.wants[i] and self.status[i] != "review":
+            self.desk.ask(i, value)     # Task(review=True): a person answers first (review.py)
+            return
         self.results[self.ids[i]] = value
         self._after_output(i, value)
         self._settle([(i, "succeeded", None)])

@@ -95,6 +95,11 @@ class Facts:
         # dask: from `worker` events (executors/dask.py)
         self.worker: list[str | None] = []     # the Dask worker(s) the task's attempts started on (', '-joined)
         self.cluster_wait = np.zeros(0)        # seconds its attempts sat queued on the cluster (inside run_s)
+        # review (notebook_orch.review): from a 'review' event (asked) to its 'review_answered' (or the task's end)
+        self.rev_node = np.zeros(0, int)
+        self.rev_t0 = self.rev_t1 = np.zeros(0)
+        self.review = np.zeros(0)              # per node: seconds waiting for a person (review_s; not in run_s)
+        self.review_hold = np.zeros(0)         # per node: the review after its last attempt (held its children)
 
 
 def facts(run: "Run") -> Facts:
@@ -141,6 +146,9 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
     pauses: list[tuple[float, bool]] = []
     finished_t: float | None = None
     workers: dict[int, dict[str, None]] = {}                          # dask: node -> workers in start order
+    rev_open: dict[int, float] = {}                                   # review: node -> asked at
+    revs: list[tuple[int, float, float]] = []
+    hold = [0.0] * n
     cl_wait = [0.0] * n
 
     def close(key: tuple[int, int], t: float, ok: int) -> None:
@@ -171,6 +179,8 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
             i = idx[task]
             if start[i] != start[i]:
                 start[i] = t
+            if hold[i]:   # asked again after a rejected review: that review held no child
+                hold[i] = 0.0
             if not is_map[i]:  # inline opened(i, -1, ...): the hot path
                 q = next_q.pop((i, -1), NAN) if next_q else NAN
                 if q != q:
@@ -214,8 +224,12 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
             for k in map_open.pop(i, ()):
                 if (i, k) in open_:
                     close((i, k), t, code)
-            if kind == "cancelled" and start[i] != start[i] and ready[i] == ready[i]:
+            if kind == "cancelled" and start[i] != start[i] and ready[i] == ready[i] and i not in rev_open:
                 waits.append((i, ready[i], t))   # queued until the cancel
+            if rev_open and i in rev_open:       # ended while a review was open (cancelled, failed by reviews=)
+                t0r = rev_open.pop(i)
+                revs.append((i, t0r, t))
+                hold[i] = t - t0r
         elif kind == "blocked":
             i = idx[task]
             if (i, -1) in open_ or i in map_open:   # held inside a running attempt (a model request)
@@ -266,6 +280,17 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
             pauses.append((t, True))
         elif kind == "run_resumed":
             pauses.append((t, False))
+        elif kind == "review":   # the output waits for a person: its attempt ended, holding no slot
+            i = idx[task]
+            if (i, -1) in open_:
+                close((i, -1), t, OK)
+            rev_open[i] = t
+        elif kind == "review_answered":
+            i = idx[task]
+            if i in rev_open:
+                t0r = rev_open.pop(i)
+                revs.append((i, t0r, t))
+                hold[i] = t - t0r
         elif kind == "worker":   # dask: info {"worker", "key", "queued_s"}
             i = idx[task]
             u = info if isinstance(info, dict) else {"worker": info}
@@ -318,6 +343,14 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
     f.run_usage = (run_usage[0], run_usage[1], run_usage[2])
     f.worker = [", ".join(workers[i]) if i in workers else None for i in range(n)]
     f.cluster_wait = np.array(cl_wait, float)
+    for i0, t0r in rev_open.items():          # reviews still open (a live run)
+        revs.append((i0, t0r, now))
+        hold[i0] = now - t0r
+    f.rev_node = np.array([r[0] for r in revs], int)
+    f.rev_t0 = np.array([r[1] for r in revs], float)
+    f.rev_t1 = np.array([r[2] for r in revs], float)
+    f.review = np.bincount(f.rev_node, weights=f.rev_t1 - f.rev_t0, minlength=n).astype(float) if n else np.zeros(0)
+    f.review_hold = np.array(hold, float)
     f.limit_changes = limit_changes
     f.pauses = pauses
     errs = run.errors
@@ -400,13 +433,15 @@ def realised_deps(g: "Graph", f: Facts) -> list[tuple[int, ...]]:
 
 
 def durations(f: Facts) -> list[float]:
-    """Measured node durations: first start -> end (now, while running); 0 for tasks that never started."""
+    """Measured node durations: first start -> end (now, while running), reviews included; 0 for tasks that
+    never started (a draft offered again by a resumed run: its review)."""
     end = f.end.tolist()
     now = f.now
     out = []
-    for st, en in zip(f.start.tolist(), end):
+    held = f.review.tolist() if len(f.review) else [0.0] * len(end)
+    for st, en, rv in zip(f.start.tolist(), end, held):
         if st != st:
-            out.append(0.0)
+            out.append(rv)
         else:
             out.append((en if en == en else now) - st)
     return out

@@ -23,7 +23,7 @@ from .tracing import attach as attach_tracing
 __all__ = ["Workflow"]
 
 _RUN_OPTIONS = ("concurrency", "only", "from_", "cache", "fail_fast", "mode", "params", "dask_client",
-                "manager", "executor", "dask", "manager_retries", "manager_tokens")
+                "manager", "executor", "dask", "manager_retries", "manager_tokens", "reviews")
 
 
 class Workflow:
@@ -239,10 +239,10 @@ class Workflow:
         if running_loop() is None:
             raise LoopError("wf.start() needs a running event loop (a notebook cell or a coroutine); "
                             "in a script use wf.run() (blocks) or `await wf.arun()`")
-        return self._launch(options)
+        return self._launch(options, answerable=True)   # the caller holds the Run: reviews wait for it
 
     def _launch(self, options: dict[str, Any], reuse: dict[str, tuple[Any, str]] | None = None,
-                wait: Any = None) -> Run:
+                wait: Any = None, answerable: bool = False) -> Run:
         options = check_run_options(options, self)   # every run option checked and normalised here
         unknown = set(options) - set(_RUN_OPTIONS)
         if unknown:
@@ -291,6 +291,8 @@ class Workflow:
             sched.use_executor(options.get("executor"), options.get("dask", options.get("dask_client", self.dask)))
             sched.prepare = assign                                # hierarchical mode: the manager's pass, else None
             run = Run(self, sched.state, sched, dict(options))
+            from .review import attach as attach_reviews          # Task(review=True): a person answers (review.py)
+            attach_reviews(sched, run, options, store, answerable)
             if store is not None:
                 store.bind(run)
             sched.run = run

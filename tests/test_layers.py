@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"errors", "events", "policy", "_loop", "capture", "redact", "gcpause"},
     {"model", "limits", "state", "attempt", "options"},
     {"graph", "executors", "timings", "fingerprint", "tracing"},
-    {"scheduler", "_metrics", "metrics", "render", "llm"},
+    {"scheduler", "_metrics", "metrics", "render", "llm", "review"},
     {"run"},
     {"store", "_runstore", "_storedrun", "workflow", "patterns"},
     {"ipython", "demo"},

@@ -21,6 +21,7 @@ _WAIT = "#d9d9d9"
 _FAIL = "#d62728"
 _CP = "#111111"
 _NO_AGENT = "#9fb3c8"
+_REVIEW = "#b4a7d6"      # waiting for a person (the DAG's `review` colour)
 _PALETTE = ["#4c72b0", "#55a868", "#8172b2", "#ccb974", "#64b5cd", "#8c8c8c", "#937860", "#da8bc3",
             "#1f77b4", "#2ca02c", "#9467bd", "#17becf"]
 _MAX_LANES = 8   # sub-lanes for the concurrent items of a map task
@@ -92,6 +93,9 @@ def draw(run: "Run", f: "Facts", d: Any, *, max_rows: int = 60, figsize: tuple[f
     seg_by: dict[int, list[int]] = {}
     for j in np.flatnonzero(np.isin(f.seg_node, rows)).tolist():
         seg_by.setdefault(int(f.seg_node[j]), []).append(j)
+    rev_by: dict[int, list[int]] = {}
+    for j in np.flatnonzero(np.isin(f.rev_node, rows)).tolist():
+        rev_by.setdefault(int(f.rev_node[j]), []).append(j)
     h = 0.72
     used_fail = used_cached = used_wait = False
     for i, y in ypos.items():
@@ -104,6 +108,10 @@ def draw(run: "Run", f: "Facts", d: Any, *, max_rows: int = 60, figsize: tuple[f
             used_wait = True
             ax.broken_barh(_merge(f.seg_t0[segs], f.seg_t1[segs], 0.0), (y - h / 2, h),
                            facecolors=_WAIT, edgecolor="none", zorder=1, gid="queued")
+        revs = rev_by.get(i, [])
+        if revs:   # waiting for a person: its own colour, no slot held
+            ax.broken_barh(_merge(f.rev_t0[revs], f.rev_t1[revs], 0.0), (y - h / 2, h), facecolors=_REVIEW,
+                           edgecolor="#674ea7", linewidth=0.5, hatch="..", zorder=1.5, gid="review")
         atts = by_node.get(i, [])
         if atts:
             t0, t1 = f.att_t0[atts], f.att_t1[atts]
@@ -147,6 +155,8 @@ def draw(run: "Run", f: "Facts", d: Any, *, max_rows: int = 60, figsize: tuple[f
         handles.append(Patch(facecolor=_NO_AGENT, label="no agent" if agents else "running"))
     if used_wait:
         handles.append(Patch(facecolor=_WAIT, label="queued (waiting for a slot)"))
+    if rev_by:
+        handles.append(Patch(facecolor=_REVIEW, edgecolor="#674ea7", hatch="..", label="waiting for review"))
     if used_fail:
         handles.append(Patch(facecolor=_FAIL, hatch="////", edgecolor="#7f0000", label="failed attempt"))
     if used_cached:

@@ -14,6 +14,8 @@ What the simulation assumes (docs/metrics.md repeats it for users):
   max_concurrency, the resource pools and the agent's rate window, in that order; a unit held by
   one of them is parked under it and put back when it frees (agent: one per release, pool: as
   many as there are free units, rate: one when the window slides).
+* A reviewed task's children wait for its last review (asked -> answered) after its last attempt; the
+  review holds no slot (notebook_orch.review).
 * Live changes of limits (`run.set_limit`, `set_pool`, `set_concurrency`) and pauses are replayed
   at their recorded times. Circuit breakers are not simulated (their fast failures took no time).
 * Dispatch overhead, executor hand-off and event-loop latency are zero, so the baseline is
@@ -62,6 +64,7 @@ class Model:
         self.pools: dict[str, int] = {}
         self.changes: list[tuple[float, str, Any]] = []   # (t, what, value); what 'pause' / 'resume' too
         self.root_t: list[float] = []                      # when each root was resolved in the real run
+        self.hold: list[float] = []                        # per node: s its children waited after it (a review)
 
 
 def build(run: "Run", f: "Facts", deps: list[tuple[int, ...]], dur: list[float]) -> Model:
@@ -104,6 +107,7 @@ def build(run: "Run", f: "Facts", deps: list[tuple[int, ...]], dur: list[float])
                  for t, w, v in f.limit_changes]
     m.changes += [(t, "pause" if p else "resume", None) for t, p in f.pauses]
     m.changes.sort(key=lambda c: c[0])
+    m.hold = f.review_hold.tolist() if len(f.review_hold) else [0.0] * n
     return m
 
 
@@ -169,12 +173,19 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
     paused = False
     end = 0.0
     nodes_left = m.n
+    hold = m.hold if any(m.hold) else None
+    held: set[int] = set()
 
     def resolve(work: list[int], t: float) -> None:
-        nonlocal end, nodes_left
+        nonlocal end, nodes_left, seq
         while work:
             i = work.pop()
             if left[i] == 0:
+                if hold is not None and hold[i] > 0 and i != zero and i not in held:   # a review: no slot held
+                    held.add(i)
+                    heappush(timers, (t + hold[i], seq, _ROOT, i, 0, 0))
+                    seq += 1
+                    continue
                 nodes_left -= 1
                 if t > end:
                     end = t

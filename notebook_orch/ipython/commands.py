@@ -128,6 +128,8 @@ def _start(m: Any, launch: Callable[[], Run], wait: bool) -> Run:
           help="where every sync body left on executor=auto runs (dask: on the cluster of --dask)")
 @argument("--dask", metavar="ADDRESS", help="the Dask cluster: a scheduler address (tcp://host:8786) or 'local'")
 @argument("--wait", action="store_true", help="block until the run ends (interrupt the kernel to cancel it)")
+@argument("--reviews", choices=("wait", "approve", "reject", "fail"),
+          help="who answers tasks marked --review: wait (a person, the default here), approve, reject, fail")
 def _run(m: Any, args: Any) -> Run:
     """Start a run of the active workflow on the kernel's loop and return it at once (--wait: block)."""
     opts: dict[str, Any] = {}
@@ -147,6 +149,8 @@ def _run(m: Any, args: Any) -> Run:
         opts["executor"] = args.executor
     if args.dask:
         opts["dask"] = args.dask
+    if args.reviews:
+        opts["reviews"] = args.reviews
     wf = m.wf
     _refuse_if_live(wf)
     wf.namespace = m.shell.user_ns
@@ -154,6 +158,58 @@ def _run(m: Any, args: Any) -> Run:
     if running_loop() is None:  # terminal IPython: no loop runs between cells, so the run blocks
         return _show(wf.run(**opts))
     return _start(m, lambda: wf.start(**opts), args.wait)
+
+
+# ---------------------------------------------------------------- review (notebook_orch.review)
+@command("approve")
+@magic_arguments(name="orch approve")
+@argument("task", metavar="TASK", help="the task waiting in review")
+@argument("--value", metavar="EXPR", help="an edit: a Python expression (a notebook name, a literal, JSON) replacing the output")
+def _approve(m: Any, args: Any) -> Any:
+    """Accept the output of a task waiting in review (--value: an edit, validated first); downstream starts."""
+    value = None
+    if args.value is not None:
+        value = _expression(m, args.value)
+    return _last_run(m).approve(args.task, value)
+
+
+@command("reject")
+@magic_arguments(name="orch reject")
+@argument("task", metavar="TASK", help="the task waiting in review")
+@argument("feedback", nargs="+", metavar="FEEDBACK", help='what is wrong (quote it: "Too long; cite sources")')
+def _reject(m: Any, args: Any) -> None:
+    """Refuse the output of a task waiting in review: a prompt is asked again with the feedback, another task fails."""
+    feedback = " ".join(args.feedback)
+    run = _last_run(m)
+    run.reject(args.task, feedback)
+    print(f"✓ rejected {args.task}: " + ("asked again with the feedback" if run.statuses.get(args.task) != "failed"
+                                          else "failed with the feedback as its error"))
+
+
+@command("reviews")
+@magic_arguments(name="orch reviews")
+def _reviews(m: Any, args: Any) -> Any:
+    """The reviews of the last run: task, status, asked_at, answered_at, feedback."""
+    return _last_run(m).reviews()
+
+
+def _expression(m: Any, text: str) -> Any:
+    """--value: a notebook name, a Python literal or JSON (never evaluated as arbitrary code)."""
+    import ast
+    import json
+    text = text.strip()
+    ns = m.shell.user_ns
+    if text.isidentifier() and text in ns:
+        return ns[text]
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise OrchError(f"--value {text[:60]!r} is not a notebook name, a Python literal or JSON; e.g. "
+                        f"--value edited (a variable), --value \"'new text'\" or --value '{{\"title\": \"x\"}}'") from None
 
 
 @command("plan")

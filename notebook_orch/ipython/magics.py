@@ -210,6 +210,7 @@ class OrchMagics(Magics):
     @argument("--tags", metavar="A,B", help="free labels, comma-separated")
     @argument("--description", metavar="TEXT", help="one line shown in the DAG tooltip and listings")
     @argument("--prompt", action="store_true", help="the body is a prompt template for the agent; {task_id} inserts an output")
+    @argument("--review", action="store_true", help="a person approves, edits or rejects the output before downstream tasks use it")
     @cell_magic
     def task(self, line: str, cell: str) -> None:
         """Define (or redefine) a task; running the cell does not run the task.
@@ -238,6 +239,8 @@ class OrchMagics(Magics):
                 opts[name] = getattr(args, name)
         if args.backoff is not None:
             opts["retry_backoff"] = args.backoff
+        if args.review:
+            opts["review"] = True
         if args.routes:
             opts["routes"] = _parse_routes(args.routes)
         if args.resources:

@@ -61,6 +61,7 @@ class RunPanel:
         controls -- the interactive widgets by name: pause, resume, cancel, retry_failed, rerun,
                     concurrency (the slider), show_dag, output (the task picker)
         live_dag -- True when the DAG is re-coloured live (graphs up to LIVE_DAG_MAX nodes)
+        reviews  -- the review controls (`review_box.ReviewBox`): approve(), edit(), save_edit(), reject(feedback)
     """
 
     MAX_REDRAWS_PER_S = 10
@@ -148,11 +149,13 @@ class RunPanel:
         self._pick: w.Dropdown | w.Text = w.Dropdown()   # replaced per task list by _set_picker
         self._pick_box = w.HBox()
         self._output = w.HTML(layout=w.Layout(max_height="260px", overflow="auto"))
+        from .review_box import ReviewBox
+        self.reviews = ReviewBox(self)                   # drafts waiting for a person (review_box.py)
         controls = w.HBox([self._pause_b, self._resume_b, self._cancel_b, self._retry_b, self._rerun_b,
                            self._slider], layout=w.Layout(flex_flow="row wrap", align_items="center"))
         self.widget = w.VBox([
             self._title, w.HBox([self._bar, self._counts], layout=w.Layout(align_items="center")),
-            controls, self._message, self._dag_box, self._table, self._pick_box, self._output])
+            controls, self._message, self.reviews.widget, self._dag_box, self._table, self._pick_box, self._output])
         self.widget.add_class("norch-panel")
         self._widgets = [self._title, self._bar, self._counts, self._pause_b, self._resume_b, self._cancel_b,
                          self._retry_b, self._rerun_b, self._slider, self._message, self._table, self._dag,
@@ -501,6 +504,8 @@ class RunPanel:
         self._rerun_b.disabled = live
         self._slider.disabled = not live
         self._table.value = table_html(view)
+        if view.counts.get("review") or self.reviews.pending or self.reviews.message:
+            self.reviews.update(self.run)
         if svg is not None:
             self._dag.value = self._dag_html(view.run, svg)
             self._dag_visual = view.visual

@@ -27,7 +27,7 @@ __all__ = ["Row", "View", "Follow", "view_of", "snapshot_html", "table_html", "c
            "summary_text", "first_line", "state_of"]
 
 # rows of a live table that no longer fits: what needs attention first
-LIVE_ORDER = ("running", "retrying", "failed", "ready", "upstream_failed", "cancelled", "pending",
+LIVE_ORDER = ("running", "retrying", "review", "failed", "ready", "upstream_failed", "cancelled", "pending",
               "succeeded", "cached", "skipped")
 # a finished run's table: failures first, then the rest in definition order
 FINAL_FIRST = ("failed", "upstream_failed", "cancelled")

@@ -159,11 +159,12 @@ async def run_prompt(task: "Task", agent: "Agent | None", inputs: dict[str, Any]
     text = render_prompt(task, inputs, agent)
     system = system_prompt(agent)
     call = _Call(_attempt.current(), agent, task, _wants_stream(run))
+    rounds = call.ctx.review_feedback if call.ctx is not None else []   # rejected drafts (notebook_orch.review)
     try:
         if agent.tools or agent.mcp or task.output_model is not None or task.routes:
-            value = await _agent_run(call, model, system, text, run)
+            value = await _agent_run(call, model, system, text, run, rounds)
         else:
-            value = await _direct(call, model, system, text)
+            value = await _direct(call, model, system, text, rounds)
     except OrchError:
         raise
     except Exception as exc:  # noqa: BLE001 - provider and library errors become our errors, redacted
@@ -193,11 +194,11 @@ def _translate(exc: Exception, agent: "Agent", task: "Task") -> Exception:
 
 
 # ---------------------------------------------------------------------- plain prompts
-async def _direct(call: _Call, model: Any, system: str, text: str) -> str:
+async def _direct(call: _Call, model: Any, system: str, text: str, rounds: list[Any] | None = None) -> str:
     task = call.task
     parts: list[Any] = [SystemPromptPart(system)] if system else []
     parts.append(UserPromptPart(text))
-    messages: list[Any] = [ModelRequest(parts=parts)]
+    messages: list[Any] = [ModelRequest(parts=parts), *_reviewed(rounds)]
     for n in range(task.output_retries + 1):
         call.emit_messages(messages)
         est, t0 = await call.before(messages)
@@ -298,25 +299,44 @@ def _pyd_agent(task: "Task", agent: "Agent", system: str) -> Any:
     return pa
 
 
-async def _agent_run(call: _Call, model: Any, system: str, text: str, run: Any = None) -> Any:
+async def _agent_run(call: _Call, model: Any, system: str, text: str, run: Any = None,
+                     rounds: list[Any] | None = None) -> Any:
     from ._mcp import toolsets_for
     pa = _pyd_agent(call.task, call.agent, system)
     handler = _stream_handler if call.streaming else None
+    history: list[Any] | None = None
+    if rounds:   # asked again after a review: the request, the rejected drafts and the feedback, then the last one
+        history = [ModelRequest(parts=[UserPromptPart(text)]), *_reviewed(rounds)]
+        text = history.pop().parts[0].content
     async with toolsets_for(call, run) as toolsets:   # the agent's MCP servers (llm/_mcp.py), started once per run
-        return await _agent_result(call, pa, model, text, handler, toolsets)
+        return await _agent_result(call, pa, model, text, handler, toolsets, history)
 
 
-async def _agent_result(call: _Call, pa: Any, model: Any, text: str, handler: Any, toolsets: Any) -> Any:
+async def _agent_result(call: _Call, pa: Any, model: Any, text: str, handler: Any, toolsets: Any,
+                        history: list[Any] | None) -> Any:
     from pydantic_ai import capture_run_messages
     from pydantic_ai.exceptions import UnexpectedModelBehavior
     with capture_run_messages() as messages:
         try:
-            result = await pa.run(text, model=model, deps=call, event_stream_handler=handler, toolsets=toolsets)
+            result = await pa.run(text, model=model, deps=call, event_stream_handler=handler, toolsets=toolsets,
+                                  message_history=history)
         except UnexpectedModelBehavior as exc:
             call.emit_messages(messages)
             raise _exhausted(call.task, messages, exc) from None
     call.emit_messages([m for m in result.all_messages() if not _is_final_ack(m)])
     return result.output
+
+
+def _reviewed(rounds: list[Any] | None) -> list[Any]:
+    """The conversation a review added: each rejected draft (the model's answer) and the reviewer's feedback."""
+    from pydantic_ai.messages import ModelResponse
+
+    from ..review import as_text, feedback_prompt
+    out: list[Any] = []
+    for draft, feedback in rounds or ():
+        out.append(ModelResponse(parts=[TextPart(safe(as_text(draft)))]))
+        out.append(ModelRequest(parts=[UserPromptPart(feedback_prompt(feedback))]))
+    return out
 
 
 def _is_final_ack(m: Any) -> bool:

@@ -7,7 +7,8 @@ A fingerprint is a blake2b digest (32 hex characters) over, in order:
   (`co_code`, constants and names, recursively); plus the function's default values and
   closure contents;
 * the **options** that can change the output: `agent`, `after`, `output_model`, `guardrails`,
-  `fallback`, `trigger`, `routes`, `map_over`. Options that only change *when or how* the
+  `fallback`, `trigger`, `routes`, `map_over`, and `review` when True (an output is reused only if it
+  went through a review). Options that only change *when or how* the
   body runs are left out: `priority`, `tags`, `description`, `retries`, `retry_backoff`,
   `timeout`, `resources`, `executor`, `cache`;
 * the **agent config** without secrets or limits: `name`, `role`, `goal`, `instructions`,
@@ -368,6 +369,8 @@ def options_hash(task: Any) -> str:
         else:
             h.update(hash_value(value).encode())
         h.update(b";")
+    if getattr(task, "review", False):   # reused only if it went through a review too (review.py); False: as before
+        h.update(b"review=True;")
     return _digest(h)
 
 
