@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..errors import CycleError, DefinitionError, OrchError, UnknownNameError, closest
+from ..errors import CycleError, DefinitionError, OrchError, TaskFailedError, UnknownNameError, closest
 from ..graph import build_graph
 from ..model import EXECUTORS, TRIGGERS, Agent, Task
 from ..workflow import Workflow
@@ -108,8 +108,8 @@ class OrchMagics(Magics):
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except UsageError:
-            raise
+        except (UsageError, TaskFailedError):
+            raise   # TaskFailedError: shown with the failed task's own frames (tracebacks.py)
         except OrchError as exc:
             raise short_error(exc) from None
 
