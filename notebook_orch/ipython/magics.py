@@ -89,9 +89,14 @@ class OrchMagics(Magics):
         ns = self.shell.user_ns
         head, *rest = name.split(".")
         if head not in ns:
-            near = closest(head, [k for k in ns if not k.startswith("_")])
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise DefinitionError(f"{what} {name!r} is not defined in the notebook{hint} "
+            # the notebook's own names (not IPython's `open`, `In`, ...); classes only for --output-model
+            mine = [k for k in ns if not k.startswith("_") and self._user_global(k) and not isinstance(ns[k], types.ModuleType)
+                    and (what != "--output-model" or isinstance(ns[k], type))]
+            near = closest(head, mine)
+            kind = "classes" if what == "--output-model" else "names"
+            hint = (f"; did you mean {near[0]!r}?" if near else
+                    f" (the notebook's {kind}: {', '.join(sorted(mine)[:10])})" if mine else "")
+            raise DefinitionError(f"{what} {name!r} is not defined in the notebook{hint}. "
                                   f"Define it in an earlier cell (and run that cell) first.")
         obj = ns[head]
         for attr in rest:
@@ -182,7 +187,8 @@ class OrchMagics(Magics):
         self.wf.agent(agent)
         verb = "redefined" if old is not None else "defined"
         text = ", ".join(_echo(agent))
-        print(f"✓ {verb} agent {agent.name}" + (f" ({text})" if text else "") + f" in workflow {self.wf.name!r}")
+        print(f"✓ {verb} agent {agent.name}" + (f" ({text})" if text else "") + f" in workflow {self.wf.name!r}"
+              + _key_note(agent))
 
     # ------------------------------------------------------------ %%task
     @magic_arguments(name="%task")
@@ -406,6 +412,21 @@ def _echo(agent: Agent) -> list[str]:
             shown = repr(value)
         out.append(f"{name}={shown}")
     return out
+
+
+def _key_note(agent: Agent) -> str:
+    """A note when the agent's provider reads its key from a variable that is unset or empty (its tasks would fail)."""
+    if not isinstance(agent.llm, str) or ":" not in agent.llm and not agent.base_url:
+        return ""
+    from ..llm._models import missing_key
+    env = missing_key(agent)
+    if env is None:
+        return ""
+    import os
+    state = "empty" if env in os.environ else "not set"
+    whose = f"the variable api_key_env names, {env}," if agent.api_key_env else env
+    return (f"\n  note: {whose} is {state}: the tasks of {agent.name!r} will fail until it holds the key "
+            f"(os.environ[{env!r}] = ... before running, or in the shell that starts Jupyter), or use --llm demo offline")
 
 
 def _agent_fields() -> list[str]:
