@@ -12,6 +12,10 @@ for good the scheduler calls `keep_user_frames(exc)`:
   function keeps that library's frames; an error with no frame but ours (an output that
   failed its `output_model`) keeps no frame: its message says it all.
 
+The libraries that run bodies for us (pebble's process pool, Dask's workers) count as ours. A
+body that failed in a worker process comes back with its traceback as text (pebble's
+`RemoteTraceback`, the `__cause__`): its leading frames are cut from the text the same way.
+
 Only leading frames go: what the user's code called (ours included) stays below it.
 `without_our_frames(tb)` is the same cut for an exception we raise about a task
 (`run[id]`'s TaskFailedError), which the IPython layer uses to show it.
@@ -19,6 +23,7 @@ Only leading frames go: what the user's code called (ours included) stays below 
 from __future__ import annotations
 
 import os
+import re
 import sysconfig
 import traceback
 from types import TracebackType
@@ -30,9 +35,14 @@ _STDLIB = tuple({os.path.abspath(p) + os.sep for p in (sysconfig.get_paths()["st
                                                       sysconfig.get_paths()["platstdlib"])})
 
 
+_RUNNERS = tuple(os.sep + os.path.join("site-packages", name) + os.sep for name in ("pebble", "distributed"))
+_FRAME_LINE = re.compile(r'^  File "(?P<file>[^"]+)", line \d+')
+
+
 def is_ours(filename: str) -> bool:
-    """A file of this package."""
-    return os.path.abspath(filename).startswith(PACKAGE_DIR)
+    """A file of this package, or of a library that runs bodies for us (a process pool, Dask)."""
+    path = os.path.abspath(filename)
+    return path.startswith(PACKAGE_DIR) or any(r in path for r in _RUNNERS)
 
 
 def _stdlib(filename: str) -> bool:
@@ -52,6 +62,8 @@ def keep_user_frames(exc: BaseException) -> BaseException:
         seen.add(id(e))
         try:
             e.__traceback__ = _from_user_frame(e.__traceback__)
+            if isinstance(getattr(e, "traceback", None), str):   # pebble's RemoteTraceback: a worker's text
+                e.traceback = _text_from_user_frame(e.traceback)  # type: ignore[attr-defined]
         except (TypeError, AttributeError):  # pragma: no cover - an exception type that refuses it keeps its own
             pass
         todo += [e.__cause__, e.__context__]
@@ -73,6 +85,17 @@ def _entries(tb: TracebackType | None) -> list[TracebackType]:
         out.append(tb)
         tb = tb.tb_next
     return out
+
+
+def _text_from_user_frame(text: str) -> str:
+    """A formatted traceback (`Traceback ...:` then `  File "...", line N, in f` entries) from its first user frame."""
+    lines = text.splitlines(keepends=True)
+    frames = [(i, m.group("file")) for i, line in enumerate(lines) if (m := _FRAME_LINE.match(line))]
+    for pick in (lambda f: not is_ours(f) and not _stdlib(f), lambda f: not is_ours(f)):
+        first = next((i for i, f in frames if pick(f)), None)
+        if first is not None:
+            return "".join(lines[:frames[0][0]] + lines[first:])
+    return text
 
 
 def _from_user_frame(tb: TracebackType | None) -> TracebackType | None:

@@ -10,6 +10,7 @@ from nbclient import NotebookClient
 
 from notebook_orch import Workflow
 from notebook_orch.errors import TaskFailedError
+from notebook_orch.ipython import current
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -43,6 +44,16 @@ def test_a_failing_task_cell_shows_its_lines_first_and_none_of_ours(ip, capsys):
     # %orch result shows the same frames
     text, _ = _shown(ip, capsys, "%orch result boom")
     assert _frames(text)[0] == "File <task boom>:4, in boom()" and "notebook_orch" not in text
+
+
+def test_a_task_cell_that_failed_in_a_worker_process_shows_its_lines_first(ip, capsys):
+    ip.run_cell_magic("task", "pboom --executor process", "a = 1\nb = 0\na / b\n")
+    ip.run_cell("run = %orch run --wait")
+    text, _ = _shown(ip, capsys, "run['pboom']")
+    remote = text[text.index("RemoteTraceback: Traceback (most recent call last):"):]
+    assert remote.splitlines()[1] == '  File "<task pboom>", line 4, in pboom', text   # the worker's text, cut too
+    assert "notebook_orch" not in text and "pebble" not in text
+    assert "pebble" in "".join(current(ip).last_run.errors["pboom"].__notebook_orch_traceback__)
 
 
 def test_the_full_chain_stays_one_attribute_away(ip):
