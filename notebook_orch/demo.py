@@ -3,6 +3,10 @@
 Usage: python -m notebook_orch.demo [NOTEBOOK] [--out DIR] [--timeout SECONDS]
 
 Needs no API key and no network: the quickstart's LLM agents use the offline `demo` model.
+The kernel runs over IPC (`ipc_kernel`), so nothing warns about TCP. The output is a few
+lines: what runs, then a summary read from the run store of the kernel's working directory
+(the last run's status, tasks and time), where the HTML and the executed notebook are, and the
+next command. The exit status is 1 when a cell failed (its error on stderr, the partial HTML kept).
 """
 from __future__ import annotations
 
@@ -115,7 +119,9 @@ def _last_run(workdir: Path, since: float) -> Any:
         runs = open_store(workdir / DEFAULT_DIR).runs()
     except Exception:  # noqa: BLE001 - a summary line is not worth failing the demo over
         return None
-    runs = runs[runs["started"].astype("int64") / 1e9 >= since - 1]
+    import pandas as pd
+
+    runs = runs[runs["started"] >= pd.Timestamp(since - 1, unit="s")]
     return None if runs.empty else runs.iloc[-1]
 
 
