@@ -8,22 +8,29 @@ STAMP  := $(VENV)/.installed
 
 # Debian packages: graphviz (the `dot` binary) for everyone; chromium for the browser test.
 system-deps:
-	@bash scripts/system-deps.sh graphviz
+	@LOG=artifacts/system-deps.log bash scripts/system-deps.sh graphviz
 
 system-deps-test:
-	@bash scripts/system-deps.sh graphviz chromium
+	@LOG=artifacts/system-deps.log bash scripts/system-deps.sh graphviz chromium
+
+# The install steps write their output to $(LOG) (its end is printed only when a step fails).
+LOG    := artifacts/install.log
+QUIET  := bash scripts/quietly.sh $(LOG)
 
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
-	touch $(STAMP)
+	@mkdir -p artifacts && : > $(LOG)
+	@echo "installing notebook_orch and its dependencies into $(VENV) (about a minute; log: $(LOG)) ..."
+	@test -x $(BIN)/python || $(QUIET) $(PYTHON) -m venv $(VENV)
+	@$(QUIET) $(BIN)/python -m pip install --upgrade pip
+	@$(QUIET) $(BIN)/python -m pip install -e ".[test]"
+	@$(QUIET) $(BIN)/python -m ipykernel install --sys-prefix --name python3
+	@touch $(STAMP)
 
 install: system-deps $(STAMP)
 
+# Ends with a summary: the run's status, its tasks and time, where the HTML and the executed notebook are.
 demo: install
-	$(BIN)/python -m notebook_orch.demo
+	@$(BIN)/python -m notebook_orch.demo
 
 # JupyterLab on the gallery (notebooks/), on this machine only (localhost); Ctrl-C stops it.
 lab: install

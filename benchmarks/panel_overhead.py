@@ -58,7 +58,7 @@ def first_run_s(panel: bool | str, cwd: str | None = None) -> float:
     cells = [*FIRST_RUN_CELLS, run,
              "print(float(r.metrics().loc['sleepy', 'run_s']))"]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": cwd}} if cwd else {}
+    NotebookClient(nb, timeout=120, kernel_name="python3", kernel_manager_class="notebook_orch.ipc_kernel.IPCKernelManager", resources={"metadata": {"path": cwd}} if cwd else {}
                    ).execute()
     return float("".join(o.text for o in nb.cells[-1].outputs if o.output_type == "stream"))
 

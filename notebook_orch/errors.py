@@ -74,6 +74,11 @@ class CycleError(DefinitionError):
         )
 
 
+def _plural(kind: str) -> str:
+    """'task' -> 'tasks', 'task or agent' -> 'tasks or agents', 'resource pool' -> 'resource pools'."""
+    return " or ".join(k + "s" for k in kind.split(" or "))
+
+
 class UnknownNameError(DefinitionError, KeyError):
     """A task refers to a task, agent, resource or input that does not exist; `.choices` has the closest."""
 
@@ -88,7 +93,7 @@ class UnknownNameError(DefinitionError, KeyError):
             msg += "; did you mean " + " or ".join(repr(c) for c in self.choices) + "?"
         elif choices:
             shown = ", ".join(repr(c) for c in sorted(choices)[:10])
-            msg += f"; known {kind}s: {shown}" + (" …" if len(choices) > 10 else "")
+            msg += f"; known {_plural(kind)}: {shown}" + (" …" if len(choices) > 10 else "")
         else:
             msg += "; " + (none or f"no {kind} is defined yet")
         if hint:

@@ -21,6 +21,7 @@ import pandas as pd
 from . import timings as _x
 from .timings import TOL, critical, durations, realised_deps
 from ._metrics.simulate import build, no_gc, simulate
+from .frames import none_for_missing
 from .redact import redact_texts  # the error column never shows a secret
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -346,7 +347,7 @@ def utilization(run: "Run") -> pd.DataFrame:
     busy = float(d.att_dur.sum())
     w, q = waits("concurrency")
     rows["concurrency"] = dict(capacity=cap, busy_s=busy, utilization=util(busy, cap), wait_s=w, max_queue=q,
-                               kind="concurrency", name="", peak=_peak(f.att_t0, f.att_t1))
+                               kind="concurrency", name=None, peak=_peak(f.att_t0, f.att_t1))
     caps = _capacities(run, f, "agent", {a: ag.max_concurrency for a, ag in run.agents.items()})
     rates = {a: ag.rate_limit for a, ag in run.agents.items()}
     for a in run.agents:
@@ -390,7 +391,7 @@ def utilization(run: "Run") -> pd.DataFrame:
     df = pd.DataFrame.from_dict(rows, orient="index",
                                 columns=UTILIZATION_COLUMNS + ["kind", "name", "peak"])
     df.index.name = "limit"
-    return df
+    return none_for_missing(df, "name")
 
 
 def _capacities(run: "Run", f: _x.Facts, kind: str, initial: dict[str, Any]) -> dict[str, float]:
@@ -434,7 +435,7 @@ def tool_calls(run: "Run") -> pd.DataFrame:
              "input": r.get("input"), "duration_ms": r.get("duration_ms", np.nan),
              "success": r.get("success", r.get("error") is None), "error": r.get("error"), "server": r.get("server")}
             for r in sorted(f.tool_rows, key=_tool_start)]
-    return pd.DataFrame(rows, columns=TOOL_COLUMNS)
+    return none_for_missing(pd.DataFrame(rows, columns=TOOL_COLUMNS), "agent", "tool", "error")
 
 
 def _tool_start(row: dict[str, Any]) -> float:

@@ -66,7 +66,10 @@ def parse_rate(text: str) -> tuple[int, float]:
     count = int(m.group(1)) * _SCALE[m.group(2)] if m else 0
     if m and m.group(4) not in _UNITS and m.group(4) not in ("ms", "msec", "millisecond", "milliseconds", "us", "ns"):
         m = None
-    if not m or count < 1:
+    if m and count < 1:
+        raise DefinitionError(f"rate limit {text!r}: the count must be at least 1 (COUNT starts per PERIOD), "
+                              f"e.g. '1/min' or '60/min'; for no limit leave rate_limit unset")
+    if not m:
         raise DefinitionError(
             f"rate limit {text!r} is not understood; write COUNT/PERIOD such as '60/min', '5/s', "
             f"'1000/h', '10/30s' or '200k/min' (periods: s, min, h, day)")

@@ -28,7 +28,6 @@ import functools
 import heapq
 import threading
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
 from typing import Any, cast
@@ -43,6 +42,7 @@ from .model import Agent, Task
 from .options import check_concurrency
 from .redact import redact, redact_exception
 from .state import RunState
+from .tracebacks import keep_user_frames
 
 __all__ = ["Scheduler", "AttemptError", "OutputInvalidError", "BreakerOpenError"]
 
@@ -686,7 +686,7 @@ class Scheduler:
             self.emit(i, "fallback", attempt, fb if isinstance(fb, str) else getattr(fb, "__name__", repr(fb)))
             heapq.heappush(self.heap, policy.ready_key(self.prio[i], self.rem[i], i, k))
             return
-        exc.__notebook_orch_traceback__ = traceback.format_exception(exc)  # type: ignore[attr-defined]
+        keep_user_frames(exc)   # the user's frames first; the full text in exc.__notebook_orch_traceback__
         if k < 0:
             self._terminal(i, "failed", text, exc)
         else:

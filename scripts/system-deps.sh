@@ -18,5 +18,7 @@ fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 echo "notebook_orch: installing Debian packages: ${missing[*]}"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+# apt's own output goes to a log ($LOG; the Makefile's is artifacts/system-deps.log), shown when a step fails
+quiet=(bash "$(dirname "$0")/quietly.sh" "${LOG:-artifacts/system-deps.log}")
+"${quiet[@]}" $SUDO apt-get update -qq
+"${quiet[@]}" $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

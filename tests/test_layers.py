@@ -15,15 +15,15 @@ PKG = pathlib.Path(notebook_orch.__file__).parent
 # above it may be imported lazily inside a function, never at import time. New top-level modules
 # must be placed here (the test says so), which keeps the flow a decision, not an accident.
 LAYERS: list[set[str]] = [
-    {"errors", "events", "policy", "_loop", "capture", "redact", "gcpause"},
+    {"errors", "events", "policy", "_loop", "capture", "redact", "gcpause", "tracebacks", "frames"},
     {"model", "limits", "state", "attempt", "options"},
     {"graph", "executors", "timings", "fingerprint", "tracing"},
     {"scheduler", "_metrics", "metrics", "render", "llm", "review"},
     {"run"},
     {"store", "_runstore", "_storedrun", "workflow", "patterns"},
-    {"ipython", "demo"},
+    {"ipython", "demo", "ipc_kernel"},
 ]
-EDGE = {"ipython", "demo"}            # the layers that may use IPython and ipywidgets
+EDGE = {"ipython", "demo", "ipc_kernel"}            # the layers that may use IPython and ipywidgets
 RANK = {name: k for k, layer in enumerate(LAYERS) for name in layer}
 
 

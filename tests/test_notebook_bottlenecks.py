@@ -34,7 +34,7 @@ def test_bottleneck_notebook_runs_and_finds_the_rate_limit(tmp_path):
     shutil.copy(NOTEBOOK, tmp_path / NOTEBOOK.name)
     nb = nbformat.read(tmp_path / NOTEBOOK.name, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(CHECK))
-    NotebookClient(nb, timeout=120, kernel_name="python3",
+    NotebookClient(nb, timeout=120, kernel_name="python3", kernel_manager_class="notebook_orch.ipc_kernel.IPCKernelManager",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors

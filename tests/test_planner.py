@@ -293,7 +293,7 @@ def test_notebook_05_executes_on_the_demo_model(tmp_path):
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")     # committed stripped
     shutil.copy(source, tmp_path / source.name)
     nb.cells.append(nbformat.v4.new_code_cell(NOTEBOOK_CHECK))
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(nb, timeout=120, kernel_name="python3", kernel_manager_class="notebook_orch.ipc_kernel.IPCKernelManager", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors
     r = json.loads(nb.cells[-1].outputs[0].text)

@@ -10,13 +10,14 @@ _MAGICS = {"line": ("orch", "agent"), "cell": ("agent", "task")}
 
 def load(ipython: Any) -> None:
     """Register %%agent, %%task and %orch on the shell (`%load_ext notebook_orch`)."""
-    from . import commands, display
+    from . import commands, display, tracebacks
     from .magics import OrchMagics
 
     OrchMagics.dispatch = staticmethod(commands.dispatch)
     OrchMagics.orch.__doc__ = commands.overview()            # `%orch?` lists the registered subcommands
     ipython.register_magics(OrchMagics(ipython))
     display.register(ipython)
+    tracebacks.register(ipython)
 
 
 def unload(ipython: Any) -> None:
@@ -31,8 +32,9 @@ def unload(ipython: Any) -> None:
             if fn is not None and isinstance(getattr(fn, "__self__", None), OrchMagics):
                 del table[name]
     mm.registry.pop(OrchMagics.__name__, None)
-    from . import display
+    from . import display, tracebacks
     display.unregister(ipython)
+    tracebacks.unregister(ipython)
 
 
 def current(ipython: Any = None) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 
-from ..errors import DefinitionError, OrchError
+from ..errors import DefinitionError, OrchError, closest
 
 __all__ = ["parse", "usage_line", "split", "parse_routes", "parse_resources", "short_error"]
 
@@ -28,9 +28,21 @@ def parse(magic: Callable[..., Any], line: str) -> Any:
         return parser.parse_args(shlex.split(line))   # POSIX quoting: --description "two words"
     except UsageError as exc:
         usage = usage_line(parser)
-        raise UsageError(f"{exc}\nusage: {usage}\n(`{usage.split(' [')[0]} --help` for details)") from None
+        raise UsageError(f"{exc}{_did_you_mean(parser, str(exc))}\nusage: {usage}\n"
+                         f"(`{usage.split(' [')[0]} --help` for details)") from None
     except ValueError as exc:  # unbalanced quotes in the line
         raise UsageError(f"{exc}\nusage: {usage_line(parser)}") from None
+
+
+def _did_you_mean(parser: Any, message: str) -> str:
+    """'; did you mean --retries?' for an unrecognized option close to one of the parser's, else ''."""
+    _, sep, rest = message.partition("unrecognized arguments:")
+    options = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+    for word in rest.split() if sep else []:
+        near = closest(word.split("=")[0], options, n=1) if word.startswith("--") else []
+        if near:
+            return f"; did you mean {near[0]}?"
+    return ""
 
 
 def usage_line(parser: Any) -> str:

@@ -21,6 +21,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..errors import OrchError, closest
+from ..frames import none_for_missing
 from ..run import Run, counts_text
 from .args import parse, usage_line
 from .args import split as _split
@@ -307,7 +308,7 @@ def _status(m: Any, args: Any) -> Any:
                      "elapsed_s": None if took is None else round(took, 3),
                      "cache": cache.get(t, ""),
                      "error": None if err is None else redact(f"{type(err).__name__}: {err}")})
-    return _wide(pd.DataFrame(rows).set_index("task"))
+    return _wide(none_for_missing(pd.DataFrame(rows), "agent", "error").set_index("task"))
 
 
 def _wide(df: Any) -> Any:
@@ -344,7 +345,7 @@ def _results(m: Any, args: Any) -> Any:
         value = results.get(t)
         rows.append({"task": t, "status": st, "type": type(value).__name__ if has else None,
                      "output": _preview(value) if has else None})
-    return pd.DataFrame(rows).set_index("task")
+    return none_for_missing(pd.DataFrame(rows), "type", "output").set_index("task")
 
 
 def _preview(value: Any, width: int = 80) -> str:
@@ -472,7 +473,7 @@ def _list(m: Any, args: Any) -> Any:
                      "after": ", ".join(task.after), "stale": t in wf.stale,
                      "last_status": statuses.get(t)})
     cols = ["kind", "agent", "inputs", "after", "stale", "last_status"]
-    return pd.DataFrame(rows, columns=["task", *cols]).set_index("task")
+    return none_for_missing(pd.DataFrame(rows, columns=["task", *cols]), "agent", "last_status").set_index("task")
 
 
 @command("agents")

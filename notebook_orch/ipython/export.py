@@ -2,7 +2,8 @@
 
 The script rebuilds the same Workflow with the Python API and runs it with `python PATH.py`:
 %%task cells become functions (their text, indented; the last expression returned),
-Python function tasks and notebook helpers are copied with `inspect.getsource`,
+Python function tasks and notebook helpers are copied with `inspect.getsource`, notebook classes
+(an `--output-model`, its nested models) from IPython's cell history (`cell_history`),
 modules become imports and plain values (numbers, strings, lists of them ...) literals.
 Anything else (a DataFrame in a global, a lambda) is refused with the name to fix.
 
@@ -28,6 +29,7 @@ from ..errors import DefinitionError
 from ..model import Agent, Task
 from ..redact import is_secret_name, learn, redact, redact_url
 from ..workflow import Workflow
+from .cell_history import class_source, names_read
 from .compiler import CompiledBody
 
 __all__ = ["export_script", "script_text"]
@@ -67,11 +69,13 @@ class _Exporter:
         self.defs: dict[str, str] = {}         # name -> function / class source
         self.task_defs: list[str] = []         # task functions and wf.task(...) calls
         self.emitted_fns: dict[int, str] = {}  # id(function) -> its name in the script
+        self.pending: set[str] = set()         # notebook classes being emitted (their dependencies first)
 
     # ------------------------------------------------------------ globals
     def need(self, name: str, why: str) -> None:
         """Make notebook global `name` exist in the script."""
-        if name in self.imports or name in self.values or name in self.defs or name in self.wf.tasks:
+        if name in self.imports or name in self.values or name in self.defs or name in self.wf.tasks \
+                or name in self.pending:
             return
         if name not in self.ns or name in _HIDDEN:
             return  # unresolved in the notebook too (the script fails the same way), or IPython's own
@@ -92,6 +96,14 @@ class _Exporter:
         imported = _import_line(value, name)
         if imported is not None:
             self.imports[name] = imported
+            return
+        if isinstance(value, type) and (src := class_source(value, self.ns)) is not None:
+            self.pending.add(name)   # what the class statement reads must come before it in the script
+            for read in names_read(src):
+                if read in self.ns and not read.startswith("_") and read not in _HIDDEN and read != name:
+                    self.need(read, f"read by class {name}")
+            self.follow(value)
+            self.defs[name] = src
             return
         if isinstance(value, (types.FunctionType, type)):
             if isinstance(value, types.FunctionType) and value.__name__ == "<lambda>":
@@ -290,8 +302,9 @@ def _source(obj: Any, name: str, why: str) -> str:
         return textwrap.dedent(inspect.getsource(obj))
     except (OSError, TypeError):
         raise DefinitionError(
-            f"cannot export {name!r} ({why}): its source is not available (defined in a cell that is gone, or "
-            f"a class defined in a notebook). Move it into a module and import it") from None
+            f"cannot export {name!r} ({why}): its source is not available (not in this session's cell history, "
+            f"e.g. defined by exec or in a cell of an earlier kernel: run its cell again). Or move it into a "
+            f"module and import it") from None
 
 
 def _strip_decorators(src: str) -> str:

@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from ..errors import CycleError, DefinitionError, OrchError, UnknownNameError, closest
+from ..errors import CycleError, DefinitionError, OrchError, TaskFailedError, UnknownNameError, closest
 from ..graph import build_graph
 from ..model import EXECUTORS, TRIGGERS, Agent, Task
 from ..workflow import Workflow
@@ -89,9 +89,14 @@ class OrchMagics(Magics):
         ns = self.shell.user_ns
         head, *rest = name.split(".")
         if head not in ns:
-            near = closest(head, [k for k in ns if not k.startswith("_")])
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise DefinitionError(f"{what} {name!r} is not defined in the notebook{hint} "
+            # the notebook's own names (not IPython's `open`, `In`, ...); classes only for --output-model
+            mine = [k for k in ns if not k.startswith("_") and self._user_global(k) and not isinstance(ns[k], types.ModuleType)
+                    and (what != "--output-model" or isinstance(ns[k], type))]
+            near = closest(head, mine)
+            kind = "classes" if what == "--output-model" else "names"
+            hint = (f"; did you mean {near[0]!r}?" if near else
+                    f" (the notebook's {kind}: {', '.join(sorted(mine)[:10])})" if mine else "")
+            raise DefinitionError(f"{what} {name!r} is not defined in the notebook{hint}. "
                                   f"Define it in an earlier cell (and run that cell) first.")
         obj = ns[head]
         for attr in rest:
@@ -108,8 +113,8 @@ class OrchMagics(Magics):
     def _call(self, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except UsageError:
-            raise
+        except (UsageError, TaskFailedError):
+            raise   # TaskFailedError: shown with the failed task's own frames (tracebacks.py)
         except OrchError as exc:
             raise short_error(exc) from None
 
@@ -185,7 +190,8 @@ class OrchMagics(Magics):
         self.wf.agent(agent)
         verb = "redefined" if old is not None else "defined"
         text = ", ".join(_echo(agent))
-        print(f"✓ {verb} agent {agent.name}" + (f" ({text})" if text else "") + f" in workflow {self.wf.name!r}")
+        print(f"✓ {verb} agent {agent.name}" + (f" ({text})" if text else "") + f" in workflow {self.wf.name!r}"
+              + _key_note(agent))
 
     # ------------------------------------------------------------ %%task
     @magic_arguments(name="%task")
@@ -412,6 +418,21 @@ def _echo(agent: Agent) -> list[str]:
             shown = repr(value)
         out.append(f"{name}={shown}")
     return out
+
+
+def _key_note(agent: Agent) -> str:
+    """A note when the agent's provider reads its key from a variable that is unset or empty (its tasks would fail)."""
+    if not isinstance(agent.llm, str) or ":" not in agent.llm and not agent.base_url:
+        return ""
+    from ..llm._models import missing_key
+    env = missing_key(agent)
+    if env is None:
+        return ""
+    import os
+    state = "empty" if env in os.environ else "not set"
+    whose = f"the variable api_key_env names, {env}," if agent.api_key_env else env
+    return (f"\n  note: {whose} is {state}: the tasks of {agent.name!r} will fail until it holds the key "
+            f"(os.environ[{env!r}] = ... before running, or in the shell that starts Jupyter), or use --llm demo offline")
 
 
 def _agent_fields() -> list[str]:

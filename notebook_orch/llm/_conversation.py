@@ -179,9 +179,10 @@ def _translate(exc: Exception, agent: "Agent", task: "Task") -> Exception:
         body = safe(str(exc.body))[:300]
         hint = {401: "check the API key", 403: "check the key's permissions",
                 404: "check the model name and base_url", 429: "slow down: lower max_concurrency or set rate_limit / token_limit"}
-        fix = hint.get(exc.status_code, "the provider's reply is above")
-        return ModelRequestError(f"{who}: model request failed with HTTP {exc.status_code}: {body}; {fix}",
-                                 exc.status_code)
+        fix = hint.get(exc.status_code, "an error on the provider's side, still there after the retries: try again "
+                       "later or use another model" if exc.status_code >= 500 else "")   # else the reply says why
+        return ModelRequestError(f"{who}: model request failed with HTTP {exc.status_code}: {body}"
+                                 + (f"; {fix}" if fix else ""), exc.status_code)
     if isinstance(exc, ModelAPIError):
         return ModelRequestError(f"{who}: model request failed: {safe(str(exc))[:300]}")
     if isinstance(exc, UserError):

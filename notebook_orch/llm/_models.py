@@ -58,10 +58,17 @@ KEY_ENV: dict[str, str] = {
 class MissingKeyError(DefinitionError):
     """An agent names a provider whose API key is not in the environment; the message names the variable."""
 
-    def __init__(self, agent: str, llm: str, env: str):
+    def __init__(self, agent: str, llm: str, env: str, named_by_agent: bool = False):
         self.agent, self.env = agent, env
+        state = "is empty" if env in os.environ else "is not set"
+        if named_by_agent:   # the agent's api_key_env names it: no advice to set api_key_env
+            super().__init__(
+                f"agent {agent!r} uses llm={llm!r} and reads its key from {env} (its api_key_env), but that "
+                f"environment variable {state}; put the key in it (os.environ[{env!r}] = ... or in the shell that starts Jupyter), "
+                f"or point api_key_env at the variable that holds the key, or use llm='demo' to run offline")
+            return
         super().__init__(
-            f"agent {agent!r} uses llm={llm!r} but the environment variable {env} is not set; set it "
+            f"agent {agent!r} uses llm={llm!r} but the environment variable {env} {state}; set it "
             f"(os.environ[{env!r}] = ... or in the shell that starts Jupyter), or give the agent "
             f"the name of the variable that holds its key as api_key_env, or use llm='demo' to run offline")
 
@@ -109,10 +116,10 @@ def resolve_model(agent: "Agent") -> "Model":
     if not provider:
         raise DefinitionError(f"agent {agent.name!r}: llm={llm!r} names no provider; write PROVIDER:MODEL such as "
                               f"'openai:gpt-4o-mini' or 'anthropic:claude-haiku-4-5' (with base_url: 'openai:MODEL')")
-    env = agent.api_key_env or (None if agent.base_url else KEY_ENV.get(provider))
+    env = _key_env(agent, provider)
     key_value = os.environ.get(env) if env else None
     if env and not key_value:
-        raise MissingKeyError(agent.name, llm, env)
+        raise MissingKeyError(agent.name, llm, env, named_by_agent=bool(agent.api_key_env))
     if key_value:
         register_secret(key_value)
     digest = hashlib.sha256(key_value.encode()).hexdigest()[:16] if key_value else ""
@@ -122,6 +129,25 @@ def resolve_model(agent: "Agent") -> "Model":
     if model is None:
         model = cache[cache_key] = _build(agent, provider, name, key_value)
     return model
+
+
+def _key_env(agent: "Agent", provider: str) -> str | None:
+    """The variable the key comes from: the agent's api_key_env, else the provider's usual one (none with base_url)."""
+    return agent.api_key_env or (None if agent.base_url else KEY_ENV.get(provider))
+
+
+def missing_key(agent: "Agent") -> str | None:
+    """The environment variable `agent` will read its API key from, when it is unset or empty now; else None.
+
+    For a note when the agent is defined: the run itself fails with MissingKeyError (resolve_model)."""
+    llm = agent.llm
+    if not isinstance(llm, str) or llm.strip() == "demo":
+        return None
+    provider, _, name = llm.strip().partition(":")
+    if not name:
+        provider = "openai" if agent.base_url else ""
+    env = _key_env(agent, provider) if provider else None
+    return env if env and not os.environ.get(env) else None
 
 
 def _loop_cache() -> dict[Any, "Model"]:

@@ -225,7 +225,8 @@ def assignments_frame(run: Any) -> "pd.DataFrame":
     import pandas as pd
     rows = [{"task": ev.task, **{k: _info(ev.info).get(k) for k in _COLUMNS[1:]}}
             for ev in run.events if ev.kind == "assigned"]
-    return pd.DataFrame(rows, columns=_COLUMNS)
+    from ..frames import none_for_missing
+    return none_for_missing(pd.DataFrame(rows, columns=_COLUMNS), "agent", "reason", "source")
 
 
 def _info(info: Any) -> dict[str, Any]:

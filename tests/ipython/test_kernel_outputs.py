@@ -7,7 +7,7 @@ nbformat = pytest.importorskip("nbformat")
 def _execute(cells, cwd):
     from nbclient import NotebookClient
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    NotebookClient(nb, timeout=120, kernel_name="python3", kernel_manager_class="notebook_orch.ipc_kernel.IPCKernelManager", resources={"metadata": {"path": str(cwd)}}).execute()
     return nb
 
 
@@ -46,7 +46,7 @@ def test_a_refused_run_leaves_its_error_and_no_empty_panel(tmp_path):
     from nbclient import NotebookClient
     cells = ["%load_ext notebook_orch", "%%task a\nmissing_name + 1", "r = %orch run --wait"]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True,
+    NotebookClient(nb, timeout=120, kernel_name="python3", kernel_manager_class="notebook_orch.ipc_kernel.IPCKernelManager", allow_errors=True,
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = nb.cells[2].outputs
     assert outputs[-1].output_type == "error" and "missing_name" in outputs[-1].evalue

@@ -19,7 +19,7 @@ def _notebook(*sources):
 
 
 def _execute(nb, workdir, timeout=60):
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", kernel_manager_class="notebook_orch.ipc_kernel.IPCKernelManager",
                    resources={"metadata": {"path": str(workdir)}}).execute()
     return nb
 

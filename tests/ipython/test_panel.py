@@ -369,7 +369,7 @@ def test_real_kernel_keeps_the_final_state_as_a_static_output_and_nbconvert_show
              "r = %orch run\nr",                                  # the magic displays it, then `r` again
              "r.wait();\nprint(r.status, r['next_step'])"]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
-    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    NotebookClient(nb, timeout=120, kernel_name="python3", kernel_manager_class="notebook_orch.ipc_kernel.IPCKernelManager").execute()
     shown = [o for o in nb.cells[3].outputs if o.output_type == "display_data"]
     assert len(shown) == 2, nb.cells[3].outputs                  # one panel: its widget and its snapshot
     widget, static = shown[0].data, shown[1].data

@@ -22,7 +22,7 @@ def test_llm_notebook_runs_on_demo(tmp_path, monkeypatch):
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
     root = str(NOTEBOOK.parents[1])
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(nb, timeout=180, kernel_name="python3", kernel_manager_class="notebook_orch.ipc_kernel.IPCKernelManager", resources={"metadata": {"path": str(tmp_path)}}).execute()
     texts = [_text(c) for c in nb.cells if c.cell_type == "code"]
     joined = "\n".join(texts)
     assert "agents use demo" in joined and "'succeeded'" in joined
