@@ -503,7 +503,9 @@ class Scheduler:
         seen = (i, self.attempts[i], why)   # one note per task, attempt and limit: bounded event count
         if seen not in self.blocked_seen:
             self.blocked_seen.add(seen)
-            self.emit(i, "blocked", self.attempts[i], why)
+            # a map item's queue is its task's, noted as attempt 0: a 'blocked' of a running item's own
+            # attempt is a model request held inside it (attempt.py), and timings must tell them apart
+            self.emit(i, "blocked", 0 if entry[3] >= 0 else self.attempts[i], why)
         if why.startswith("rate:") and why not in self.rate_timers:
             delay = max(0.0, wake_at - perf_counter())
             self.rate_timers[why] = self.loop.call_later(delay, self._rate_wake, why)  # type: ignore[union-attr]

@@ -26,7 +26,9 @@ Intervals, in seconds since the run started (event `t`):
   waited for the global concurrency (heap entries are only examined while a global slot is free);
   from a 'blocked' event on, it waited for that limit ('agent:X', 'resource:Y', 'rate:X') until the next
   'blocked' event or its start. Items of a map task share their task's 'blocked' events (one per
-  limit and attempt), so an item's wait starts under the blocker last reported for its task.
+  limit and attempt, noted as attempt 0: the task's queue), so an item's wait starts under the
+  blocker last reported for its task; a map's 'blocked' with an attempt number is a model request
+  held inside a running item (as a plain task's 'blocked' while it runs).
 """
 from __future__ import annotations
 
@@ -218,7 +220,7 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
                 waits.append((i, ready[i], t))   # queued until the cancel
         elif kind == "blocked":
             i = idx[task]
-            if (i, -1) in open_ or i in map_open:   # held inside a running attempt (a model request)
+            if (i, -1) in open_ or (att and map_open.get(i)):   # inside a running attempt (a model request)
                 inner_open.setdefault(i, (t, info))
             else:
                 blocked.setdefault(i, []).append((t, info))
