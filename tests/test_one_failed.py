@@ -189,3 +189,42 @@ def test_upstream_failed_also_fires_it_early():
     m = run.metrics()
     assert run.statuses["clean"] == "upstream_failed" and run.statuses["alert"] == "succeeded"
     assert m.finished_at["alert"] < m.finished_at["slow"]
+
+
+def random_alerts(seed: int, n: int = 12) -> Workflow:
+    """A random DAG of sleepers, a third of which fail, with one_failed alerts and all_done reports."""
+    import random
+    rng = random.Random(seed)
+    wf = Workflow(f"alerts{seed}", store=False)
+    for i in range(n):
+        after = sorted(rng.sample(range(i), k=min(i, rng.randint(0, 3))))
+        secs, fails = rng.uniform(0.005, 0.06), rng.random() < 0.3
+
+        async def body(secs=secs, fails=fails):
+            await asyncio.sleep(secs)
+            if fails:
+                raise RuntimeError("planned")
+        wf.task(body, id=f"t{i}", after=[f"t{j}" for j in after],
+                trigger=rng.choice(["all_success", "one_failed", "one_failed", "all_done"]))
+    return wf
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_critical_path_slack_and_replay_are_exact_with_early_alerts(seed):
+    run = random_alerts(seed).run()
+    m = run.metrics()
+    g = executed_dag(run)
+    length, through = longest(g)
+    assert run.summary()["critical_path_s"] == pytest.approx(length, abs=1e-9)
+    for t in g:
+        if g.nodes[t]["w"] > 0:
+            assert m.slack_s[t] == pytest.approx(max(0.0, length - through[t]), abs=1e-9), t
+            assert bool(m.on_critical_path[t]) == (length - through[t] <= 1e-9), t
+    # the replay with unlimited slots is the longest path, started when the roots were resolved
+    resolved: dict[str, float] = {}
+    for e in run.events:
+        if e.task and (e.kind == "ready" or e.kind in TERMINAL):
+            resolved.setdefault(e.task, e.t)
+    late = max(resolved[t] for t in run.tasks if not run.graph_.upstream(t))   # roots resolve after t=0
+    base = run.bottlenecks().attrs["simulated_makespan_s"]
+    assert length - 1e-9 <= base <= length + late + 1e-9
