@@ -161,6 +161,8 @@ class Scheduler:
             for t in dict.fromkeys(t for ts in table.values() for t in ts):
                 self.route_in.setdefault(t, []).append(r)
         self.sight = Sight(graph.deps)                            # what each router saw (routing.py)
+        self.one_failed = frozenset(i for i, t in enumerate(self.trig) if t == "one_failed") \
+            if "one_failed" in self.trig else frozenset()             # nodes that may fire early
         self.items: dict[int, list[Any]] = {}                     # map node -> its items
         self.item_out: dict[int, list[Any]] = {}                  # map node -> outputs by item
         self.item_att: dict[int, list[int]] = {}                  # map node -> attempts by item
@@ -259,6 +261,7 @@ class Scheduler:
     def _settle(self, work: list[tuple[int, str | None, Any]]) -> None:
         """Process a work list of (node, terminal status or None to evaluate, info) until it is empty."""
         status, npend, children = self.status, self.npend, self.g.children
+        early = self.one_failed              # empty in most runs: one truth test per edge
         any_failed = False
         while work:
             i, outcome, info = work.pop()
@@ -279,7 +282,7 @@ class Scheduler:
                 if status[c] != "pending":
                     continue
                 npend[c] -= 1
-                if npend[c] == 0 or (self.trig[c] == "one_failed" and self._fires_early(c, outcome)):
+                if npend[c] == 0 or (early and c in early and self._fires_early(c, outcome)):
                     work.append((c, None, None))
         if any_failed and self.fail_fast and not self.cancelling and not self.state.finished:
             self.cancel("fail_fast: a task failed")
