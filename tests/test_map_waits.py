@@ -113,3 +113,15 @@ def test_a_map_held_by_the_global_limit_is_blamed_on_it():
     assert u.wait_s["agent:llm"] == 0.0
     assert u.wait_s["concurrency"] == pytest.approx(b.wait_s["summarize"], rel=0.01)
     assert u.max_queue["concurrency"] == 8 - 2
+
+
+def test_a_stored_map_run_reads_back_with_the_same_blame():
+    wf = fan_out(as_map=True)
+    wf.store = True
+    run = wf.run()
+    from notebook_orch import Run
+    loaded = Run.load(run.id)
+    for frame in ("metrics", "utilization"):
+        a, b = getattr(run, frame)(), getattr(loaded, frame)()
+        assert a.wait_s.to_dict() == pytest.approx(b.wait_s.to_dict(), abs=1e-9), frame
+    assert loaded.bottlenecks().set_index("task").cause["summarize"] == "queued on agent llm"
