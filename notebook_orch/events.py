@@ -20,7 +20,9 @@ task statuses -- the task entered that status:
     cancelled        the run was cancelled before the task finished
 notes -- no status change:
     blocked          ready but held by a limit (info: 'agent:NAME', 'resource:NAME', 'rate:NAME',
-                     'breaker:NAME' = waiting for the half-open breaker's probe)
+                     'breaker:NAME' = waiting for the half-open breaker's probe; attempt: the attempts made
+                     so far, 0 for a map task's items: its queue); also a model request held inside a
+                     running attempt (info: 'rate:NAME', 'tokens:NAME'; attempt: that attempt's number)
     attempt_started  an attempt `running` does not mark began: every map item, every fallback
                      attempt (info: (item index or -1, agent or None))
     attempt_failed   one attempt raised (info: error text); followed by retrying or failed
@@ -105,6 +107,7 @@ class Message(TypedDict, total=False):
     content: str
     tool: str | None
     tokens: int | None
+    item: int                   # a map task's item (its index); absent for other tasks
 
 
 class Assigned(TypedDict):

@@ -87,10 +87,7 @@ def task_metrics(run: "Run") -> pd.DataFrame:
     f, d = _analysis(run)
     started = ~np.isnan(f.start)
     ends = _ends(f)
-    upto = np.where(started, f.start, ends - f.review)     # a draft offered again never started: its review
-    wait = np.where(np.isnan(f.ready), np.nan, upto - f.ready)
-    queued = np.bincount(f.seg_node, weights=f.seg_t1 - f.seg_t0, minlength=f.n) if f.n else np.zeros(0)
-    wait = np.where(f.is_map & ~np.isnan(wait), queued, wait)   # a map task: the time its items queued
+    wait, queued = _waits(f)
     run_s = np.where(started, ends - f.start - f.review, 0.0)   # a person's time is review_s, not run_s
     df = pd.DataFrame({
         "agent": pd.Series(f.agent, dtype=object),
@@ -116,6 +113,17 @@ def task_metrics(run: "Run") -> pd.DataFrame:
     })
     df.index = pd.Index(f.ids, name="task")
     return df
+
+
+def _waits(f: _x.Facts) -> tuple[np.ndarray, np.ndarray]:
+    """Per task: (`wait_s`, `queued_s`). wait_s is ready -> first start (to its end if it never started);
+    for a map task it is the time its items queued (summed over items and attempts), as its units are
+    what limits hold. queued_s: every unit's time queued for a slot. One definition for every frame."""
+    started = ~np.isnan(f.start)
+    upto = np.where(started, f.start, _ends(f) - f.review)     # a draft offered again never started: its review
+    wait = np.where(np.isnan(f.ready), np.nan, upto - f.ready)
+    queued = np.bincount(f.seg_node, weights=f.seg_t1 - f.seg_t0, minlength=f.n) if f.n else np.zeros(0)
+    return np.where(f.is_map & ~np.isnan(wait), queued, wait), queued
 
 
 # ---------------------------------------------------------------------- summary
@@ -265,9 +273,7 @@ def bottlenecks(run: "Run", top: int | None = None) -> pd.DataFrame:
     for i in _candidates(f, d, rows, top):
         if i not in d.savings:
             d.savings[i] = base - simulate(d.model, zero=i)
-    started = ~np.isnan(f.start)
-    ends = _ends(f)
-    wait = np.where(np.isnan(f.ready), np.nan, np.where(started, f.start, ends) - f.ready)
+    wait, _ = _waits(f)          # the same wait_s as metrics(): a map task's is its items' queueing
     causes = _causes(f, d)
     df = pd.DataFrame({
         "task": [f.ids[i] for i in rows],

@@ -348,7 +348,8 @@ class Run:
     # --- end display
 
     def messages(self, task_id: str) -> "pd.DataFrame":
-        """The prompt task's conversation: role, content, tool, tokens (secrets redacted)."""
+        """The prompt task's conversation: attempt, item (a map task's item), role, content, tool, tokens
+        (secrets redacted)."""
         from .llm import messages
         return messages(self, task_id)
 

@@ -41,6 +41,7 @@ from .limits import Breaker, Limits
 from .model import Agent, Task
 from .options import check_concurrency
 from .redact import redact, redact_exception
+from .routing import Sight
 from .state import RunState
 from .tracebacks import keep_user_frames
 
@@ -159,6 +160,9 @@ class Scheduler:
         for r, table in graph.routers.items():
             for t in dict.fromkeys(t for ts in table.values() for t in ts):
                 self.route_in.setdefault(t, []).append(r)
+        self.sight = Sight(graph.deps)                            # what each router saw (routing.py)
+        self.one_failed = frozenset(i for i, t in enumerate(self.trig) if t == "one_failed") \
+            if "one_failed" in self.trig else frozenset()             # nodes that may fire early
         self.items: dict[int, list[Any]] = {}                     # map node -> its items
         self.item_out: dict[int, list[Any]] = {}                  # map node -> outputs by item
         self.item_att: dict[int, list[int]] = {}                  # map node -> attempts by item
@@ -260,6 +264,7 @@ class Scheduler:
     def _settle(self, work: list[tuple[int, str | None, Any]]) -> None:
         """Process a work list of (node, terminal status or None to evaluate, info) until it is empty."""
         status, npend, children = self.status, self.npend, self.g.children
+        early = self.one_failed              # empty in most runs: one truth test per edge
         any_failed = False
         while work:
             i, outcome, info = work.pop()
@@ -280,12 +285,29 @@ class Scheduler:
                 if status[c] != "pending":
                     continue
                 npend[c] -= 1
-                if npend[c] == 0:
+                if npend[c] == 0 or (early and c in early and self._fires_early(c, outcome)):
                     work.append((c, None, None))
         if any_failed and self.fail_fast and not self.cancelling and not self.state.finished:
             self.cancel("fail_fast: a task failed")
         elif self.left == 0 and not self.state.finished and self.done is not None:
             self._finish()
+
+    def _fires_early(self, c: int, outcome: str) -> bool:
+        """Whether a pending `one_failed` task runs now, before all its upstream ended (Airflow's rule),
+        an upstream having just ended in `outcome`: once one upstream failed, every router feeding it
+        decided, and it is not a branch left unpicked. Its outcome is then the one it would get at the
+        end (a failed upstream stays live), only sooner."""
+        routers = self.route_in.get(c)
+        if routers is None:
+            return outcome in _FAILED       # the first failure (checked once: then it is no longer pending)
+        status, deps = self.status, self.g.deps[c]
+        if not any(status[d] in _FAILED for d in deps):
+            return False
+        if any(status[r] not in TERMINAL for r in routers):
+            return False                    # a branch waits for its routers
+        if any(self._dead(r, c) is None for r in routers):
+            return True                     # a router picked it (or failed: a live, failed edge)
+        return self.sight.reaches((d for d in deps if status[d] in _DONE_OK and d not in routers), routers)
 
     def _dead(self, d: int, i: int) -> str | None:
         """Why the edge d -> i carries nothing (d skipped, or d routed elsewhere), or None if it is live."""
@@ -303,10 +325,11 @@ class Scheduler:
 
         The rule (docs/semantics.md, "Routing"): an edge from a skipped task, or from a router that
         picked a label without this task, is dead. A branch none of whose routers picked it is
-        `skipped` whatever its trigger, unless a plain (non-route) upstream succeeded: another live
-        path reaches it. A task all of whose edges are dead is `skipped`. Otherwise the trigger rule
-        is applied to the live edges. Every rule, `one_failed` included, is applied once all upstream
-        ended: an alert or clean-up path sees every outcome and never runs beside what it handles."""
+        `skipped` whatever its trigger, unless a plain (non-route) upstream that its routers did not
+        see (not one of them, nor above one: routing.Sight) succeeded: another live path reaches it.
+        A task all of whose edges are dead is `skipped`. Otherwise the trigger rule is applied to the
+        live edges. Evaluated once all upstream ended, or, for `one_failed`, as soon as
+        `_fires_early` holds: upstream still running are then neither live nor dead."""
         if self.cancelling:
             return "cancelled", "run cancelled"
         trig = self.trig[i]
@@ -321,9 +344,12 @@ class Scheduler:
                 return None, None  # every upstream succeeded and no router feeds it: the usual case
         up_failed = up_cancelled = dead_why = None
         live = 0
-        route_alive = plain_ok = False
+        route_alive = False
+        plain_ok: list[int] = []
         for d in deps:
             s = status[d]
+            if s not in TERMINAL:           # one_failed fired early: this upstream still runs
+                continue
             why = self._dead(d, i)
             is_route = routers is not None and d in routers
             if why is not None:
@@ -333,12 +359,12 @@ class Scheduler:
             if is_route:
                 route_alive = True
             elif s in _DONE_OK:
-                plain_ok = True
+                plain_ok.append(d)
             if s in _FAILED:
                 up_failed = up_failed or self.ids[d]
             elif s == "cancelled":
                 up_cancelled = up_cancelled or self.ids[d]
-        if routers is not None and not route_alive and not plain_ok:
+        if routers is not None and not route_alive and not self.sight.reaches(plain_ok, routers):
             return "skipped", dead_why      # a branch not picked, with no other live path to it
         if deps and not live:
             return "skipped", dead_why
@@ -489,7 +515,9 @@ class Scheduler:
         seen = (i, self.attempts[i], why)   # one note per task, attempt and limit: bounded event count
         if seen not in self.blocked_seen:
             self.blocked_seen.add(seen)
-            self.emit(i, "blocked", self.attempts[i], why)
+            # a map item's queue is its task's, noted as attempt 0: a 'blocked' of a running item's own
+            # attempt is a model request held inside it (attempt.py), and timings must tell them apart
+            self.emit(i, "blocked", 0 if entry[3] >= 0 else self.attempts[i], why)
         if why.startswith("rate:") and why not in self.rate_timers:
             delay = max(0.0, wake_at - perf_counter())
             self.rate_timers[why] = self.loop.call_later(delay, self._rate_wake, why)  # type: ignore[union-attr]

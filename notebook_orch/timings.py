@@ -23,20 +23,24 @@ Intervals, in seconds since the run started (event `t`):
   Map items retried after a failure have no backoff event; their queue time starts after the
   nominal backoff (`policy.mean_backoff`: the backoff with its mean jitter), clipped to the start.
 * a wait is split into *segments* by the 'blocked' events of its task: before the first one the unit
-  waited for the global concurrency (heap entries are only examined while a global slot is free);
+  waited for the global concurrency (heap entries are only examined while a global slot is free),
+  if every global slot was taken at some point meanwhile, else for no limit (waits.py);
   from a 'blocked' event on, it waited for that limit ('agent:X', 'resource:Y', 'rate:X') until the next
   'blocked' event or its start. Items of a map task share their task's 'blocked' events (one per
-  limit and attempt), so an item's wait starts under the blocker last reported for its task.
+  limit and attempt, noted as attempt 0: the task's queue), so an item's wait starts under the
+  blocker last reported for its task; a map's 'blocked' with an attempt number is a model request
+  held inside a running item (as a plain task's 'blocked' while it runs).
 """
 from __future__ import annotations
 
-import bisect
 import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import policy
 from .events import TERMINAL
+from .state import run_start
+from .waits import UNLIMITED, never_full, segments
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -47,7 +51,6 @@ if TYPE_CHECKING:  # pragma: no cover
 NAN = float("nan")
 # attempt outcome codes (Facts.att_ok)
 OK, FAILED, CANCELLED, OPEN = 1, 0, -1, 2
-UNLIMITED = ""          # wait segment label when no limit explains the wait (no global concurrency limit)
 _STATUS_OK = {"succeeded": OK, "failed": FAILED, "cancelled": CANCELLED}
 _RESOLVING = frozenset({"cached", "skipped", "upstream_failed"})
 
@@ -232,7 +235,7 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
                 hold[i] = t - t0r
         elif kind == "blocked":
             i = idx[task]
-            if (i, -1) in open_ or i in map_open:   # held inside a running attempt (a model request)
+            if (i, -1) in open_ or (att and map_open.get(i)):   # inside a running attempt (a model request)
                 inner_open.setdefault(i, (t, info))
             else:
                 blocked.setdefault(i, []).append((t, info))
@@ -357,50 +360,10 @@ def _extract(run: "Run") -> Facts:  # noqa: C901 - one flat pass over the events
     f.errors = [None if t not in errs else _error_text(errs[t]) for t in ids] if errs else [None] * n
     limited = s.limits.concurrency is not None or any(w == "concurrency" and v is not None
                                                        for _, w, v in limit_changes)
-    _segments(f, waits, blocked, "concurrency" if limited else UNLIMITED)
+    segments(f, waits, blocked, "concurrency" if limited else UNLIMITED)
+    if limited:
+        never_full(f, run_start(events).get("limits", {}).get("concurrency", s.limits.concurrency))
     return f
-
-
-def _segments(f: Facts, waits: list[tuple[int, float, float]], blocked: dict[int, list[tuple[float, str]]],
-              default: str) -> None:
-    """Split every wait at its task's 'blocked' events and label each piece with the limit that held it."""
-    import numpy as np
-    s_node: list[int] = []
-    s_lim: list[str] = []
-    s_t0: list[float] = []
-    s_t1: list[float] = []
-    times = {i: [b[0] for b in bl] for i, bl in blocked.items()}
-    is_map = f.is_map
-    w_node = np.array([w[0] for w in waits], int)
-    w_q = np.array([w[1] for w in waits], float)
-    w_s = np.array([w[2] for w in waits], float)
-    held = np.isin(w_node, np.array(list(blocked), int)) if blocked else np.zeros(len(waits), bool)
-    free = ~held        # no 'blocked' event: one segment under the default limit
-    for w in np.flatnonzero(held).tolist():
-        i, q, st = waits[w]
-        bl = blocked[i]
-        ts = times[i]
-        j = bisect.bisect_left(ts, q)
-        cur_lim = bl[j - 1][1] if (j > 0 and is_map[i]) else default
-        cur_t = q
-        while j < len(bl) and ts[j] < st:
-            if ts[j] > cur_t:
-                s_node.append(i)
-                s_lim.append(cur_lim)
-                s_t0.append(cur_t)
-                s_t1.append(ts[j])
-                cur_t = ts[j]
-            cur_lim = bl[j][1]
-            j += 1
-        if st > cur_t:
-            s_node.append(i)
-            s_lim.append(cur_lim)
-            s_t0.append(cur_t)
-            s_t1.append(st)
-    f.seg_node = np.concatenate([w_node[free], np.array(s_node, int)])
-    f.seg_limit = [default] * int(free.sum()) + s_lim
-    f.seg_t0 = np.concatenate([w_q[free], np.array(s_t0, float)])
-    f.seg_t1 = np.concatenate([w_s[free], np.array(s_t1, float)])
 
 
 def _error_text(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ PKG = pathlib.Path(notebook_orch.__file__).parent
 LAYERS: list[set[str]] = [
     {"errors", "events", "policy", "_loop", "capture", "redact", "gcpause", "tracebacks", "frames"},
     {"model", "limits", "state", "attempt", "options"},
-    {"graph", "executors", "timings", "fingerprint", "tracing"},
+    {"graph", "executors", "timings", "fingerprint", "tracing", "routing", "waits"},
     {"scheduler", "_metrics", "metrics", "render", "llm", "review"},
     {"run"},
     {"store", "_runstore", "_storedrun", "workflow", "patterns"},

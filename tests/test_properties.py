@@ -1,4 +1,9 @@
-"""Property tests of the scheduler on random DAGs with random limits and random failures."""
+"""Property tests of the scheduler on random DAGs with random limits, random failures and routers.
+
+The reference statuses and start rules are written from docs/semantics.md ("When a task starts",
+"Map and routing"), not from the scheduler: dead and live edges, the branch rule (data a router saw
+never activates a branch it did not pick), the trigger rules, and `one_failed` firing at the first
+failure (Airflow's rule) while every other task waits for all its upstream."""
 from __future__ import annotations
 
 import asyncio
@@ -7,13 +12,15 @@ import threading
 import time
 from collections import defaultdict
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from notebook_orch import Workflow
 from notebook_orch.events import TERMINAL
 
 TRIGGERS = ["all_success", "none_failed", "all_done", "one_failed"]
+ATTEMPT_KINDS = frozenset({"running", "attempt_started", "attempt_failed", "retrying", "succeeded", "failed",
+                           "item_done"})   # events that come from an attempt, never from a settling pass
 
 
 @st.composite
@@ -32,6 +39,18 @@ def dags(draw):
             "priority": draw(st.integers(0, 2)),
             "sleep": draw(st.sampled_from([0, 0.001, 0.003])),
         })
+    for i in range(n - 1):            # routers: a label picks some later tasks, which then follow it
+        if draw(st.integers(0, 3)) == 0:
+            later = list(range(i + 1, n))
+            picked = sorted(draw(st.sets(st.sampled_from(later), min_size=1, max_size=2)))
+            other = sorted(draw(st.sets(st.sampled_from(later), max_size=2)))
+            nodes[i]["routes"] = {"x": picked, "y": other}
+            nodes[i]["label"] = draw(st.sampled_from(["x", "y"]))
+            for t in picked + other:    # a branch reads its router's output, and often what the router read
+                deps = set(nodes[t]["deps"]) | {i}
+                if nodes[i]["deps"] and draw(st.booleans()):
+                    deps.add(draw(st.sampled_from(nodes[i]["deps"])))
+                nodes[t]["deps"] = sorted(deps)
     limits = {
         "concurrency": draw(st.integers(1, 5)),
         "a": draw(st.integers(1, 3)),
@@ -42,25 +61,83 @@ def dags(draw):
     return nodes, limits
 
 
-def expected_statuses(nodes):
-    """An independent oracle: the final status of every node from the trigger rules.
+FAILED = ("failed", "upstream_failed")
 
-    An edge from a skipped task is dead; a task whose edges are all dead is skipped; otherwise
-    its trigger rule is applied to its live upstream (docs/semantics.md)."""
-    out = []
-    for node in nodes:
-        live = [out[d] for d in node["deps"] if out[d] != "skipped"]
-        failed = any(s in ("failed", "upstream_failed") for s in live)
-        trig = node["trigger"]
-        if node["deps"] and not live:
-            out.append("skipped")
-        elif trig in ("all_success", "none_failed") and failed:
-            out.append("upstream_failed")
-        elif trig == "one_failed" and not failed:
-            out.append("skipped")
-        else:
-            out.append("failed" if node["fails"] > node["retries"] else "succeeded")
+
+def routes_to(nodes, d, i):
+    """Whether d is a router whose routes name node i."""
+    return any(i in ts for ts in (nodes[d].get("routes") or {}).values())
+
+
+def seen_by(nodes, r):
+    """What router r saw when it decided: itself and every task above it."""
+    out, todo = {r}, [r]
+    while todo:
+        for d in nodes[todo.pop()]["deps"]:
+            if d not in out:
+                out.add(d)
+                todo.append(d)
     return out
+
+
+def dead(nodes, out, d, i):
+    """docs/semantics.md: an edge d -> i is dead when d was skipped, or when d is a router of i that
+    succeeded and picked a label that does not name i. `out`: node -> final status, where known."""
+    if out.get(d) == "skipped":
+        return True
+    return routes_to(nodes, d, i) and out.get(d) == "succeeded" and i not in nodes[d]["routes"][nodes[d]["label"]]
+
+
+def not_taken(nodes, out, i):
+    """Rule 1 of the routing rule: routers feed i, none of them picked it (none failed), and no plain
+    upstream that no router of i saw (not a router, not above one) succeeded."""
+    routers = [d for d in nodes[i]["deps"] if routes_to(nodes, d, i)]
+    if not routers or any(not dead(nodes, out, r, i) for r in routers):
+        return False
+    seen = set().union(*(seen_by(nodes, r) for r in routers))
+    return not any(out.get(d) == "succeeded" for d in nodes[i]["deps"] if d not in seen)
+
+
+def expected_statuses(nodes):
+    """An independent oracle: the final status of every node from the routing and trigger rules.
+
+    An edge from a skipped task, or from a router that picked another label, is dead; a branch not
+    taken is skipped (rule 1); a task whose edges are all dead is skipped; otherwise its trigger rule
+    is applied to its live upstream (docs/semantics.md)."""
+    out: dict[int, str] = {}
+    for i, node in enumerate(nodes):
+        live = [out[d] for d in node["deps"] if not dead(nodes, out, d, i)]
+        failed = any(s in FAILED for s in live)
+        trig = node["trigger"]
+        if not_taken(nodes, out, i):
+            out[i] = "skipped"
+        elif node["deps"] and not live:
+            out[i] = "skipped"
+        elif trig in ("all_success", "none_failed") and failed:
+            out[i] = "upstream_failed"
+        elif trig == "one_failed" and not failed:
+            out[i] = "skipped"
+        else:
+            out[i] = "failed" if node["fails"] > node["retries"] else "succeeded"
+    return [out[i] for i in range(len(nodes))]
+
+
+def fires_at(nodes, i, events):
+    """docs/semantics.md: the position in `events` at which a one_failed task i may start: the first
+    event after which one of its upstream ended failed (or upstream_failed), every router feeding it
+    has decided, and it is not a branch left untaken; None if that never happens before all ended."""
+    out: dict[int, str] = {}
+    deps = nodes[i]["deps"]
+    routers = [d for d in deps if routes_to(nodes, d, i)]
+    for k, ev in enumerate(events):
+        if ev.kind not in TERMINAL or not ev.task.startswith("t") or int(ev.task[1:]) not in deps:
+            continue
+        out[int(ev.task[1:])] = ev.kind
+        if not any(s in FAILED for s in out.values()) or any(r not in out for r in routers):
+            continue
+        if not not_taken(nodes, out, i):
+            return k
+    return None
 
 
 def build(nodes, limits, probe):
@@ -68,9 +145,11 @@ def build(nodes, limits, probe):
     wf.agent("a", max_concurrency=limits["a"], rate_limit=limits["rate"])
     wf.agent("b", max_concurrency=limits["b"])
     for i, node in enumerate(nodes):
+        routes = {k: [f"t{t}" for t in ts] for k, ts in node["routes"].items()} if node.get("routes") else {}
         wf.task(probe.body(f"t{i}", node), id=f"t{i}", after=[f"t{d}" for d in node["deps"]],
                 trigger=node["trigger"], agent=node["agent"], retries=node["retries"], retry_backoff=0.0005,
-                resources={"gpu": node["gpu"]} if node["gpu"] else {}, priority=node["priority"], cache=False)
+                resources={"gpu": node["gpu"]} if node["gpu"] else {}, priority=node["priority"], cache=False,
+                routes=routes)
     return wf
 
 
@@ -95,14 +174,14 @@ class Probe:
                 await asyncio.sleep(node["sleep"])
                 if self.calls[tid] <= node["fails"]:
                     raise RuntimeError(f"{tid} attempt {self.calls[tid]} fails")
-                return tid
+                return node["label"] if node.get("routes") else tid
             finally:
                 for k in keys:
                     self.running[k] -= 1
         return run
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dags())
 def test_random_dags_respect_every_invariant(case):
     nodes, limits = case
@@ -119,20 +198,34 @@ def test_random_dags_respect_every_invariant(case):
             terminal_events[ev.task].append(ev.kind)
     assert all(len(terminal_events[t]) == 1 for t in ids), terminal_events
     assert [statuses[t] for t in ids] == expected_statuses(nodes)
+    final = dict(enumerate(statuses[t] for t in ids))
+    if any(not_taken(nodes, final, i) and any(final[d] == "succeeded" and not routes_to(nodes, d, i)
+                                              for d in nodes[i]["deps"]) for i in range(len(nodes))):
+        event("a branch not taken read data its router saw")
 
     # nothing starts before its upstream reached a terminal status its trigger accepts
+    events = list(run.events)
     position = {}
-    for k, ev in enumerate(run.events):
-        if ev.kind in TERMINAL or ev.kind == "running":
-            position.setdefault((ev.task, ev.kind if ev.kind == "running" else "end"), k)
+    for k, ev in enumerate(events):
+        if ev.kind in TERMINAL or ev.kind in ("running", "ready"):
+            position.setdefault((ev.task, ev.kind if ev.kind in ("running", "ready") else "end"), k)
     for i, node in enumerate(nodes):
         if (f"t{i}", "running") not in position:
             continue
         start = position[(f"t{i}", "running")]
         ended = [d for d in node["deps"] if position[(f"t{d}", "end")] < start]
-        assert ended == node["deps"]     # every rule, one_failed included, waits for all its upstream
         if node["trigger"] == "one_failed":
-            assert any(statuses[f"t{d}"] in ("failed", "upstream_failed") for d in ended)
+            # Airflow's rule: ready in the very pass that settled the first failure it acts on (no attempt
+            # ended or started in between), whether or not its other upstream ended
+            at = fires_at(nodes, i, events)
+            ready = position[(f"t{i}", "ready")]
+            assert at is not None and at < ready, (i, at, ready)
+            assert not any(ev.kind in ATTEMPT_KINDS for ev in events[at + 1:ready]), (i, events[at:ready + 1])
+            assert any(statuses[f"t{d}"] in FAILED for d in ended)
+            if len(ended) < len(node["deps"]):
+                event("one_failed started before all its upstream ended")
+            continue
+        assert ended == node["deps"]     # every other rule waits for all its upstream
         if node["trigger"] == "all_success":   # skipped upstream are dead edges; the live ones succeeded
             assert all(statuses[f"t{d}"] in ("succeeded", "skipped") for d in ended)
             assert not ended or any(statuses[f"t{d}"] == "succeeded" for d in ended)
@@ -157,7 +250,7 @@ def test_random_dags_respect_every_invariant(case):
         else:
             assert probe.calls[t] == 0
         if statuses[t] == "succeeded":
-            assert run[t] == t
+            assert run[t] == (node["label"] if node.get("routes") else t)
 
 
 @settings(max_examples=25, deadline=None)

@@ -106,17 +106,30 @@ def routed_dags(draw):
     return nodes
 
 
+def _ancestors_or_self(nodes, r):
+    out, todo = {r}, [r]
+    while todo:
+        for d in nodes[todo.pop()]["deps"]:
+            if d not in out:
+                out.add(d)
+                todo.append(d)
+    return out
+
+
 def oracle(nodes):
     """Dead edges: from a skipped task, or from a router whose picked label does not name the target.
-    A branch no router picked is skipped unless a plain upstream succeeded; all edges dead -> skipped;
-    else the trigger rule over the live upstream."""
+    A branch no router picked is skipped unless a plain upstream that no router of it saw (not a router,
+    not above one) succeeded; all edges dead -> skipped; else the trigger rule over the live upstream."""
     out: list[str] = []
     for i, node in enumerate(nodes):
         live = []
         routed = route_alive = plain_ok = False
+        routers = [d for d in node["deps"]
+                   if nodes[d]["routes"] and any(i in ts for ts in nodes[d]["routes"].values())]
+        seen = set().union(*(_ancestors_or_self(nodes, r) for r in routers))
         for d in node["deps"]:
             up = nodes[d]
-            is_route = bool(up["routes"]) and any(i in ts for ts in up["routes"].values())
+            is_route = d in routers
             routed = routed or is_route
             if out[d] == "skipped":
                 continue
@@ -124,7 +137,7 @@ def oracle(nodes):
                 continue
             live.append(out[d])
             route_alive = route_alive or is_route
-            plain_ok = plain_ok or (not is_route and out[d] == "succeeded")
+            plain_ok = plain_ok or (not is_route and out[d] == "succeeded" and d not in seen)
         failed = any(s in ("failed", "upstream_failed") for s in live)
         if routed and not route_alive and not plain_ok:
             out.append("skipped")

@@ -9,6 +9,10 @@ What the simulation assumes (docs/metrics.md repeats it for users):
 * A unit (a plain task, or one item of a map task) replays its recorded attempts: each attempt
   holds a global slot, its agent's slot and its resources for its measured duration; after a
   failed attempt the unit is queued again after the recorded gap (the retry backoff).
+* A task resolves its dependents as long after its last attempt as it did in the run (its
+  *settling*, holding no slot: a failure's traceback is formatted and redacted before `failed`),
+  so a `one_failed` alert that started right after a failure starts as late in the replay, and
+  the replay with unlimited slots is the critical path.
 * Dispatch is the scheduler's: one ready heap ordered by (-priority, -longest remaining path,
   definition order, item) with the run's own keys; global concurrency first; then the agent's
   max_concurrency, the resource pools and the agent's rate window, in that order; a unit held by
@@ -43,7 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..run import Run
     from ..timings import Facts
 
-_DONE, _REQUEUE, _WAKE, _CHANGE, _ROOT = 0, 1, 2, 3, 4
+_DONE, _REQUEUE, _WAKE, _CHANGE, _ROOT, _SETTLE = 0, 1, 2, 3, 4, 5
 Attempt = tuple[float, Any, float]          # (duration, agent, gap before the next attempt is queued)
 
 
@@ -65,6 +69,7 @@ class Model:
         self.changes: list[tuple[float, str, Any]] = []   # (t, what, value); what 'pause' / 'resume' too
         self.root_t: list[float] = []                      # when each root was resolved in the real run
         self.hold: list[float] = []                        # per node: s its children waited after it (a review)
+        self.settle: list[float] = []                      # node -> its end less its last attempt's end and its review (>= 0)
 
 
 def build(run: "Run", f: "Facts", deps: list[tuple[int, ...]], dur: list[float]) -> Model:
@@ -94,6 +99,11 @@ def build(run: "Run", f: "Facts", deps: list[tuple[int, ...]], dur: list[float])
         nxt = j < last and node[j + 1] == i and item[j + 1] == k
         gap = q[j + 1] - t1[j] if nxt else 0.0
         cur.append((max(0.0, t1[j] - t0[j]), agents[j], gap if gap > 0 else 0.0))
+    last_end = np.full(n, -np.inf)          # per node, the end of its last attempt
+    if len(f.att_node):
+        np.maximum.at(last_end, f.att_node, f.att_t1)
+    hold = f.review_hold if len(f.review_hold) else np.zeros(n)
+    m.settle = np.where(np.isfinite(last_end) & ~np.isnan(f.end), np.maximum(f.end - last_end - hold, 0.0), 0.0).tolist()
     tasks = [run.tasks[t] for t in g.ids]
     m.res = [dict(t.resources) if t.resources else None for t in tasks]
     start = run_start(run.events)
@@ -107,7 +117,7 @@ def build(run: "Run", f: "Facts", deps: list[tuple[int, ...]], dur: list[float])
                  for t, w, v in f.limit_changes]
     m.changes += [(t, "pause" if p else "resume", None) for t, p in f.pauses]
     m.changes.sort(key=lambda c: c[0])
-    m.hold = f.review_hold.tolist() if len(f.review_hold) else [0.0] * n
+    m.hold = hold.tolist()
     return m
 
 
@@ -146,6 +156,7 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
             _set(dst, name, v)
             fixed.add(kind + name)
     units, res, key, children = m.units, m.res, m.key, m.children
+    settle = m.settle or [0.0] * m.n          # a model built by hand may record no settling
     npend = list(m.npend)
     left = [len(u) for u in units]
     if 0 <= zero < m.n:
@@ -267,7 +278,10 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
                         unpark("resource:" + p, pool[p] - p_used[p])
             if c + 1 >= len(seq_u):
                 left[a] -= 1
-                if left[a] == 0:
+                if left[a] == 0 and settle[a] > 0 and a != zero:
+                    heappush(timers, (t + settle[a], seq, _SETTLE, a, 0, 0))
+                    seq += 1
+                elif left[a] == 0:
                     resolve([a], t)
             elif gap > 0:
                 heappush(timers, (t + gap, seq, _REQUEUE, a, b, c + 1))
@@ -278,7 +292,7 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
         elif kind == _REQUEUE:
             p, rr = key[a]
             heappush(ready, (p, rr, a, b, c))
-        elif kind == _ROOT:
+        elif kind == _ROOT or kind == _SETTLE:
             resolve([a], t)
         elif kind == _WAKE:
             armed.discard(a)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..events import STATUSES, TERMINAL
+from ..policy import mean_backoff
 from ..render import PALETTE, format_secs
 from ..timings import Timings
 from ..run import counts_text
@@ -102,10 +103,13 @@ class Follow:
         self.agent: dict[str, str] = {}                  # task -> agent of its latest attempt
         self.item_wait: dict[str, float] = {}            # map task -> s its items queued (started items)
         self.items_started: dict[str, int] = {}          # map task -> items started at least once
+        self.requeued: dict[tuple[str, int], float] = {} # (map task, item) -> when its retry was queued
         self.visual = 0                                  # events seen that change the DAG picture
         self.seen = 0
 
-    def feed(self, events: list[Any]) -> None:
+    def feed(self, events: list[Any], tasks: Any = None) -> None:
+        """Consume the new events; `tasks` (id -> Task) gives a map item's retry backoff, so that its wait
+        is the metrics' (timings.py: queued again after the nominal backoff)."""
         self.times.feed(events)
         ready = self.times.ready
         stream, agent, item_wait, started = self.stream, self.agent, self.item_wait, self.items_started
@@ -134,6 +138,14 @@ class Follow:
                         if r is not None:
                             item_wait[task] = item_wait.get(task, 0.0) + max(0.0, t - r)
                             started[task] = started.get(task, 0) + 1
+                    elif info[0] >= 0:                          # a retry: queued since its backoff ended
+                        q = self.requeued.pop((task, info[0]), None)
+                        if q is not None:
+                            item_wait[task] = item_wait.get(task, 0.0) + max(0.0, t - q)
+            elif kind == "attempt_failed" and isinstance(info, tuple) and info[0] >= 0 and tasks:
+                backoff = getattr(tasks.get(task), "retry_backoff", None)
+                if backoff is not None:
+                    self.requeued[(task, info[0])] = t + mean_backoff(backoff, attempt)
         self.seen = n
 
     def wait(self, tid: str, now: float | None) -> float | None:
@@ -152,7 +164,7 @@ def view_of(run: "Run", follow: Follow, limit: int) -> View:
     """The view of `run` now (`follow` is fed with its new events first); at most `limit` rows."""
     st = state_of(run)
     events = st.events
-    follow.feed(events)
+    follow.feed(events, run.tasks)
     ids, status, attempts, errors = st.ids, st.status, st.attempts, st.errors
     counts = dict(Counter(status))
     n = len(ids)

@@ -80,7 +80,10 @@ class _Call:
         self.sent = len(messages)
         if self.ctx is None:
             return
+        item = self.ctx.item          # a map item's conversation says which item it is (run.messages)
         for row in rows_of(new, self.system_done):
+            if item >= 0:
+                row["item"] = item
             self.ctx.emit("message", row)
         self.system_done = True
 

@@ -94,7 +94,9 @@ def request_text(messages: list[Any], instructions: str | None = None) -> str:
 
 
 def messages_frame(run: Any, task_id: str) -> "pd.DataFrame":
-    """The task's conversation, read from its `message` events (so it works for runs loaded from the store)."""
+    """The task's conversation, read from its `message` events (so it works for runs loaded from the store):
+    attempt, item (a map task's item, whose conversations run at once; <NA> otherwise), role, content,
+    tool, tokens. A map task's rows come item by item, each item's in the order they were said."""
     import pandas as pd
 
     from ..errors import UnknownNameError
@@ -104,8 +106,11 @@ def messages_frame(run: Any, task_id: str) -> "pd.DataFrame":
     rows = []
     for ev in run.events:
         if ev.kind == "message" and ev.task == task_id and isinstance(ev.info, dict):
-            rows.append({"attempt": ev.attempt, **{c: ev.info.get(c) for c in COLUMNS}})
-    df = pd.DataFrame(rows, columns=["attempt", *COLUMNS])
+            rows.append({"attempt": ev.attempt, "item": ev.info.get("item"), **{c: ev.info.get(c) for c in COLUMNS}})
+    df = pd.DataFrame(rows, columns=["attempt", "item", *COLUMNS])
+    df["item"] = df["item"].astype("Int64")        # a map task's item; <NA> for other tasks
+    if df["item"].notna().any():                   # a map: each item's conversation in one piece, in item order
+        df = df.sort_values("item", kind="stable").reset_index(drop=True)
     df["tokens"] = df["tokens"].astype("Int64")
     df["tool"] = df["tool"].astype(object).where(df["tool"].notna(), None)   # None, as in the events
     return df

@@ -232,11 +232,28 @@ def _callable_model(fn: Any) -> "Model":
             out = await out
         text = out if isinstance(out, str) else _as_json(out)
         if info.output_tools and not info.allow_text_output:   # structured output: the answer is its JSON
-            return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, text)])
+            tool = info.output_tools[0]
+            if isinstance(out, str) and _wrapped_scalar(tool.parameters_json_schema) and not _is_json(out):
+                text = _as_json({"response": out})   # a route label (or a scalar) said as plain text
+            return ModelResponse(parts=[ToolCallPart(tool.name, text)])
         return ModelResponse(parts=[TextPart(text)])
     model = FunctionModel(answer, model_name=f"callable:{getattr(fn, '__name__', type(fn).__name__)}")
     model._notebook_orch_fn = fn  # type: ignore[attr-defined]
     return model
+
+
+def _wrapped_scalar(schema: Any) -> bool:
+    """Whether an output tool's arguments are pydantic-ai's wrapper of a non-object output (`{"response": ...}`)."""
+    return isinstance(schema, dict) and set(schema.get("properties") or ()) == {"response"}
+
+
+def _is_json(text: str) -> bool:
+    import json
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _as_json(value: Any) -> str:
