@@ -602,7 +602,8 @@ class Store:
     # ------------------------------------------------------------------ runs
     def runs(self, workflow: str | None = None) -> pd.DataFrame:
         """One row per stored run, oldest first (index `run_id`): workflow, status, started, finished,
-        duration_s, tasks, succeeded, cached, failed, stored. A run whose kernel died shows `interrupted`."""
+        duration_s, tasks, succeeded, cached, failed, stored. A run whose kernel died shows `interrupted`, a row
+        that does not read `malformed` (with a StoreWarning; `malformed.py`)."""
         import pandas as pd
         self.drain()
         sql = "SELECT run_id, workflow, status, started, finished, tasks, counts, host, pid FROM runs"
@@ -614,20 +615,23 @@ class Store:
         rows = self._read(lambda c: c.execute(sql, args).fetchall())
         stored = dict(self._read(lambda c: c.execute(
             "SELECT run_id, count(*) FROM results GROUP BY run_id").fetchall()))
-        out = []
-        for run_id, wf, status, started, finished, tasks, counts, host, pid in rows:
-            counts = json.loads(counts) if counts else {}
-            status = self.status_of(run_id, status, host, pid)
-            out.append({"run_id": run_id, "workflow": wf, "status": status,
-                        "started": pd.Timestamp(started, unit="s"),
-                        "finished": pd.Timestamp(finished, unit="s") if finished else pd.NaT,
-                        "duration_s": (finished - started) if finished else float("nan"), "tasks": tasks,
-                        "succeeded": counts.get("succeeded", 0), "cached": counts.get("cached", 0),
-                        "failed": counts.get("failed", 0) + counts.get("upstream_failed", 0),
-                        "stored": stored.get(run_id, 0)})
+        from .malformed import listing_row   # a row that does not read is listed as 'malformed', with a warning
+        out = [listing_row(self, row, functools.partial(self._listed, stored=stored)) for row in rows]
         cols = ["run_id", "workflow", "status", "started", "finished", "duration_s", "tasks", "succeeded",
                 "cached", "failed", "stored"]
         return pd.DataFrame(out, columns=cols).set_index("run_id")
+
+    def _listed(self, row: Sequence[Any], stored: dict[str, int]) -> dict[str, Any]:
+        import pandas as pd
+        run_id, wf, status, started, finished, tasks, counts, host, pid = row
+        n = json.loads(counts) if counts else {}
+        return {"run_id": run_id, "workflow": wf, "status": self.status_of(run_id, status, host, pid),
+                "started": pd.Timestamp(started, unit="s"),
+                "finished": pd.Timestamp(finished, unit="s") if finished else pd.NaT,
+                "duration_s": (finished - started) if finished else float("nan"), "tasks": int(tasks),
+                "succeeded": int(n.get("succeeded", 0)), "cached": int(n.get("cached", 0)),
+                "failed": int(n.get("failed", 0)) + int(n.get("upstream_failed", 0)),
+                "stored": stored.get(run_id, 0)}
 
     def status_of(self, run_id: str, status: str, host: str | None, pid: int | None) -> str:
         """A run row's status as it is: the end status this process knows but could not write yet,
