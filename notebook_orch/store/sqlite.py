@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OrchError, UnknownNameError
-from . import codec, sign
+from . import codec, lost, sign
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -97,7 +97,7 @@ class _Unavailable(Exception):
 class Batch:
     """What one transaction writes (built by a recorder on the writer thread)."""
 
-    __slots__ = ("chunk", "events", "lease_add", "lease_drop", "rows", "run_id", "run_insert", "run_update")
+    __slots__ = ("chunk", "events", "lease_add", "lease_drop", "reset", "rows", "run_id", "run_insert", "run_update")
 
     def __init__(self, run_id: str = ""):
         self.rows: list[tuple[Any, ...]] = []   # (fingerprint, task, workflow, run_id, created, duration, size, sig, blob)
@@ -108,6 +108,7 @@ class Batch:
         self.run_insert: tuple[Any, ...] | None = None
         self.lease_add: list[str] = []
         self.lease_drop: list[str] = []
+        self.reset = False                      # the run is written again from its start (lost.py): drop its old rows
 
     def __bool__(self) -> bool:
         return bool(self.rows or self.chunk or self.run_update or self.run_insert or self.lease_add or self.lease_drop)
@@ -182,11 +183,15 @@ class Store:
         if c.con is not None and c.gen == self._gen:
             if not check_file:
                 return c.con
-            try:
-                if os.stat(self.path).st_ino == c.ino:
-                    return c.con
-            except OSError:
-                pass
+            why = lost.check(self.path, c.ino)   # deleted, replaced, truncated under us (store/lost.py)
+            if why is None:
+                return c.con
+            if why in ("it was truncated", "it was overwritten"):
+                self._move_aside(why, c)         # what is left is kept aside; the runs are written again
+            else:
+                self._gen += 1                   # every connection reopens; the runs are written again
+                self._index = None
+                lost.rewrite_all(self, why)
         if c.con is not None:
             c.con.close()  # the file was deleted or moved aside (maybe by another kernel): reopen
             c.con = None
@@ -313,9 +318,11 @@ class Store:
         self.moved.append(target)
         self._moved_at = time.monotonic()
         self._index = None
+        lost.rewrite_all(self, why, warn=False)   # this session's runs are written again to the fresh file
         warnings.warn(StoreWarning(
             f"notebook_orch store {self.path} was moved aside to {target.name} because {why}. "
-            f"A fresh store is used from now on; tasks whose outputs were only in the old file will run again. "
+            f"A fresh store is used from now on (the runs writing to the old file are written to it again); "
+            f"tasks whose outputs were only in the old file will run again. "
             f"Delete {target} when you no longer need it."), stacklevel=3)
 
     def _do(self, fn: Callable[[sqlite3.Connection], Any], *, write: bool, wait: bool = True) -> Any:
@@ -495,6 +502,9 @@ class Store:
             self._fresh_index()
 
         def write(c: sqlite3.Connection) -> tuple[int, int]:
+            if b.reset:   # written again from its first event: what of it reached this file is replaced
+                c.execute("DELETE FROM events WHERE run_id=?", (b.run_id,))
+                c.execute("DELETE FROM results WHERE run_id=? AND fingerprint LIKE 'run:%'", (b.run_id,))
             if b.run_insert is not None:
                 c.execute("INSERT OR IGNORE INTO runs (run_id, workflow, started, finished, status, tasks, counts, "
                           "host, pid, meta) VALUES (?,?,?,?,?,?,?,?,?,?)", b.run_insert)
