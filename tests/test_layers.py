@@ -15,7 +15,7 @@ PKG = pathlib.Path(notebook_orch.__file__).parent
 # above it may be imported lazily inside a function, never at import time. New top-level modules
 # must be placed here (the test says so), which keeps the flow a decision, not an accident.
 LAYERS: list[set[str]] = [
-    {"errors", "events", "policy", "_loop", "capture", "redact", "gcpause", "interrupts"},
+    {"errors", "events", "policy", "_loop", "capture", "redact", "gcpause", "interrupts", "shadowing"},
     {"model", "limits", "state", "attempt", "options"},
     {"graph", "executors", "timings", "fingerprint"},
     {"scheduler", "_metrics", "metrics", "render", "llm"},
