@@ -631,8 +631,8 @@ class Scheduler:
         if inspect.iscoroutine(aw):
             aw.close()
         raise AttemptError(
-            f"timed out: ran {ran:.3g} s on the event loop, over the per-attempt timeout of {timeout:g} s of task "
-            f"{self.ids[i]!r}; a sync body on executor='loop' cannot be stopped, so it ran to its end and its "
+            f"timed out after {timeout:g} s (per-attempt timeout of task {self.ids[i]!r}): the body ran {ran:.3g} s "
+            f"on the event loop; a sync body on executor='loop' cannot be stopped, so it ran to its end and its "
             f"result was dropped. Use executor='thread' (abandoned at the timeout) or 'process' (killed)")
 
     def _input_values(self, i: int, k: int = -1) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def test_a_sync_loop_body_that_overran_its_timeout_fails_as_a_timeout():
     run = wf.run()
     assert run.statuses == {"blocks": "failed", "quick": "succeeded", "uses": "upstream_failed"}
     msg = str(run.errors["blocks"])
-    assert msg.startswith("timed out") and "executor='thread'" in msg
+    assert msg.startswith("timed out after 0.1 s") and "on the event loop" in msg and "executor='thread'" in msg
     assert "blocks" not in run.results
 
 
