@@ -39,3 +39,35 @@ def test_exiting_bodies_fail_their_attempts_and_the_kernel_lives(tmp_path):
     assert set(report["errors"].values()) == {"BodyExitError"}
     assert json.loads(_stdout(nb.cells[8])) == report["statuses"]
     assert _stdout(nb.cells[9]) == "the kernel answers 42\n"
+
+
+def test_the_users_interrupt_landing_inside_an_async_body_still_cancels_the_run(tmp_path):
+    """The stop button while `%orch run --wait` blocks, delivered while an async body computes on the loop: that
+    KeyboardInterrupt is the user's (not the body's), so the run is cancelled, and the kernel lives."""
+    import time
+
+    from jupyter_client import KernelManager
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(tmp_path))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        setup = ("%load_ext notebook_orch\nimport asyncio, json, time\nfrom notebook_orch.ipython import current")
+        kc.execute_interactive(setup, timeout=60)
+        kc.execute_interactive("%%task busy\nawait asyncio.sleep(0)\nt0 = time.time()\n"
+                               "while time.time() - t0 < 60:\n    pass\n'done'", timeout=60)
+        msg_id = kc.execute("%orch run --wait")
+        time.sleep(3.0)                       # the busy body holds the loop thread now
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=60)
+        while reply["parent_header"].get("msg_id") != msg_id:
+            reply = kc.get_shell_msg(timeout=60)
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+        out = []
+        kc.execute_interactive("r = current().last_run\nprint(json.dumps([r.status, r.statuses['busy']]))",
+                               timeout=60, output_hook=lambda m: out.append(m["content"].get("text", "")))
+        assert json.loads("".join(out)) == ["cancelled", "cancelled"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
