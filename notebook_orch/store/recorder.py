@@ -225,6 +225,9 @@ class Recorder:
         self._handle = None
         if not self.on_loop or self._done:
             return
+        if self._rewrite:   # the whole run is written again (lost.py): pickling every output is the thread's work
+            self.to_thread()
+            return
         try:
             b = self.collect(cap=LOOP_PICKLE_BYTES)
             if b is not None:
