@@ -569,9 +569,9 @@ class Scheduler:
                 return  # the cancel already recorded every status
             raise
         except BaseException as exc:  # any body failure is recorded, never lost
-            if not isinstance(exc, Exception):   # SystemExit & co.: BodyExitError, unless it is the user's Ctrl-C
-                if interrupts.from_user(exc):
-                    raise
+            if not isinstance(exc, Exception):   # SystemExit, KeyboardInterrupt: BodyExitError, unless the user's Ctrl-C
+                if isinstance(exc, GeneratorExit) or interrupts.from_user(exc):
+                    raise                        # GeneratorExit here: this coroutine is being closed
                 exc = exit_error(exc)
             self.active.pop((i, k), None)
             if not self.state.finished:

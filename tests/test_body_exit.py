@@ -210,3 +210,16 @@ def test_ctrl_c_in_a_script_cancels_the_run():
     """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["INTERRUPTED", "cancelled"]
+
+
+def raises_generator_exit():
+    raise GeneratorExit
+
+
+@pytest.mark.parametrize("executor", ["loop", "thread", "process"])
+def test_a_body_raising_generator_exit_fails_its_attempt(executor):
+    wf = Workflow("genexit", store=False)
+    wf.add(Task(id="raises_generator_exit", fn=raises_generator_exit, executor=executor))
+    wf.add(Task(id="stays", fn=stays))
+    run = wf.run()
+    _check(run, ["raises_generator_exit"])

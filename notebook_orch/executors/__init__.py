@@ -82,8 +82,8 @@ class AbandonedInfo(TypedDict, total=False):
 
 
 class BodyExitError(OrchError):
-    """A body raised SystemExit, KeyboardInterrupt or GeneratorExit (in any executor, on the loop too): the attempt
-    fails, the run goes on, the kernel lives."""
+    """A body raised SystemExit or KeyboardInterrupt (in any executor, on the loop too) or GeneratorExit (a sync
+    body): the attempt fails, the run goes on, the kernel lives."""
 
 
 # ---------------------------------------------------------------- registry

@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from . import lazy
+from . import exit_error, lazy
 
 __all__ = ["LoopExecutor"]
 
@@ -25,7 +25,10 @@ class LoopExecutor:
 
     def submit(self, fn: Callable[..., Any], kwargs: dict[str, Any], *, task: str = "",
                resources: Mapping[str, int] | None = None) -> Awaitable[Any]:
-        result = fn(**kwargs)
+        try:
+            result = fn(**kwargs)
+        except (SystemExit, GeneratorExit) as exc:   # (a KeyboardInterrupt may be the user's: the scheduler decides)
+            raise exit_error(exc) from exc
         if inspect.isawaitable(result):
             return result
         if lazy.is_async_gen(result):
