@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from . import interrupts
 from .errors import LoopError, OrchError, RunCancelledError, TaskFailedError, UnknownNameError
 from .events import STATUSES, TERMINAL, Event, EventLog
 
@@ -263,8 +264,9 @@ class Run:
                 from .review import done_or_asked
                 target = done_or_asked(sched)
         try:
-            # shield: a timeout ends the wait, not the run
-            loop.run_until_complete(asyncio.wait_for(asyncio.shield(target), timeout))
+            # shield: a timeout ends the wait, not the run; watching(): the user's Ctrl-C is told from a body's
+            with interrupts.watching():
+                loop.run_until_complete(asyncio.wait_for(asyncio.shield(target), timeout))
         except asyncio.TimeoutError:
             raise OrchError(f"run {self.id} still {self.status} after {timeout} s") from None
         except (KeyboardInterrupt, asyncio.CancelledError):

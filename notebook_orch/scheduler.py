@@ -26,16 +26,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import heapq
+import inspect
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
 from typing import Any, cast
 
-from . import capture, gcpause, policy
+from . import capture, gcpause, interrupts, policy
 from .errors import DefinitionError, OrchError, UnknownNameError
 from .events import TERMINAL, as_event
-from .executors import Executors
+from .executors import Executors, exit_error, lazy
 from .graph import Graph, unresolved_params
 from .limits import Breaker, Limits
 from .model import Agent, Task
@@ -583,11 +584,13 @@ class Scheduler:
             kw = self._input_values(i, k) if self.pnames[i] else {}
             if slot is not None:          # a rate-limited start: the window counts when the body really starts
                 slot[0] = perf_counter()
+            timeout = self.timeout[i]
             if self.kind[i] == "coro" and not (self.fb_used and (i, k) in self.fb_used):
                 aw = self.fn[i](**kw)                            # fast path: an async body on the loop
+            elif timeout is not None and self.kind[i] == "loop":
+                aw = self._submit_on_loop(i, k, kw, timeout)     # a sync body there cannot be stopped: measured
             else:
                 aw = self._submit(i, k, kw, slot)
-            timeout = self.timeout[i]
             if timeout is None:
                 value = await aw
             else:
@@ -596,13 +599,19 @@ class Scheduler:
                 except asyncio.TimeoutError:
                     raise AttemptError(f"timed out after {timeout:g} s (per-attempt timeout of task "
                                        f"{self.ids[i]!r})") from None
+            if lazy.is_lazy(value):   # an async def that returned a generator: its output is what it yields
+                value = await lazy.collect(value)
             if self.checks[i]:
                 value = self._check_output(i, value)
         except asyncio.CancelledError:
             if self.cancelling or self.state.finished:
                 return  # the cancel already recorded every status
             raise
-        except Exception as exc:  # any body failure is recorded, never lost
+        except BaseException as exc:  # any body failure is recorded, never lost
+            if not isinstance(exc, Exception):   # SystemExit, KeyboardInterrupt: BodyExitError, unless the user's Ctrl-C
+                if isinstance(exc, GeneratorExit) or interrupts.from_user(exc):
+                    raise                        # GeneratorExit here: this coroutine is being closed
+                exc = exit_error(exc)
             self.active.pop((i, k), None)
             if not self.state.finished:
                 self._release(i, k)
@@ -649,6 +658,21 @@ class Scheduler:
         if slot is not None and kind == "thread":
             fn = functools.partial(_stamped, slot, fn)
         return self.executors.submit("loop" if kind == "coro" else kind, fn, kwargs)
+
+    def _submit_on_loop(self, i: int, k: int, kwargs: dict[str, Any], timeout: float) -> Any:
+        """A sync body on the loop executor, timed: one that overran its timeout fails the attempt as a timeout
+        (it could not be stopped, so it ran to its end; its result is dropped, never reported as a success)."""
+        t0 = perf_counter()
+        aw = self._submit(i, k, kwargs)
+        ran = perf_counter() - t0
+        if ran <= timeout:
+            return aw
+        if inspect.iscoroutine(aw):
+            aw.close()
+        raise AttemptError(
+            f"timed out after {timeout:g} s (per-attempt timeout of task {self.ids[i]!r}): the body ran {ran:.3g} s "
+            f"on the event loop; a sync body on executor='loop' cannot be stopped, so it ran to its end and its "
+            f"result was dropped. Use executor='thread' (abandoned at the timeout) or 'process' (killed)")
 
     def _input_values(self, i: int, k: int = -1) -> dict[str, Any]:
         task = self.tasks[i]
@@ -963,6 +987,8 @@ def _kind(task: Task) -> str:
     """Where a node's body runs: coro (async on the loop), loop (sync on the loop), thread, process, dask, prompt."""
     if task.prompt is not None:
         return "prompt"
+    if task.executor in ("auto", "loop") and inspect.isasyncgenfunction(task.fn):
+        return "loop"   # an async generator is consumed on the loop, like an async def (executors.lazy)
     if task.executor == "auto":
         return "coro" if task.is_async else "thread"
     if task.executor == "loop":

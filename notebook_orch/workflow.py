@@ -5,10 +5,11 @@ import asyncio
 import datetime as _dt
 import os
 import statistics
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import gcpause
+from . import gcpause, redact, shadowing
 from ._loop import running_loop
 from .errors import DefinitionError, LoopError, UnknownNameError
 from .graph import Graph, build_graph
@@ -118,6 +119,9 @@ class Workflow:
         old = self.tasks.get(tid)
         self.tasks[tid] = task
         self._version += 1
+        if self.namespace:   # a task id shadowing a notebook global that a body reads is said (shadowing.py)
+            for note in shadowing.notes(self.tasks, self.namespace, task):
+                warnings.warn(shadowing.ShadowingWarning(note), stacklevel=3)
         if task.prompt is not None:   # as in agent(): the model layer's imports, now
             from .llm._warm import preload
             preload(self.agents.get(task.agent) if task.agent else None)
@@ -262,6 +266,7 @@ class Workflow:
         if mode != "hierarchical":
             _check_prompt_agents(graph, self.tasks)
         _preload_models(self.agents)
+        redact.refresh()   # a secret put in the environment by the cell before is known to this run's redaction
         reuse = dict(reuse or {})
         reuse.update(self._selection_reuse(graph, options))
         # >>> hierarchical mode (notebook_orch.patterns.manager): the manager assigns agents before dispatch

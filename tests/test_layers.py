@@ -15,7 +15,8 @@ PKG = pathlib.Path(notebook_orch.__file__).parent
 # above it may be imported lazily inside a function, never at import time. New top-level modules
 # must be placed here (the test says so), which keeps the flow a decision, not an accident.
 LAYERS: list[set[str]] = [
-    {"errors", "events", "policy", "_loop", "capture", "redact", "gcpause", "tracebacks", "frames"},
+    {"errors", "events", "policy", "_loop", "capture", "redact", "gcpause", "tracebacks", "frames", "interrupts",
+     "shadowing"},
     {"model", "limits", "state", "attempt", "options"},
     {"graph", "executors", "timings", "fingerprint", "tracing", "routing", "waits"},
     {"scheduler", "_metrics", "metrics", "render", "llm", "review"},

@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from .. import capture
 from ..errors import DefinitionError, OrchError, UnknownNameError
+from . import lazy
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -81,7 +82,8 @@ class AbandonedInfo(TypedDict, total=False):
 
 
 class BodyExitError(OrchError):
-    """A body raised SystemExit, KeyboardInterrupt or GeneratorExit in a worker: the attempt fails, the run goes on."""
+    """A body raised SystemExit or KeyboardInterrupt (in any executor, on the loop too) or GeneratorExit (a sync
+    body): the attempt fails, the run goes on, the kernel lives."""
 
 
 # ---------------------------------------------------------------- registry
@@ -225,11 +227,15 @@ _NO_RESOURCES: Mapping[str, int] = {}
 
 # ---------------------------------------------------------------- helpers for executors
 def call_body(fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-    """fn(**kwargs) in a worker; an async body sent to a thread or process is run there on a loop of its own."""
-    result = fn(**kwargs)
-    if inspect.isawaitable(result):
-        return asyncio.run(_as_coroutine(result))
-    return result
+    """fn(**kwargs) in a worker; an async body sent to a thread or process is run there on a loop of its own,
+    a generator is materialised (`executors.lazy`), and an exit (SystemExit & co.) becomes a BodyExitError."""
+    try:
+        result = fn(**kwargs)
+        if inspect.isawaitable(result):
+            result = asyncio.run(_as_coroutine(result))
+        return lazy.materialise(result)
+    except (SystemExit, KeyboardInterrupt, GeneratorExit) as exc:   # never let a worker (or a process) end
+        raise exit_error(exc) from exc
 
 
 async def _as_coroutine(aw: Any) -> Any:
@@ -267,8 +273,13 @@ def exit_error(exc: BaseException) -> BaseException:
     """An exception a worker can hand to the loop: SystemExit & co. become a BodyExitError (else they end the loop)."""
     if isinstance(exc, Exception):
         return exc
-    err = BodyExitError(f"the body raised {type(exc).__name__}{exc.args!r}; a task body cannot exit or interrupt "
-                        f"the run (raise an exception to fail the task)")
+    if isinstance(exc, SystemExit):
+        what = f"raised SystemExit (sys.exit({'' if exc.code is None else repr(exc.code)}))"
+        hint = "; argparse, for one, calls sys.exit() on bad arguments"
+    else:
+        what, hint = f"raised {type(exc).__name__}" + (f"({', '.join(map(repr, exc.args))})" if exc.args else ""), ""
+    err = BodyExitError(f"the body {what}; a task body cannot end the process or interrupt the run, so its attempt "
+                        f"failed (raise an exception to fail a task{hint})")
     err.__cause__ = exc
     return err
 

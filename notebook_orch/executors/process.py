@@ -11,11 +11,21 @@ more of them than cores only adds start-up cost. pebble cannot resize a live poo
 `resize` to another size closes the pool gracefully (its bodies finish) and the next
 submission opens one of the new size. Bodies, inputs and outputs must pickle. What a body
 prints in its process travels back with its outcome and joins the task's output.
+
+Ending. pebble's `stop()` only marks a pool stopped: its workers (non-daemon processes)
+stay until someone joins the pool, and `multiprocessing` joins every live child at
+interpreter exit, so a worker left waiting kept `python script.py` from exiting (one run
+in six after a timeout). A pool we stop or close is therefore joined by a daemon thread of
+its own (workers stopped: SIGTERM, then SIGKILL after pebble's grace), never on the loop;
+and at exit, before multiprocessing's own hook, `_reap` waits a little for those joins and
+kills whatever worker is still alive.
 """
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from time import perf_counter
@@ -84,11 +94,51 @@ class ProcessExecutor:
             if self._pool is not None:
                 old, self._pool = self._pool, None
                 old.close()          # its bodies finish; new ones go to a pool of the new size
+                _join_later(old)
 
     def shutdown(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            pool.stop()              # kills what is left; no join, so the loop never waits
+            pool.stop()              # kills what is left; joined in a thread, so the loop never waits
+            _join_later(pool)
+
+
+_joining: dict[Any, threading.Thread] = {}   # pools being joined -> the daemon thread joining them
+_reaper = False
+
+
+def _join_later(pool: Any) -> None:
+    """Join a stopped or closed pool in a daemon thread (its workers end); `_reap` finishes the job at exit."""
+    global _reaper
+    if not _reaper:   # registered after pebble's and multiprocessing's hooks, so it runs before them
+        atexit.register(_reap)
+        _reaper = True
+
+    def join() -> None:
+        try:
+            pool.join()
+        except Exception:  # noqa: BLE001, S110 - a pool that broke has nothing left to join
+            pass
+        _joining.pop(pool, None)
+
+    thread = threading.Thread(target=join, name="notebook_orch-pool-join", daemon=True)
+    _joining[pool] = thread
+    thread.start()
+
+
+def _reap(grace: float = 5.0) -> None:
+    """At interpreter exit: give the joins `grace` seconds, then kill the pebble workers still alive."""
+    deadline = perf_counter() + grace
+    for thread in list(_joining.values()):
+        thread.join(max(0.0, deadline - perf_counter()))
+    for pool in list(_joining):
+        workers = getattr(getattr(getattr(pool, "_pool_manager", None), "worker_manager", None), "workers", {})
+        for proc in list(workers.values()):
+            try:
+                proc.kill()
+                proc.join(1)
+            except Exception:  # noqa: BLE001, S110 - already gone
+                pass
 
 
 def _size(limit: int | None) -> int:

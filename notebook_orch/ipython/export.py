@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import DefinitionError
 from ..model import Agent, Task
-from ..redact import is_secret_name, learn, redact, redact_url
+from ..redact import learn, redact, redact_url, secret_value
 from ..workflow import Workflow
 from .cell_history import class_source, names_read
 from .compiler import CompiledBody
@@ -112,7 +112,7 @@ class _Exporter:
             self.defs[name] = _source(value, name, why)
             self.follow(value)
             return
-        if isinstance(value, str) and is_secret_name(name):  # never written: the script reads the environment
+        if secret_value(name, value):  # never written: the script reads the environment
             self.imports["os"] = "import os"
             self.values[name] = f"{name} = os.environ[{name!r}]  # a secret: set it in the environment"
             return

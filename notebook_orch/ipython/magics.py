@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import builtins
 import types
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from .. import shadowing
 from ..errors import CycleError, DefinitionError, OrchError, TaskFailedError, UnknownNameError, closest
 from ..graph import build_graph
 from ..model import EXECUTORS, TRIGGERS, Agent, Task
@@ -276,7 +278,9 @@ class OrchMagics(Magics):
             opts["fn"] = compiled.fn
         task = Task(id=tid, **opts)
         redefined = tid in wf.tasks
-        pending = self._add_checked(task)
+        with warnings.catch_warnings():   # said as notes under the confirmation instead
+            warnings.simplefilter("ignore", shadowing.ShadowingWarning)
+            pending = self._add_checked(task)
         print(_confirmation(wf, task, pending, self.shell.user_ns, redefined))
 
     def _add_checked(self, task: Task) -> list[str]:
@@ -384,6 +388,8 @@ def _confirmation(wf: Workflow, task: Task, pending: list[str], ns: Any, redefin
         text += (f"\n  note: {', '.join(repr(p) for p in pending)} {'are' if len(pending) > 1 else 'is'} not defined "
                  f"yet; define {'them' if len(pending) > 1 else 'it'} before running")
         text += _did_you_mean(pending, [t for t in wf.tasks if t != task.id])
+    for note in shadowing.notes(wf.tasks, ns, task):
+        text += f"\n  note: {note}"
     if unknown:
         text += (f"\n  note: reads {', '.join(repr(u) for u in unknown)}, not a task nor a notebook global yet; "
                  f"define it before running")

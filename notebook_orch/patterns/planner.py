@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import html
 import time
+import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -148,21 +150,32 @@ class Plan(BaseModel):
         return {"text/plain": repr(self), "text/html": self._repr_html_()}
 
     # ------------------------------------------------------------ apply
-    def apply(self, workflow: "Workflow | None" = None) -> "Plan":
+    def apply(self, workflow: "Workflow | None" = None, *,
+              rename: "Mapping[str, str] | bool | None" = None) -> "Plan":
         """Add the steps to the workflow as prompt tasks: all of them, or none when one would break the DAG.
 
         `depends_on` become placeholders (`{dep}` inserts that output: a data dependency) and the
         estimates seed the scheduler's priorities until the tasks have run once.
+
+        `rename`: step ids to change first, `{"planned_id": "new_id"}` (dependencies follow). By
+        default a step whose id is the name of a notebook global (a helper function or variable a
+        body may read, which the task would shadow) is added as `<id>_step`, with a
+        `ShadowingWarning` naming both; `rename=False` keeps every id as planned (and warns).
         """
         wf = workflow or self._workflow
         if wf is None:
             raise PlanError("this plan belongs to no workflow; call plan.apply(wf)")
-        reason = check(self, wf)
+        mapping = _renames(self, wf, rename)
+        plan = self if not mapping else self.model_copy(update={"tasks": [
+            t.model_copy(update={"id": mapping.get(t.id, t.id), "depends_on": [mapping.get(d, d) for d in t.depends_on]})
+            for t in self.tasks]})
+        reason = check(plan, wf)
         if reason:
             raise PlanError(f"the plan cannot be applied to workflow {wf.name!r}: {reason}. Nothing was added; "
                             f"make a new plan with wf.plan(...)", reason=reason)
-        for task in _as_tasks(self, set(wf.tasks)).values():
+        for task in _as_tasks(plan, set(wf.tasks)).values():
             wf.add(task)
+        self.tasks = plan.tasks   # the plan shows the ids the workflow got
         planned = getattr(wf, "_planned", None)
         if planned is not None:
             for t in self.tasks:
@@ -170,6 +183,44 @@ class Plan(BaseModel):
                     planned[t.id] = float(t.estimated_minutes) * 60.0
         self._workflow, self._applied = wf, True
         return self
+
+
+# ---------------------------------------------------------------- renaming
+def _renames(plan: Plan, wf: "Workflow", rename: "Mapping[str, str] | bool | None") -> dict[str, str]:
+    """Planned id -> id to add: the explicit `rename`, then (unless rename=False) a free `<id>_step` for each
+    step whose id is a notebook global, each said in a ShadowingWarning (shadowing.py)."""
+    from .. import shadowing
+    if rename is not None and not isinstance(rename, (bool, Mapping)):
+        raise PlanError(f"rename= takes a mapping {{'planned_id': 'new_id'}}, True/None (rename steps that would "
+                        f"shadow a notebook global) or False (keep the planned ids), not {type(rename).__name__}")
+    planned = {t.id for t in plan.tasks}
+    mapping = {k: v for k, v in (rename.items() if isinstance(rename, Mapping) else ()) if k in planned and k != v}
+    unknown = [k for k in (rename if isinstance(rename, Mapping) else ()) if k not in planned]
+    if unknown:
+        raise PlanError(f"rename= names {unknown[0]!r}, which is not a step of the plan; its steps are "
+                        f"{', '.join(sorted(planned))}")
+    ns = wf.namespace
+    taken = set(wf.tasks) | planned | set(mapping.values()) | set(ns or ())
+    for t in plan.tasks:
+        if t.id in mapping or not shadowing.is_user_global(ns, t.id):
+            continue
+        readers = [x.id for x in wf.tasks.values() if t.id in x.params]
+        read = f", which task {', '.join(map(repr, readers))} read{'s' if len(readers) == 1 else ''}" if readers else ""
+        if rename is False:
+            if readers:
+                continue   # Workflow.add says so, naming the readers
+            warnings.warn(shadowing.ShadowingWarning(
+                f"planned step {t.id!r} has the name of a notebook global{read}: bodies that read {t.id!r} will get "
+                f"the step's output. plan.apply(rename={{{t.id!r}: {shadowing.free_name(t.id, taken)!r}}}) "
+                f"avoids it"), stacklevel=3)
+            continue
+        new = mapping[t.id] = shadowing.free_name(t.id, taken)
+        taken.add(new)
+        warnings.warn(shadowing.ShadowingWarning(
+            f"planned step {t.id!r} was added as {new!r}: {t.id!r} is a notebook global{read}, which a task of that "
+            f"name would shadow. Pass rename={{{t.id!r}: 'other_id'}} to choose the id, or rename=False to keep "
+            f"{t.id!r}"), stacklevel=3)
+    return mapping
 
 
 # ---------------------------------------------------------------- checking

@@ -16,6 +16,7 @@ from ..model import Agent, Task
 from ..run import Run
 from ..state import RunState, run_start
 from . import codec
+from .malformed import load_readable
 from .sqlite import Store
 
 __all__ = ["StoredError", "StoredRun", "load_run"]
@@ -26,6 +27,11 @@ class StoredError(OrchError):
 
 
 def load_run(store: Store, run_id: str | None = None) -> StoredRun:
+    """The stored run `run_id` (None: the newest that reads; a malformed row is skipped, see `malformed`)."""
+    return load_readable(store, run_id, _load_run)
+
+
+def _load_run(store: Store, run_id: str | None) -> StoredRun:
     from ..limits import Limits
     from ..workflow import Workflow
     row, raw_events, fps, extra = store.run_record(run_id)

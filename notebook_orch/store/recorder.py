@@ -29,7 +29,7 @@ from operator import itemgetter
 from typing import Any
 
 from ..redact import learn_run, redact, redact_obj
-from . import codec, sign
+from . import codec, lost, sign
 from .cache import RunCache
 from .runrow import run_row
 from .sqlite import Batch, Store, StoreWarning, _Unavailable
@@ -120,6 +120,10 @@ class Recorder:
         self.hurry = False                      # set by drain(): write the events now too
         self._done = False
         self._warned = False
+        self.written = False                    # a batch of this run was committed (lost.py: something to lose)
+        self._rewrite = False                   # set by lost.py (any thread): the store file was lost, write again
+        self._reset = False                     # the next batch replaces what the run has in the (fresh) file
+        self._rewound = False                   # written again: a `cached` output is written as an output too
 
     # ------------------------------------------------------------------ wiring (on the loop)
     def bind(self, run: Any) -> None:
@@ -133,6 +137,7 @@ class Recorder:
         run.not_persisted = self.not_persisted
         run._recorder = self
         learn_run(run)                   # secret-named globals of the bodies: masked wherever text leaves
+        lost.follow(self.store, self)    # written again if the store file is lost under the run
         try:
             self.loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -220,6 +225,9 @@ class Recorder:
         self._handle = None
         if not self.on_loop or self._done:
             return
+        if self._rewrite:   # the whole run is written again (lost.py): pickling every output is the thread's work
+            self.to_thread()
+            return
         try:
             b = self.collect(cap=LOOP_PICKLE_BYTES)
             if b is not None:
@@ -277,6 +285,8 @@ class Recorder:
     def collect(self, cap: int | None = None) -> Batch | None:
         """The next batch: new events, their outputs, leases, the run row (see the module docstring).
         `cap`: raise _TooBig (leaving everything for the thread) when an output pickles bigger."""
+        if self._rewrite:
+            self._rewind()
         st = self.st
         finished = st.finished                  # read first: every event up to run_finished is in the list
         if not self._inserted:   # the run's row first, alone: a store short of space still says it ran
@@ -285,6 +295,7 @@ class Recorder:
         if self._meta_row is not None and not finished:
             b = Batch(self._run_id)
             b.run_insert = self._meta_row
+            b.reset = self._reset
             return b
         self._scan()
         now = time.monotonic()
@@ -321,6 +332,7 @@ class Recorder:
             self._held.clear()
         b = Batch(self._run_id)
         b.run_insert = self._meta_row
+        b.reset = self._reset
         b.rows = self._rows
         b.lease_add = self._lease_add
         b.lease_drop = self._drop
@@ -347,10 +359,13 @@ class Recorder:
             if where == "memory":  # written after all: no longer a session-only output
                 memory.pop(key, None)
                 self.not_persisted.pop(tid, None)
+        self.written = True
         self._clear(b)
+        if b.reset:
+            self._reset = False
         if b.run_update is not None:
             self.store.final.pop(self._run_id, None)
-            self._done = True
+            self._done = not self._rewrite     # the file was lost during this very write: not done yet
 
     def failed(self, b: Batch, exc: BaseException) -> None:
         """Keep everything for the next attempt (the outputs meanwhile in memory, said in `not_persisted`).
@@ -372,6 +387,22 @@ class Recorder:
             self._rows, self._values = [], {}
         if self._final_tries >= KEEP_EVENTS:
             self._events, self._fps, self._json, self._notes, self._nones = [], {}, {}, {}, []
+
+    def rewrite(self) -> None:
+        """The store file was lost under this run (lost.py; any thread): write it again from its first event
+        (`collect` rewinds; a final batch committed meanwhile does not end the recording, see `committed`)."""
+        self._rewrite = True
+
+    def _rewind(self) -> None:
+        """On the thread that collects: forget what was written; the next batches carry the whole run again."""
+        self._rewrite = False
+        self._reset = self._rewound = True
+        self._inserted, self._meta_row, self._scanned = False, None, 0
+        self._events, self._outs, self._ended, self._rows = [], [], [], []
+        self._values, self._fps, self._json, self._notes, self._nones = {}, {}, {}, {}, []
+        self._lease_add, self._drop = list(self._held), []
+        self._final, self._final_tries, self.retry_at = None, 0, 0.0
+        self.hurry = True
 
     def broken(self, exc: BaseException) -> None:
         """A bug in collect(): say so once and stop recording this run (it goes on)."""
@@ -419,7 +450,9 @@ class Recorder:
 
     def _cached(self, ev: Any, cap: int | None = None) -> None:
         tid = ev[1]
-        if self.cache.is_reusable(tid):
+        if self._rewound and self.cache.is_reusable(tid):   # the row it came from was in the lost file
+            self._output(ev, False, cap)
+        elif self.cache.is_reusable(tid):
             self._fps[tid] = self.cache.hits.get(tid) or self.cache.fingerprints[tid]
         else:  # reused, but not what the store holds for its fingerprint: keep it under this run
             self._output(ev, True, cap)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OrchError, UnknownNameError
-from . import codec, sign
+from . import codec, lost, sign
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -97,7 +97,7 @@ class _Unavailable(Exception):
 class Batch:
     """What one transaction writes (built by a recorder on the writer thread)."""
 
-    __slots__ = ("chunk", "events", "lease_add", "lease_drop", "rows", "run_id", "run_insert", "run_update")
+    __slots__ = ("chunk", "events", "lease_add", "lease_drop", "reset", "rows", "run_id", "run_insert", "run_update")
 
     def __init__(self, run_id: str = ""):
         self.rows: list[tuple[Any, ...]] = []   # (fingerprint, task, workflow, run_id, created, duration, size, sig, blob)
@@ -108,6 +108,7 @@ class Batch:
         self.run_insert: tuple[Any, ...] | None = None
         self.lease_add: list[str] = []
         self.lease_drop: list[str] = []
+        self.reset = False                      # the run is written again from its start (lost.py): drop its old rows
 
     def __bool__(self) -> bool:
         return bool(self.rows or self.chunk or self.run_update or self.run_insert or self.lease_add or self.lease_drop)
@@ -182,11 +183,15 @@ class Store:
         if c.con is not None and c.gen == self._gen:
             if not check_file:
                 return c.con
-            try:
-                if os.stat(self.path).st_ino == c.ino:
-                    return c.con
-            except OSError:
-                pass
+            why = lost.check(self.path, c.ino)   # deleted, replaced, truncated under us (store/lost.py)
+            if why is None:
+                return c.con
+            if why in ("it was truncated", "it was overwritten"):
+                self._move_aside(why, c)         # what is left is kept aside; the runs are written again
+            else:
+                self._gen += 1                   # every connection reopens; the runs are written again
+                self._index = None
+                lost.rewrite_all(self, why)
         if c.con is not None:
             c.con.close()  # the file was deleted or moved aside (maybe by another kernel): reopen
             c.con = None
@@ -313,9 +318,11 @@ class Store:
         self.moved.append(target)
         self._moved_at = time.monotonic()
         self._index = None
+        lost.rewrite_all(self, why, warn=False)   # this session's runs are written again to the fresh file
         warnings.warn(StoreWarning(
             f"notebook_orch store {self.path} was moved aside to {target.name} because {why}. "
-            f"A fresh store is used from now on; tasks whose outputs were only in the old file will run again. "
+            f"A fresh store is used from now on (the runs writing to the old file are written to it again); "
+            f"tasks whose outputs were only in the old file will run again. "
             f"Delete {target} when you no longer need it."), stacklevel=3)
 
     def _do(self, fn: Callable[[sqlite3.Connection], Any], *, write: bool, wait: bool = True) -> Any:
@@ -495,6 +502,9 @@ class Store:
             self._fresh_index()
 
         def write(c: sqlite3.Connection) -> tuple[int, int]:
+            if b.reset:   # written again from its first event: what of it reached this file is replaced
+                c.execute("DELETE FROM events WHERE run_id=?", (b.run_id,))
+                c.execute("DELETE FROM results WHERE run_id=? AND fingerprint LIKE 'run:%'", (b.run_id,))
             if b.run_insert is not None:
                 c.execute("INSERT OR IGNORE INTO runs (run_id, workflow, started, finished, status, tasks, counts, "
                           "host, pid, meta) VALUES (?,?,?,?,?,?,?,?,?,?)", b.run_insert)
@@ -602,7 +612,8 @@ class Store:
     # ------------------------------------------------------------------ runs
     def runs(self, workflow: str | None = None) -> pd.DataFrame:
         """One row per stored run, oldest first (index `run_id`): workflow, status, started, finished,
-        duration_s, tasks, succeeded, cached, failed, stored. A run whose kernel died shows `interrupted`."""
+        duration_s, tasks, succeeded, cached, failed, stored. A run whose kernel died shows `interrupted`, a row
+        that does not read `malformed` (with a StoreWarning; `malformed.py`)."""
         import pandas as pd
         self.drain()
         sql = "SELECT run_id, workflow, status, started, finished, tasks, counts, host, pid FROM runs"
@@ -614,20 +625,23 @@ class Store:
         rows = self._read(lambda c: c.execute(sql, args).fetchall())
         stored = dict(self._read(lambda c: c.execute(
             "SELECT run_id, count(*) FROM results GROUP BY run_id").fetchall()))
-        out = []
-        for run_id, wf, status, started, finished, tasks, counts, host, pid in rows:
-            counts = json.loads(counts) if counts else {}
-            status = self.status_of(run_id, status, host, pid)
-            out.append({"run_id": run_id, "workflow": wf, "status": status,
-                        "started": pd.Timestamp(started, unit="s"),
-                        "finished": pd.Timestamp(finished, unit="s") if finished else pd.NaT,
-                        "duration_s": (finished - started) if finished else float("nan"), "tasks": tasks,
-                        "succeeded": counts.get("succeeded", 0), "cached": counts.get("cached", 0),
-                        "failed": counts.get("failed", 0) + counts.get("upstream_failed", 0),
-                        "stored": stored.get(run_id, 0)})
+        from .malformed import listing_row   # a row that does not read is listed as 'malformed', with a warning
+        out = [listing_row(self, row, functools.partial(self._listed, stored=stored)) for row in rows]
         cols = ["run_id", "workflow", "status", "started", "finished", "duration_s", "tasks", "succeeded",
                 "cached", "failed", "stored"]
         return pd.DataFrame(out, columns=cols).set_index("run_id")
+
+    def _listed(self, row: Sequence[Any], stored: dict[str, int]) -> dict[str, Any]:
+        import pandas as pd
+        run_id, wf, status, started, finished, tasks, counts, host, pid = row
+        n = json.loads(counts) if counts else {}
+        return {"run_id": run_id, "workflow": wf, "status": self.status_of(run_id, status, host, pid),
+                "started": pd.Timestamp(started, unit="s"),
+                "finished": pd.Timestamp(finished, unit="s") if finished else pd.NaT,
+                "duration_s": (finished - started) if finished else float("nan"), "tasks": int(tasks),
+                "succeeded": int(n.get("succeeded", 0)), "cached": int(n.get("cached", 0)),
+                "failed": int(n.get("failed", 0)) + int(n.get("upstream_failed", 0)),
+                "stored": stored.get(run_id, 0)}
 
     def status_of(self, run_id: str, status: str, host: str | None, pid: int | None) -> str:
         """A run row's status as it is: the end status this process knows but could not write yet,
