@@ -308,6 +308,12 @@ class Run:
         return f"<Run {self.id} {self.status}: {len(self.state.ids)} tasks ({counts_text(self.counts())})>"
     # --- end display
 
+    def compare(self, other: Any = None) -> Any:
+        """This run against `other` (a Run, a run id, or None: the run before it) as a `RunComparison`:
+        `.tasks` (per task: statuses, deltas, what changed, why it re-ran), `.summary`, `.diff(task)`."""
+        from .compare import compare
+        return compare(self, other)
+
     def messages(self, task_id: str) -> "pd.DataFrame":
         """The prompt task's conversation: role, content, tool, tokens (secrets redacted)."""
         from .llm import messages

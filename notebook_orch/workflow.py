@@ -214,6 +214,12 @@ class Workflow:
         from .patterns.planner import aplan
         return await aplan(self, goal, agent=agent, apply=apply, retries=retries, max_tokens=max_tokens)
 
+    def history(self) -> Any:
+        """The stored runs of this workflow, oldest first (index `run_id`): started, status, makespan_s, tasks,
+        succeeded, failed, cached, tokens_in, tokens_out, cost_usd, changed (tasks redefined since the run before)."""
+        from .store.history import history_frame, workflow_store
+        return history_frame(workflow_store(self), self.name)
+
     @property
     def last_run(self) -> Run | None:
         last = self.runs[-1] if self.runs else None

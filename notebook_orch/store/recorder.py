@@ -31,6 +31,7 @@ from typing import Any
 from ..redact import learn_run, redact, redact_obj
 from . import codec, sign
 from .cache import RunCache
+from .history import rows_at_end
 from .runrow import run_row
 from .sqlite import Batch, Store, StoreWarning, _Unavailable
 
@@ -116,6 +117,7 @@ class Recorder:
         self._inserted = False
         self._final: tuple[Any, ...] | None = None
         self._final_tries = 0
+        self._extra: list[Any] = []              # the run's history rows (history.py), sent with its end
         self._events_at = time.monotonic()      # when the last events chunk was built
         self.hurry = False                      # set by drain(): write the events now too
         self._done = False
@@ -319,11 +321,13 @@ class Recorder:
             self.store.final[self._run_id] = st.run_status
             self._drop.extend(self._held)
             self._held.clear()
+            self._extra = rows_at_end(self)
         b = Batch(self._run_id)
         b.run_insert = self._meta_row
         b.rows = self._rows
         b.lease_add = self._lease_add
         b.lease_drop = self._drop
+        b.extra = self._extra
         if finished or self.hurry or now - self._events_at > EVENTS_EVERY or len(self._events) > 100_000:
             if self._events or self._fps or self._json or self._notes or self._nones:
                 self._events_at, self.hurry = now, False
@@ -380,6 +384,8 @@ class Recorder:
 
     def _clear(self, b: Batch) -> None:
         self._rows, self._values, self._drop, self._lease_add = [], {}, [], []
+        if b.run_update is not None:
+            self._extra = []
         if b.chunk is not None:
             del self._events[:b.events]
             self._fps, self._json, self._notes, self._nones = {}, {}, {}, []
