@@ -43,6 +43,7 @@ class Run:
         self.fingerprints: dict[str, str] = {}   # task -> fingerprint (filled by the store as tasks become ready)
         self.uncacheable: dict[str, str] = {}    # task -> why its output is not reused / not reusable
         self.not_persisted: dict[str, str] = {}  # task -> why its output is kept in memory only (e.g. unpicklable)
+        self._replay: Any = None                 # wf.run(replay=RUN): the record its model requests are answered from
 
     @property
     def started_wall(self) -> float | None:

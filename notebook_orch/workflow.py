@@ -22,7 +22,7 @@ from .timings import Timings
 __all__ = ["Workflow"]
 
 _RUN_OPTIONS = ("concurrency", "only", "from_", "cache", "fail_fast", "mode", "params", "dask_client",
-                "manager", "executor", "dask", "manager_retries", "manager_tokens")
+                "manager", "executor", "dask", "manager_retries", "manager_tokens", "replay", "replay_mode")
 
 
 class Workflow:
@@ -269,6 +269,13 @@ class Workflow:
         _preload_models(self.agents)
         reuse = dict(reuse or {})
         reuse.update(self._selection_reuse(graph, options))
+        replay = None   # wf.run(replay=RUN): model requests answered from RUN's record (llm/_replay.py)
+        if options.get("replay") is not None:
+            from .llm._replay import make_replay
+            replay = make_replay(options["replay"], options.get("replay_mode", "strict"), self)
+        elif options.get("replay_mode") is not None:
+            raise DefinitionError("replay_mode= needs replay=RUN (the run, or its id, whose record answers the "
+                                  "model requests)")
         # >>> hierarchical mode (notebook_orch.patterns.manager): the manager assigns agents before dispatch
         assign = None
         if mode == "hierarchical":
@@ -296,6 +303,7 @@ class Workflow:
             sched.use_executor(options.get("executor"), options.get("dask", options.get("dask_client", self.dask)))
             sched.prepare = assign                                # hierarchical mode: the manager's pass, else None
             run = Run(self, sched.state, sched, dict(options))
+            run._replay = replay
             if store is not None:
                 store.bind(run)
             sched.run = run
