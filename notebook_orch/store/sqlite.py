@@ -717,6 +717,17 @@ class Store:
                     out[fp] = value
         return out
 
+    def prune(self, keep_runs: int | None = 100, older_than: Any = None, workflow: str | None = None) -> pd.Series:
+        """Remove runs beyond the last `keep_runs` of each workflow (and those older than `older_than`: '30d',
+        '12h'), their events and the outputs no kept run needs, and give the space back (retention.py)."""
+        from .retention import prune
+        return prune(self, keep_runs, older_than, workflow)
+
+    def report(self, top: int = 10) -> Any:
+        """Size on disk, runs per workflow, outputs, the `top` biggest outputs (a StoreReport)."""
+        from .retention import report
+        return report(self, top)
+
     def load_run(self, run_id: str | None = None) -> Any:
         """A past run read back (read-only): .events, .statuses, .results, .errors, .metrics(), ..."""
         from .load import load_run
