@@ -128,6 +128,9 @@ def _start(m: Any, launch: Callable[[], Run], wait: bool) -> Run:
           help="where every sync body left on executor=auto runs (dask: on the cluster of --dask)")
 @argument("--dask", metavar="ADDRESS", help="the Dask cluster: a scheduler address (tcp://host:8786) or 'local'")
 @argument("--wait", action="store_true", help="block until the run ends (interrupt the kernel to cancel it)")
+@argument("--replay", metavar="RUN", help="answer model requests from RUN's record (a run id): no network, no key")
+@argument("--replay-mode", dest="replay_mode", choices=("strict", "fallthrough"),
+          help="with --replay: a request not recorded fails its task (strict, default) or goes live (fallthrough)")
 def _run(m: Any, args: Any) -> Run:
     """Start a run of the active workflow on the kernel's loop and return it at once (--wait: block)."""
     opts: dict[str, Any] = {}
@@ -147,6 +150,10 @@ def _run(m: Any, args: Any) -> Run:
         opts["executor"] = args.executor
     if args.dask:
         opts["dask"] = args.dask
+    if args.replay:
+        opts["replay"] = args.replay
+    if args.replay_mode:
+        opts["replay_mode"] = args.replay_mode
     wf = m.wf
     _refuse_if_live(wf)
     wf.namespace = m.shell.user_ns
@@ -380,8 +387,12 @@ def _store(m: Any) -> Any:
 @magic_arguments(name="orch runs")
 @argument("--all", action="store_true", help="runs of every workflow, not only the active one")
 def _runs(m: Any, args: Any) -> Any:
-    """Past runs kept in the store (also from earlier kernels): status, counts, times. Run.load(ID) reopens one."""
-    return _store(m).runs(workflow=None if args.all else m.wf.name)
+    """Past runs kept in the store (also from earlier kernels): times, counts, tokens, cost, what changed.
+    Run.load(ID) reopens one; --all lists every workflow's runs."""
+    if args.all:
+        return _store(m).runs()
+    _store(m)   # the store off: said plainly
+    return m.wf.history()
 
 
 @command("cache")
@@ -456,3 +467,6 @@ def _export(m: Any, args: Any) -> None:
     from .export import export_script
     path = export_script(m.wf, args.path, m.shell.user_ns)
     print(f"wrote {path} ({len(m.wf.tasks)} tasks); run it with: python {path}")
+
+
+from . import history_commands as _history_commands  # noqa: E402,F401 - registers %orch compare / store

@@ -162,7 +162,7 @@ def record(call: Any, messages: list[Any], response: Any, usage: tuple[int, int,
     rows = canonical(messages)
     sets = settings(call.agent, call.task)
     n = sum(1 for m in messages if type(m).__name__ == "ModelResponse")   # answers before this request
-    ctx.emit("exchange", {"key": _key(rows, sets), "n": n + 1, "settings": sets,
+    ctx.emit("exchange", {"digest": _key(rows, sets), "n": n + 1, "settings": sets,
                           "response": [[safe(x) if isinstance(x, str) else x for x in p] for p in _parts_of(response)], "model": response.model_name,
                           "tokens_in": usage[0], "tokens_out": usage[1], "cost_usd": usage[2]})
 
@@ -229,7 +229,7 @@ class Replay:
         for ev in events:
             kind, info = ev[2], ev[4]
             if kind == "exchange" and isinstance(info, dict):
-                self.exchanges.setdefault(info["key"], []).append(info)
+                self.exchanges.setdefault(info.get("digest", ""), []).append(info)
                 self.by_task.setdefault(ev[1], []).append((ev[3], info))
             elif kind == "message" and isinstance(info, dict):
                 self._messages.setdefault((ev[1], ev[3]), []).append(info)
