@@ -348,7 +348,12 @@ class PastRun:
         if self._store is False or self._store is None:
             raise OrchError(f"run {self.id} is no longer kept in memory (Workflow(keep_runs=...)) and the store is "
                             f"off, so it cannot be read back; raise keep_runs or keep the store on")
-        return Run.load(self.id, None if self._store is True else self._store)
+        from .errors import UnknownNameError
+        try:
+            return Run.load(self.id, None if self._store is True else self._store)
+        except UnknownNameError:
+            raise OrchError(f"run {self.id} is no longer in the store: it was pruned (Workflow(keep_runs=...) keeps "
+                            f"the last runs of a workflow, open_store().prune() removes older ones)") from None
 
     def __repr__(self) -> str:
         return (f"<PastRun {self.id} {self.status}: {sum(self.counts.values())} tasks ({counts_text(self.counts)}); "

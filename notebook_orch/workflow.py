@@ -21,7 +21,7 @@ from .timings import Timings
 
 __all__ = ["Workflow"]
 
-MEMORY_RUNS = 5          # finished runs kept whole in memory at most (older ones: PastRun summaries)
+MEMORY_RUNS = 3          # finished runs kept whole in memory at most (older ones: PastRun summaries)
 MAX_SUMMARIES = 1000     # entries of wf.runs at most (beyond keep_runs): a session's memory stays bounded
 _RUN_OPTIONS = ("concurrency", "only", "from_", "cache", "fail_fast", "mode", "params", "dask_client",
                 "manager", "executor", "dask", "manager_retries", "manager_tokens", "replay", "replay_mode")

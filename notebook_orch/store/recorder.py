@@ -355,6 +355,7 @@ class Recorder:
         if b.run_update is not None:
             self.store.final.pop(self._run_id, None)
             self._done = True
+            self._release()
 
     def failed(self, b: Batch, exc: BaseException) -> None:
         """Keep everything for the next attempt (the outputs meanwhile in memory, said in `not_persisted`).
@@ -381,6 +382,13 @@ class Recorder:
         """A bug in collect(): say so once and stop recording this run (it goes on)."""
         self._warn(exc)
         self._done = True
+        if self.st is not None and self.st.finished:
+            self._release()
+
+    def _release(self) -> None:
+        """The run is recorded: what only recording needed goes (memory stays bounded over many kept runs)."""
+        self._started = {}
+        self.cache.release()
 
     def _clear(self, b: Batch) -> None:
         self._rows, self._values, self._drop, self._lease_add = [], {}, [], []
