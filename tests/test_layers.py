@@ -17,10 +17,10 @@ PKG = pathlib.Path(notebook_orch.__file__).parent
 LAYERS: list[set[str]] = [
     {"errors", "events", "policy", "_loop", "capture", "redact", "gcpause"},
     {"model", "limits", "state", "attempt", "options"},
-    {"graph", "executors", "timings", "fingerprint"},
+    {"graph", "executors", "timings", "fingerprint", "outputdiff"},
     {"scheduler", "_metrics", "metrics", "render", "llm"},
     {"run"},
-    {"store", "_runstore", "_storedrun", "workflow", "patterns"},
+    {"store", "_runstore", "_storedrun", "workflow", "patterns", "compare"},
     {"ipython", "demo"},
 ]
 EDGE = {"ipython", "demo"}            # the layers that may use IPython and ipywidgets
