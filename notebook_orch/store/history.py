@@ -78,10 +78,13 @@ def rows_at_end(rec: Any) -> list[tuple[str, list[tuple[Any, ...]]]]:
     fps = cache.fingerprints
     last = _LAST.setdefault(rec.store, {})
     before = json.loads(last.get(rec.workflow, "{}"))   # this process's previous run of the workflow
-    for tid, (parts, k) in cache.parts.items():
+    known = cache.parts
+    for tid in cache.g.ids:   # definition order: `changed` lists tasks as the workflow defines them
+        got = known.get(tid)
         fp = fps.get(tid)
-        if fp is None:
+        if got is None or fp is None:
             continue
+        parts, k = got
         fp12 = fp[:12]
         prev = before.get(tid)
         if prev is not None and prev[1] == fp12:   # the same fingerprint: the same definition and inputs
@@ -104,7 +107,7 @@ def rows_at_end(rec: Any) -> list[tuple[str, list[tuple[Any, ...]]]]:
         tout += int(info.get("tokens_out") or 0)
         c = info.get("cost_usd")
         cost = None if c is None or cost is None else cost + float(c)
-    defs_json = json.dumps(defs, separators=(",", ":"), sort_keys=True)
+    defs_json = json.dumps(defs, separators=(",", ":"))
     last[rec.workflow] = defs_json
     data = {"makespan_s": st.elapsed(), "tasks": len(st.status),
             "succeeded": counts.get("succeeded", 0), "cached": counts.get("cached", 0),
