@@ -65,6 +65,12 @@ def test_no_cache_and_model_changes_are_named():
     t = second.compare(first).tasks
     assert t.loc["a", "cause"] == "changed" and t.loc["a", "changed"] == "model"
     assert t.loc["plain", "cause"] == "no cache"
+    wf.prompt("a", "Say one thing", agent="writer", guardrails=[lambda text: True])   # an option
+    wf.prompt("b", "Say another thing", agent="writer")
+    third = wf.run()
+    t = third.compare().tasks
+    assert t.loc["a", "changed"] == "options" and t.loc["b", "changed"] == "new" and t.loc["b", "cause"] == "changed"
+    assert wf.history()["changed"].iloc[-1] == "a, b"               # definition order
 
 
 class Offer(BaseModel):
