@@ -148,7 +148,7 @@ class RunComparison:
     def __repr__(self) -> str:
         n = (self.tasks["cause"] == "changed").sum()
         return (f"<RunComparison {self.b.id} vs {self.a.id}: {n} changed, "
-                f"makespan {_signed(self.summary['makespan_s'])} s, cost {_signed(self.summary['cost_usd'])} USD>")
+                f"makespan {_signed(self.summary['makespan_s'])} s, cost {_signed(self.summary['cost_usd'], 6)} USD>")
 
     # ------------------------------------------------------------------ the table
     def _tasks(self) -> pd.DataFrame:
@@ -275,7 +275,7 @@ class RunComparison:
         s = self.summary
         head = (f"<p><b>Run {esc(self.b.id)}</b> ({esc(self.b.status)}) compared with <b>{esc(self.a.id)}</b> "
                 f"({esc(self.a.status)}): makespan {_signed(s['makespan_s'])} s, critical path "
-                f"{_signed(s['critical_path_s'])} s, cost {_signed(s['cost_usd'])} USD, tokens "
+                f"{_signed(s['critical_path_s'])} s, cost {_signed(s['cost_usd'], 6)} USD, tokens "
                 f"{_signed(s['tokens'], 0)}, {int(s['tasks_rerun'])} task(s) re-run.</p>")
         legend = " ".join(f"<span style='background:{c};padding:0 6px;border:1px solid #999'>{esc(k)}</span>"
                           for k, c in _COLOURS.items() if k)
