@@ -78,3 +78,18 @@ def test_orch_runs_is_the_history(ip):
     assert list(h.columns) == HISTORY_COLUMNS and list(h["changed"]) == ["", "draft"]
     assert len(ip.run_line_magic("orch", "runs --all")) == 2
     assert isinstance(Run.load(h.index[-1]), Run)
+
+
+def test_changed_is_worked_out_again_when_the_run_before_is_not_the_one_recorded_against():
+    wf = _workflow("Write about cats")
+    wf.run()
+    wf.prompt("draft", "Write about dogs", agent="writer")
+    middle = wf.run()
+    wf.prompt("title", "Another title for: {draft}", agent="writer")
+    wf.run()
+    st = open_store()
+    st.drain()
+    # as if `middle` had been recorded by another kernel that died before writing its history row
+    st._do(lambda c: c.execute("DELETE FROM history WHERE run_id=?", (middle.id,)), write=True)
+    h = wf.history()
+    assert list(h["changed"]) == ["", "", "draft, title"]   # the last run, against the first one

@@ -49,9 +49,9 @@ PARTS = ("body", "prompt", "model", "options", "inputs", "params")   # the order
 HISTORY_COLUMNS = ["started", "status", "makespan_s", "tasks", "succeeded", "failed", "cached", "tokens_in",
                    "tokens_out", "cost_usd", "changed"]
 _KIND = itemgetter(2)
-# store -> workflow -> the defs JSON of this process's last run of it: a re-run digests only the tasks whose
+# store -> workflow -> (run id, defs JSON) of this process's last run of it: a re-run digests only the tasks whose
 # fingerprint changed (digesting 10,000 tasks cost 50-150 ms at every run's end); one string per workflow
-_LAST: weakref.WeakKeyDictionary[Any, dict[str, str]] = weakref.WeakKeyDictionary()
+_LAST: weakref.WeakKeyDictionary[Any, dict[str, tuple[str, str]]] = weakref.WeakKeyDictionary()
 
 
 def _d(text: str) -> str:
@@ -77,7 +77,8 @@ def rows_at_end(rec: Any) -> list[tuple[str, list[tuple[Any, ...]]]]:
     parts_rows: dict[str, str] = {}
     fps = cache.fingerprints
     last = _LAST.setdefault(rec.store, {})
-    before = json.loads(last.get(rec.workflow, "{}"))   # this process's previous run of the workflow
+    prev_id, prev_json = last.get(rec.workflow) or _latest(rec.store, rec.workflow, rec._run_id)
+    before = json.loads(prev_json) if prev_json else {}   # the run before (this process's, else the store's)
     known = cache.parts
     for tid in cache.g.ids:   # definition order: `changed` lists tasks as the workflow defines them
         got = known.get(tid)
@@ -108,15 +109,28 @@ def rows_at_end(rec: Any) -> list[tuple[str, list[tuple[Any, ...]]]]:
         c = info.get("cost_usd")
         cost = None if c is None or cost is None else cost + float(c)
     defs_json = json.dumps(defs, separators=(",", ":"))
-    last[rec.workflow] = defs_json
+    last[rec.workflow] = (rec._run_id, defs_json)
+    changed = [t for t, v in defs.items() if t not in before or before[t][0] != v[0]] if prev_id else []
     data = {"makespan_s": st.elapsed(), "tasks": len(st.status),
             "succeeded": counts.get("succeeded", 0), "cached": counts.get("cached", 0),
             "failed": counts.get("failed", 0) + counts.get("upstream_failed", 0),
-            "tokens_in": tin, "tokens_out": tout, "cost_usd": cost, "defs_digest": _d(defs_json)}
+            "tokens_in": tin, "tokens_out": tout, "cost_usd": cost, "defs_digest": _d(defs_json),
+            "changed": changed, "prev": prev_id}   # `changed` against run `prev`: history() reads it as is
     started = getattr(rec.run, "started_wall", None) or getattr(st, "started_wall", None) or 0.0
     return [("INSERT OR REPLACE INTO history (run_id, workflow, started, data, defs) VALUES (?,?,?,?,?)",
              [(rec._run_id, rec.workflow, started, json.dumps(data), defs_json)]),
             ("INSERT OR IGNORE INTO parts (own, data) VALUES (?,?)", list(parts_rows.items()))]
+
+
+def _latest(store: Store, workflow: str, run_id: str) -> tuple[str | None, str | None]:
+    """(run id, defs JSON) of the workflow's latest run with a history row, other than `run_id`."""
+    try:
+        row = store._read(lambda c: c.execute(
+            "SELECT run_id, defs FROM history WHERE workflow=? AND run_id != ? ORDER BY started DESC LIMIT 1",
+            (workflow, run_id)).fetchone())
+    except Exception:  # noqa: BLE001 - unreadable now: `changed` is worked out when history() is read
+        return None, None
+    return (row[0], row[1]) if row else (None, None)
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -145,7 +159,7 @@ def history_frame(store: Store, workflow: str | None) -> pd.DataFrame:
     import pandas as pd
     store.drain()
     sql = ("SELECT r.run_id, r.workflow, r.started, r.finished, r.status, r.tasks, r.counts, r.host, r.pid, "
-           "h.data, h.defs FROM runs r LEFT JOIN history h ON h.run_id = r.run_id")
+           "h.data FROM runs r LEFT JOIN history h ON h.run_id = r.run_id")
     args: list[Any] = []
     if workflow is not None:
         sql += " WHERE r.workflow=?"
@@ -153,10 +167,9 @@ def history_frame(store: Store, workflow: str | None) -> pd.DataFrame:
     sql += " ORDER BY r.started"
     rows = store._read(lambda c: c.execute(sql, args).fetchall())
     out: list[dict[str, Any]] = []
-    last: dict[str, tuple[str | None, str | None]] = {}   # workflow -> (defs digest, defs json) of the run before
-    parsed: dict[str, dict[str, Any]] = {}
+    last: dict[str, tuple[str, str | None]] = {}   # workflow -> (run id, defs digest) of the run before
     nan = math.nan
-    for run_id, wf, started, finished, status, tasks, counts, host, pid, data, defs in rows:
+    for run_id, wf, started, finished, status, tasks, counts, host, pid, data in rows:
         status = store.status_of(run_id, status, host, pid)
         rec: dict[str, Any] = {"run_id": run_id, "started": pd.Timestamp(started, unit="s"), "status": status}
         if data is not None:
@@ -167,16 +180,15 @@ def history_frame(store: Store, workflow: str | None) -> pd.DataFrame:
                        tokens_out=d.get("tokens_out", 0), cost_usd=nan if cost is None else cost)
             before = last.get(wf)
             changed: list[str] = []
-            if before is not None and before[0] != d.get("defs_digest"):
-                prev = parsed.get(before[1] or "")
-                if prev is None and before[1] is not None:
-                    prev = parsed[before[1]] = json.loads(before[1])
-                now = parsed[defs] = json.loads(defs)
-                changed = [t for t, v in now.items() if prev is None or t not in prev or prev[t][0] != v[0]]
+            if before is None:
+                pass
+            elif "changed" in d and d.get("prev") == before[0]:   # worked out when the run was recorded
+                changed = d["changed"]
+            elif before[1] != d.get("defs_digest"):   # recorded against another run (two kernels): compare now
+                prev, now = run_defs(store, before[0]) or {}, run_defs(store, run_id) or {}
+                changed = [t for t, v in now.items() if t not in prev or prev[t][0] != v[0]]
             rec["changed"] = ", ".join(changed)
-            last[wf] = (d.get("defs_digest"), defs)
-            if len(parsed) > 4:
-                parsed.clear()
+            last[wf] = (run_id, d.get("defs_digest"))
         else:   # a run still going, interrupted, or recorded before history rows existed
             c = json.loads(counts) if counts else {}
             rec.update(makespan_s=(finished - started) if finished else nan, tasks=tasks,
