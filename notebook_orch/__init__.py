@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import (CycleError, DefinitionError, InvalidIdError, LoopError, OrchError, PlanError,
-                     RunCancelledError, TaskFailedError, UnknownNameError)
+                     ReplayMismatchError, RunCancelledError, TaskFailedError, UnknownNameError)
 from .events import Event
 from .model import Agent, Task
 from .run import Run
@@ -14,6 +14,7 @@ from .workflow import Workflow
 __version__ = "0.1.0"
 __all__ = ["Workflow", "Agent", "Task", "Run", "Event", "OrchError", "DefinitionError", "CycleError",
            "UnknownNameError", "InvalidIdError", "TaskFailedError", "RunCancelledError", "LoopError", "PlanError",
+           "ReplayMismatchError",
            "load_ipython_extension", "unload_ipython_extension", "instrument"]
 
 

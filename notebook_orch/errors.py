@@ -123,3 +123,14 @@ class PlanError(OrchError):
         self.reason = reason or message        # what was wrong with the last answer (the cycle spelled out, ...)
         self.answer = answer                   # the last answer the model gave (a dict), when there was one
         super().__init__(message)
+
+
+class ReplayMismatchError(OrchError):
+    """A model request of a replayed run differs from every request recorded in the run it replays.
+
+    `task`, `run_id` (the recorded run), `diff` (unified diff of the recorded conversation against
+    this one), `changed_words` (words removed / added) say what drifted."""
+
+    def __init__(self, message: str, *, task: str, run_id: str, diff: str = "", changed_words: str = ""):
+        self.task, self.run_id, self.diff, self.changed_words = task, run_id, diff, changed_words
+        super().__init__(message)

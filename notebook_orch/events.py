@@ -46,6 +46,8 @@ notes -- no status change:
     worker_lost      a Dask worker died while running the attempt; Dask runs it again (info: {"worker",
                      "key", "message"})
     assigned         the manager (or the capability match) gave the task an agent (info: `Assigned`)
+    exchange         one model request recorded for replay (info: {"digest", "n", "settings", "response",
+                     "model", "tokens_in", "tokens_out", "cost_usd"}; llm/_replay.py)
     retrying         also for a model request retried after HTTP 429/5xx inside the attempt
                      (info: `ModelRetrying`, a dict; the task-level one is a `Retrying` tuple)
 run events (task is ''):

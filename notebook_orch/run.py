@@ -44,6 +44,7 @@ class Run:
         self.fingerprints: dict[str, str] = {}   # task -> fingerprint (filled by the store as tasks become ready)
         self.uncacheable: dict[str, str] = {}    # task -> why its output is not reused / not reusable
         self.not_persisted: dict[str, str] = {}  # task -> why its output is kept in memory only (e.g. unpicklable)
+        self._replay: Any = None                 # wf.run(replay=RUN): the record its model requests are answered from
 
     @property
     def started_wall(self) -> float | None:
@@ -349,6 +350,12 @@ class Run:
         return f"<Run {self.id} {self.status}: {len(self.state.ids)} tasks ({counts_text(self.counts())})>"
     # --- end display
 
+    def compare(self, other: Any = None) -> Any:
+        """This run against `other` (a Run, a run id, or None: the run before it) as a `RunComparison`:
+        `.tasks` (per task: statuses, deltas, what changed, why it re-ran), `.summary`, `.diff(task)`."""
+        from .compare import compare
+        return compare(self, other)
+
     def messages(self, task_id: str) -> "pd.DataFrame":
         """The prompt task's conversation: attempt, item (a map task's item), role, content, tool, tokens
         (secrets redacted)."""
@@ -383,7 +390,12 @@ class PastRun:
         if self._store is False or self._store is None:
             raise OrchError(f"run {self.id} is no longer kept in memory (Workflow(keep_runs=...)) and the store is "
                             f"off, so it cannot be read back; raise keep_runs or keep the store on")
-        return Run.load(self.id, None if self._store is True else self._store)
+        from .errors import UnknownNameError
+        try:
+            return Run.load(self.id, None if self._store is True else self._store)
+        except UnknownNameError:
+            raise OrchError(f"run {self.id} is no longer in the store: it was pruned (Workflow(keep_runs=...) keeps "
+                            f"the last runs of a workflow, open_store().prune() removes older ones)") from None
 
     def __repr__(self) -> str:
         return (f"<PastRun {self.id} {self.status}: {sum(self.counts.values())} tasks ({counts_text(self.counts)}); "

@@ -23,8 +23,10 @@ from .tracing import attach as attach_tracing
 
 __all__ = ["Workflow"]
 
+MEMORY_RUNS = 3          # finished runs kept whole in memory at most (older ones: PastRun summaries)
+MAX_SUMMARIES = 1000     # entries of wf.runs at most (beyond keep_runs): a session's memory stays bounded
 _RUN_OPTIONS = ("concurrency", "only", "from_", "cache", "fail_fast", "mode", "params", "dask_client",
-                "manager", "executor", "dask", "manager_retries", "manager_tokens", "reviews")
+                "manager", "executor", "dask", "manager_retries", "manager_tokens", "reviews", "replay", "replay_mode")
 
 
 class Workflow:
@@ -44,7 +46,7 @@ class Workflow:
     def __init__(self, name: str = "workflow", *, concurrency: int | None = 16,
                  resources: Mapping[str, int] | None = None, params: Mapping[str, Any] | None = None,
                  fail_fast: bool = False, namespace: Mapping[str, Any] | None = None, store: Any = True,
-                 max_cost_usd: float | None = None, dask: Any = None, keep_runs: int = 5):
+                 max_cost_usd: float | None = None, dask: Any = None, keep_runs: int = 100):
         concurrency = check_concurrency(concurrency, "Workflow(concurrency=...)")
         self.name = name
         self.concurrency = concurrency                      # global limit of running tasks (None: none)
@@ -61,7 +63,8 @@ class Workflow:
         self._new_since_freeze = 0                           # tasks added since the last gcpause.defining()
         if not isinstance(keep_runs, int) or keep_runs < 1:
             raise DefinitionError(f"keep_runs must be a whole number of at least 1, got {keep_runs!r}")
-        self.keep_runs = keep_runs                           # finished runs kept whole in memory; older: summaries
+        self.keep_runs = keep_runs                           # runs kept in the store (older: pruned after a run); of
+                                                             # them at most MEMORY_RUNS whole in memory, then summaries
         self.runs: list[Run | PastRun] = []                  # runs of this workflow in this session, oldest first
         self.cache_lookup: Callable[..., Any] | None = None  # custom hook (id, task, inputs) -> (hit, value, where); overrides the store
         self.store = store                                   # True: .notebook_orch/store.sqlite under the cwd; False: off; a path or Store
@@ -219,6 +222,12 @@ class Workflow:
         from .patterns.planner import aplan
         return await aplan(self, goal, agent=agent, apply=apply, retries=retries, max_tokens=max_tokens)
 
+    def history(self) -> Any:
+        """The stored runs of this workflow, oldest first (index `run_id`): started, status, makespan_s, tasks,
+        succeeded, failed, cached, tokens_in, tokens_out, cost_usd, changed (tasks redefined since the run before)."""
+        from .store.history import history_frame, workflow_store
+        return history_frame(workflow_store(self), self.name)
+
     @property
     def last_run(self) -> Run | None:
         last = self.runs[-1] if self.runs else None
@@ -269,6 +278,13 @@ class Workflow:
         redact.refresh()   # a secret put in the environment by the cell before is known to this run's redaction
         reuse = dict(reuse or {})
         reuse.update(self._selection_reuse(graph, options))
+        replay = None   # wf.run(replay=RUN): model requests answered from RUN's record (llm/_replay.py)
+        if options.get("replay") is not None:
+            from .llm._replay import make_replay
+            replay = make_replay(options["replay"], options.get("replay_mode", "strict"), self)
+        elif options.get("replay_mode") is not None:
+            raise DefinitionError("replay_mode= needs replay=RUN (the run, or its id, whose record answers the "
+                                  "model requests)")
         # >>> hierarchical mode (notebook_orch.patterns.manager): the manager assigns agents before dispatch
         assign = None
         if mode == "hierarchical":
@@ -298,6 +314,7 @@ class Workflow:
             run = Run(self, sched.state, sched, dict(options))
             from .review import attach as attach_reviews          # Task(review=True): a person answers (review.py)
             attach_reviews(sched, run, options, store, answerable)
+            run._replay = replay
             if store is not None:
                 store.bind(run)
             sched.run = run
@@ -336,13 +353,21 @@ class Workflow:
         return {t: known[t] for t in graph.ids if t not in selected and t in known}
 
     def _finished(self, run: Run) -> None:
-        """A run ended: learn from it later; keep at most `keep_runs` finished runs whole."""
+        """A run ended: learn from it later; keep at most `keep_runs` finished runs whole (at most MEMORY_RUNS),
+        at most MAX_SUMMARIES in all, and the store's last `keep_runs` (pruned on its writer thread)."""
         self._unlearned.append(run)
         whole = [k for k, r in enumerate(self.runs) if isinstance(r, Run) and r.done]
-        if len(whole) > self.keep_runs:
+        keep = min(self.keep_runs, MEMORY_RUNS)
+        if len(whole) > keep:
             self._learn_pending()            # what older runs teach is kept before they are let go
-            for k in whole[:len(whole) - self.keep_runs]:
+            for k in whole[:len(whole) - keep]:
                 self.runs[k] = PastRun.of(self.runs[k])   # type: ignore[arg-type]
+        if len(self.runs) > max(self.keep_runs, MAX_SUMMARIES):   # the store (wf.history()) has the older ones
+            del self.runs[:len(self.runs) - max(self.keep_runs, MAX_SUMMARIES)]
+        rec = getattr(run, "_recorder", None)
+        if rec is not None:
+            from .store.retention import schedule
+            schedule(rec.store, self.name, self.keep_runs)
 
     def _learn_pending(self) -> None:
         while self._unlearned:

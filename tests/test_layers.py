@@ -18,10 +18,10 @@ LAYERS: list[set[str]] = [
     {"errors", "events", "policy", "_loop", "capture", "redact", "gcpause", "tracebacks", "frames", "interrupts",
      "shadowing"},
     {"model", "limits", "state", "attempt", "options"},
-    {"graph", "executors", "timings", "fingerprint", "tracing", "routing", "waits"},
+    {"graph", "executors", "timings", "fingerprint", "tracing", "routing", "waits", "outputdiff"},
     {"scheduler", "_metrics", "metrics", "render", "llm", "review"},
     {"run"},
-    {"store", "_runstore", "_storedrun", "workflow", "patterns"},
+    {"store", "_runstore", "_storedrun", "workflow", "patterns", "compare"},
     {"ipython", "demo", "ipc_kernel"},
 ]
 EDGE = {"ipython", "demo", "ipc_kernel"}            # the layers that may use IPython and ipywidgets

@@ -98,10 +98,11 @@ def test_a_long_session_keeps_memory_bounded():
 
 def test_a_summary_reads_the_whole_run_back_from_the_store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    wf = Workflow("back", keep_runs=1)
+    wf = Workflow("back")           # keep_runs=100 in the store; at most 3 whole in memory (workflow.MEMORY_RUNS)
     wf.task(lambda: 1, id="one")
     first = wf.run()
-    wf.run()
+    for _ in range(3):
+        wf.run()
     past = wf.runs[0]
     assert past.id == first.id and "load()" in repr(past)
     back = past.load()

@@ -131,6 +131,9 @@ def _start(m: Any, launch: Callable[[], Run], wait: bool) -> Run:
 @argument("--wait", action="store_true", help="block until the run ends (interrupt the kernel to cancel it)")
 @argument("--reviews", choices=("wait", "approve", "reject", "fail"),
           help="who answers tasks marked --review: wait (a person, the default here), approve, reject, fail")
+@argument("--replay", metavar="RUN", help="answer model requests from RUN's record (a run id): no network, no key")
+@argument("--replay-mode", dest="replay_mode", choices=("strict", "fallthrough"),
+          help="with --replay: a request not recorded fails its task (strict, default) or goes live (fallthrough)")
 def _run(m: Any, args: Any) -> Run:
     """Start a run of the active workflow on the kernel's loop and return it at once (--wait: block)."""
     opts: dict[str, Any] = {}
@@ -152,6 +155,10 @@ def _run(m: Any, args: Any) -> Run:
         opts["dask"] = args.dask
     if args.reviews:
         opts["reviews"] = args.reviews
+    if args.replay:
+        opts["replay"] = args.replay
+    if args.replay_mode:
+        opts["replay_mode"] = args.replay_mode
     wf = m.wf
     _refuse_if_live(wf)
     wf.namespace = m.shell.user_ns
@@ -437,8 +444,12 @@ def _store(m: Any) -> Any:
 @magic_arguments(name="orch runs")
 @argument("--all", action="store_true", help="runs of every workflow, not only the active one")
 def _runs(m: Any, args: Any) -> Any:
-    """Past runs kept in the store (also from earlier kernels): status, counts, times. Run.load(ID) reopens one."""
-    return _store(m).runs(workflow=None if args.all else m.wf.name)
+    """Past runs kept in the store (also from earlier kernels): times, counts, tokens, cost, what changed.
+    Run.load(ID) reopens one; --all lists every workflow's runs."""
+    if args.all:
+        return _store(m).runs()
+    _store(m)   # the store off: said plainly
+    return m.wf.history()
 
 
 @command("cache")
@@ -536,3 +547,6 @@ def _export(m: Any, args: Any) -> None:
     from .export import export_script
     path = export_script(m.wf, args.path, m.shell.user_ns)
     print(f"wrote {path} ({len(m.wf.tasks)} tasks); run it with: python {path}")
+
+
+from . import history_commands as _history_commands  # noqa: E402,F401 - registers %orch compare / store

@@ -31,6 +31,7 @@ from pydantic_ai.messages import (ModelRequest, PartDeltaEvent, PartStartEvent, 
 
 from .. import attempt as _attempt
 from ..errors import DefinitionError, OrchError
+from . import _replay
 from ._convert import rows_of
 from ._models import ModelRequestError, resolve_model, usage_of
 from ._prompts import CHARS_PER_TOKEN, render_prompt, system_prompt
@@ -53,7 +54,7 @@ class _Call:
     """What one attempt's conversation knows: its attempt context, counters, the streamed text."""
 
     __slots__ = ("ctx", "agent", "task", "sent", "system_done", "streaming", "parts", "t_emit", "n_chunks", "waited",
-                 "servers")
+                 "servers", "request")
 
     def __init__(self, ctx: Any, agent: "Agent", task: "Task", streaming: bool):
         self.ctx = ctx
@@ -67,6 +68,7 @@ class _Call:
         self.n_chunks = 0
         self.waited = 0.0             # seconds the current request waited in before_request (windows, budget)
         self.servers: dict[str, str] = {}   # tool name -> the MCP server it comes from (llm/_mcp.py)
+        self.request: list[Any] = []  # the messages of the current request (recorded with its answer: _replay)
 
     def emit(self, kind: str, info: Any) -> None:
         if self.ctx is not None:
@@ -88,6 +90,7 @@ class _Call:
         self.system_done = True
 
     async def before(self, messages: list[Any]) -> tuple[int, float]:
+        self.request = messages
         est = 0
         t = perf_counter()
         if self.ctx is not None:
@@ -100,13 +103,19 @@ class _Call:
         return est, now
 
     def after(self, response: Any, est: int, t0: float) -> None:
-        tin, tout, cost = usage_of(response, self.agent)
+        replayed = _replay.replayed_usage(self, response)   # an answer from a recorded run: its recorded usage
+        if replayed is not None:
+            tin, tout, cost = replayed["tokens_in"], replayed["tokens_out"], replayed["cost_usd"]
+        else:
+            tin, tout, cost = usage_of(response, self.agent)
         if self.streaming and self.ctx is not None:
             self.flush(tout)
         if self.ctx is not None:
-            self.ctx.after_request(tin, tout, cost, est, model=response.model_name,
+            _replay.record(self, self.request, response, (tin, tout, cost))
+            self.ctx.after_request(tin, tout, cost, est, model=(replayed or {}).get("model") or response.model_name,
                                    duration_ms=round((perf_counter() - t0) * 1000, 3),
-                                   wait_ms=round(self.waited * 1000, 3), streamed=self.streaming)
+                                   wait_ms=round(self.waited * 1000, 3), streamed=self.streaming,
+                                   **({"replayed": True} if replayed is not None else {}))
 
     # ------------------------------------------------------------ streaming
     def feed(self, delta: str) -> None:

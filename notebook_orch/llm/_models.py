@@ -89,6 +89,10 @@ _local: dict[Any, "Model"] = {}       # demo and callable models: no connections
 
 def resolve_model(agent: "Agent") -> "Model":
     """The pydantic-ai Model for `agent.llm` (string, string + base_url, Model object, callable, or "demo")."""
+    from ._replay import active   # a replayed run (wf.run(replay=RUN)): the recorded answers, same path
+    replay = active()
+    if replay is not None:
+        return replay.model(agent)
     llm = agent.llm
     if llm is None:
         raise DefinitionError(f"agent {agent.name!r} has no llm; give it llm='demo' (offline), a provider string "

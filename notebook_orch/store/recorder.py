@@ -31,6 +31,7 @@ from typing import Any
 from ..redact import learn_run, redact, redact_obj
 from . import codec, lost, sign
 from .cache import RunCache
+from .history import rows_at_end
 from .runrow import run_row
 from .sqlite import Batch, Store, StoreWarning, _Unavailable
 
@@ -116,6 +117,7 @@ class Recorder:
         self._inserted = False
         self._final: tuple[Any, ...] | None = None
         self._final_tries = 0
+        self._extra: list[Any] = []              # the run's history rows (history.py), sent with its end
         self._events_at = time.monotonic()      # when the last events chunk was built
         self.hurry = False                      # set by drain(): write the events now too
         self._done = False
@@ -330,12 +332,14 @@ class Recorder:
             self.store.final[self._run_id] = st.run_status
             self._drop.extend(self._held)
             self._held.clear()
+            self._extra = rows_at_end(self)
         b = Batch(self._run_id)
         b.run_insert = self._meta_row
         b.reset = self._reset
         b.rows = self._rows
         b.lease_add = self._lease_add
         b.lease_drop = self._drop
+        b.extra = self._extra
         if finished or self.hurry or now - self._events_at > EVENTS_EVERY or len(self._events) > 100_000:
             if self._events or self._fps or self._json or self._notes or self._nones:
                 self._events_at, self.hurry = now, False
@@ -366,6 +370,8 @@ class Recorder:
         if b.run_update is not None:
             self.store.final.pop(self._run_id, None)
             self._done = not self._rewrite     # the file was lost during this very write: not done yet
+            if self._done:
+                self._release()
 
     def failed(self, b: Batch, exc: BaseException) -> None:
         """Keep everything for the next attempt (the outputs meanwhile in memory, said in `not_persisted`).
@@ -408,9 +414,18 @@ class Recorder:
         """A bug in collect(): say so once and stop recording this run (it goes on)."""
         self._warn(exc)
         self._done = True
+        if self.st is not None and self.st.finished:
+            self._release()
+
+    def _release(self) -> None:
+        """The run is recorded: what only recording needed goes (memory stays bounded over many kept runs)."""
+        self._started = {}
+        self.cache.release()
 
     def _clear(self, b: Batch) -> None:
         self._rows, self._values, self._drop, self._lease_add = [], {}, [], []
+        if b.run_update is not None:
+            self._extra = []
         if b.chunk is not None:
             del self._events[:b.events]
             self._fps, self._json, self._notes, self._nones = {}, {}, {}, []

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import OrchError, UnknownNameError
 from . import codec, lost, sign
+from .history import HISTORY_SCHEMA as _HISTORY_SCHEMA
+from .history import HISTORY_TABLES
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -79,6 +81,7 @@ _SCHEMA: tuple[str, ...] = (
         fingerprint TEXT PRIMARY KEY, holder TEXT NOT NULL, host TEXT, pid INTEGER,
         expires REAL NOT NULL        -- time.time() after which nobody waits for it
     )""",
+    *_HISTORY_SCHEMA,   # history.py: one summary row per run, the parts of each task definition
 )
 
 
@@ -97,7 +100,8 @@ class _Unavailable(Exception):
 class Batch:
     """What one transaction writes (built by a recorder on the writer thread)."""
 
-    __slots__ = ("chunk", "events", "lease_add", "lease_drop", "reset", "rows", "run_id", "run_insert", "run_update")
+    __slots__ = ("chunk", "events", "extra", "lease_add", "lease_drop", "reset", "rows", "run_id", "run_insert",
+                 "run_update")
 
     def __init__(self, run_id: str = ""):
         self.rows: list[tuple[Any, ...]] = []   # (fingerprint, task, workflow, run_id, created, duration, size, sig, blob)
@@ -109,9 +113,11 @@ class Batch:
         self.lease_add: list[str] = []
         self.lease_drop: list[str] = []
         self.reset = False                      # the run is written again from its start (lost.py): drop its old rows
+        self.extra: list[tuple[str, Sequence[Any]]] = []   # more statements (sql, rows for executemany): history rows
 
     def __bool__(self) -> bool:
-        return bool(self.rows or self.chunk or self.run_update or self.run_insert or self.lease_add or self.lease_drop)
+        return bool(self.rows or self.chunk or self.run_update or self.run_insert or self.lease_add or self.lease_drop
+                    or self.extra)
 
 
 def _errname(exc: BaseException) -> str:
@@ -265,12 +271,22 @@ class Store:
                                  f"{SCHEMA_VERSION})")
                 return self._open()
             if not tables:
+                con.execute("PRAGMA auto_vacuum=INCREMENTAL")   # prune() gives space back without a full VACUUM
                 con.execute("BEGIN IMMEDIATE")
                 try:
                     for stmt in _SCHEMA:
                         con.execute(stmt)
                     con.execute(f"PRAGMA application_id={APP_ID}")
                     con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
+            elif not tables.issuperset(HISTORY_TABLES):   # a store of the previous release: add the history tables
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    for stmt in _HISTORY_SCHEMA:
+                        con.execute(stmt)
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
@@ -522,6 +538,8 @@ class Store:
                 n = c.execute("SELECT coalesce(max(chunk), -1) + 1 FROM events WHERE run_id=?",
                               (b.run_id,)).fetchone()[0]
                 c.execute("INSERT INTO events (run_id, chunk, data) VALUES (?,?,?)", (b.run_id, n, b.chunk))
+            for sql, rows in b.extra:
+                c.executemany(sql, rows)
             if b.run_update is not None:
                 c.execute("UPDATE runs SET finished=?, status=?, counts=?, started=coalesce(?, started) "
                           "WHERE run_id=?", b.run_update)
@@ -713,6 +731,17 @@ class Store:
                 if ok:
                     out[fp] = value
         return out
+
+    def prune(self, keep_runs: int | None = 100, older_than: Any = None, workflow: str | None = None) -> pd.Series:
+        """Remove runs beyond the last `keep_runs` of each workflow (and those older than `older_than`: '30d',
+        '12h'), their events and the outputs no kept run needs, and give the space back (retention.py)."""
+        from .retention import prune
+        return prune(self, keep_runs, older_than, workflow)
+
+    def report(self, top: int = 10) -> Any:
+        """Size on disk, runs per workflow, outputs, the `top` biggest outputs (a StoreReport)."""
+        from .retention import report
+        return report(self, top)
 
     def load_run(self, run_id: str | None = None) -> Any:
         """A past run read back (read-only): .events, .statuses, .results, .errors, .metrics(), ..."""
