@@ -15,6 +15,7 @@ __all__ = [
     "RunCancelledError",
     "LoopError",
     "PlanError",
+    "BudgetError",
     "closest",
 ]
 
@@ -118,3 +119,23 @@ class PlanError(OrchError):
         self.reason = reason or message        # what was wrong with the last answer (the cycle spelled out, ...)
         self.answer = answer                   # the last answer the model gave (a dict), when there was one
         super().__init__(message)
+
+
+class BudgetError(OrchError):
+    """A run's forecast costs more than its budget even at the low estimate, so it did not start (SPEC §13).
+
+    `.forecast` is the `Forecast`, `.budget` the `max_cost_usd`, `.dearest` a DataFrame of the dearest
+    tasks. Lower the work (fewer items, a cheaper agent), raise `Workflow(max_cost_usd=...)`, or run
+    anyway with `wf.run(check_budget=False)` (the budget still stops new model requests once spent)."""
+
+    def __init__(self, forecast: object, budget: float):
+        self.forecast = forecast
+        self.budget = budget
+        s = forecast.summary  # type: ignore[attr-defined]
+        self.dearest = forecast.dearest(3)  # type: ignore[attr-defined]
+        names = ", ".join(f"{t} (${c:.4f})" for t, c in self.dearest["cost_usd"].items())
+        super().__init__(
+            f"the run was not started: its forecast costs ${s['cost_usd']:.4f} (${s['cost_usd_low']:.4f}–"
+            f"${s['cost_usd_high']:.4f}), over its budget max_cost_usd=${budget:g} even at the low estimate; "
+            f"dearest tasks: {names}. Lower the work, raise Workflow(max_cost_usd=...), or run anyway with "
+            f"wf.run(check_budget=False) / %orch run --no-check-budget")

@@ -214,6 +214,13 @@ class Workflow:
         from .patterns.planner import aplan
         return await aplan(self, goal, agent=agent, apply=apply, retries=retries, max_tokens=max_tokens)
 
+    # ---------------------------------------------------------------- forecast (notebook_orch.forecast, SPEC §13)
+    def forecast(self, **options: Any) -> Any:
+        """What a run with these options will take and cost (a `Forecast`), without calling any model:
+        per task (`.tasks`), for the run (`.summary`), the predicted schedule (`.gantt()`)."""
+        from .forecast import forecast
+        return forecast(self, **options)
+
     @property
     def last_run(self) -> Run | None:
         last = self.runs[-1] if self.runs else None
@@ -242,6 +249,7 @@ class Workflow:
 
     def _launch(self, options: dict[str, Any], reuse: dict[str, tuple[Any, str]] | None = None,
                 wait: Any = None) -> Run:
+        check_budget = bool(options.pop("check_budget", True))   # SPEC §13: run(check_budget=False) skips the gate
         options = check_run_options(options, self)   # every run option checked and normalised here
         unknown = set(options) - set(_RUN_OPTIONS)
         if unknown:
@@ -260,6 +268,8 @@ class Workflow:
             raise DefinitionError(f"manager= is for mode='hierarchical', not mode={mode!r}")
         if mode != "hierarchical":
             _check_prompt_agents(graph, self.tasks)
+        from .forecast import gate   # a run whose forecast's low cost exceeds max_cost_usd does not start
+        forecast = gate(self, options, check_budget)
         _preload_models(self.agents)
         reuse = dict(reuse or {})
         reuse.update(self._selection_reuse(graph, options))
@@ -290,6 +300,7 @@ class Workflow:
             sched.use_executor(options.get("executor"), options.get("dask", options.get("dask_client", self.dask)))
             sched.prepare = assign                                # hierarchical mode: the manager's pass, else None
             run = Run(self, sched.state, sched, dict(options))
+            run._forecast = forecast
             if store is not None:
                 store.bind(run)
             sched.run = run
