@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"graph", "executors", "timings", "fingerprint"},
     {"scheduler", "_metrics", "metrics", "render", "llm"},
     {"run"},
-    {"store", "_runstore", "_storedrun", "workflow", "patterns"},
+    {"store", "_runstore", "_storedrun", "workflow", "patterns", "forecast", "_forecast"},
     {"ipython", "demo"},
 ]
 EDGE = {"ipython", "demo"}            # the layers that may use IPython and ipywidgets
