@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .run import Run
     from .workflow import Workflow
 
-__all__ = ["Forecast", "forecast", "gate", "forecast_error", "TASK_COLUMNS", "SUMMARY_FIELDS"]
+__all__ = ["Forecast", "forecast", "gate", "forecast_error", "for_panel", "panel_line", "TASK_COLUMNS",
+           "SUMMARY_FIELDS"]
 
 TASK_COLUMNS = ["cached", "run_s", "run_s_low", "run_s_high", "tokens_in", "tokens_out", "cost_usd", "basis",
                 "agent", "items", "requests", "cost_usd_low", "cost_usd_high", "start_s", "end_s"]
@@ -212,23 +213,33 @@ def forecast_error(run: "Run") -> "pd.DataFrame":
 
 
 # ---------------------------------------------------------------------- the run panel
-def panel_line(run: "Run") -> str:
+PANEL_MAX_TASKS = 2_000      # %orch run forecasts first (for its panel) up to this many tasks
+
+
+def for_panel(wf: "Workflow", options: Mapping[str, Any]) -> Forecast | None:
+    """A forecast for the panel of a run about to start (best effort: never stops the run; large
+    workflows get none unless one was made or a budget asks for one)."""
+    if len(wf.tasks) > PANEL_MAX_TASKS:
+        return None
+    try:
+        return _forecast(wf, options)
+    except Exception:  # noqa: BLE001 - the run itself will say what is wrong with its options
+        return None
+
+
+def panel_line(run: "Run | None") -> str:
     """HTML for the run panel: the forecast's makespan and cost beside the run's so far ('' without one)."""
     import html as _html
+
+    from ._forecast.show import money
     fc: Forecast | None = getattr(run, "_forecast", None)
-    if fc is None:
+    if run is None or fc is None:
         return ""
     s = fc.summary
     spent = getattr(getattr(run, "_sched", None), "cost_usd", None)
-    cost = _money(s["cost_usd"])
-    now = f", spent {_money(spent)}" if spent is not None and not math.isnan(float(s["cost_usd"])) else ""
+    cost = money(s["cost_usd"])
+    now = f", spent {money(spent)}" if spent is not None and not math.isnan(float(s["cost_usd"])) else ""
     return (f'<div class="norch-forecast">forecast: {float(s["makespan_s"]):.1f} s '
             f'({float(s["makespan_s_low"]):.1f}–{float(s["makespan_s_high"]):.1f}), {_html.escape(cost)}'
             f'{_html.escape(now)} &middot; now {run.elapsed():.1f} s</div>')
 
-
-def _money(x: Any) -> str:
-    x = float(x)
-    if x != x:
-        return "cost unknown"
-    return f"${x:.4f}" if x < 1 else f"${x:,.2f}"

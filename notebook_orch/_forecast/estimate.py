@@ -80,10 +80,13 @@ class Estimator:
         self.default_s = statistics.fmean(known) if known else DEFAULT_S
         self._fits: dict[str, tuple[float, float] | None] = {}
         self._prices: dict[str, tuple[float, float] | None] = {}
+        self._floor = 0.0                      # the current task's template + system prompt size (figure())
 
     # ------------------------------------------------------------------ the ladder
-    def figure(self, tid: str, task: "Task", fp: str | None, chars: float | None) -> Figure:
-        """The figure of one unit of `tid` (`chars`: its rendered prompt size when its inputs are known)."""
+    def figure(self, tid: str, task: "Task", fp: str | None, chars: float | None, floor: float = 0.0) -> Figure:
+        """The figure of one unit of `tid` (`chars`: its rendered prompt size when its inputs are known;
+        `floor`: the size of its template and system prompt, what is sure to be sent)."""
+        self._floor = floor
         agent = task.agent
         prompt = task.prompt is not None
         same = [o for o in self.h.by_fp.get(fp, ()) if o.status == "succeeded" and o.units] if fp else []
@@ -102,7 +105,9 @@ class Estimator:
         if tid in self.planned:
             fig = self._spread("plan", self.planned[tid])
         else:
-            fig = self._spread("default", self.default_s)
+            a = self.agents.get(agent) if agent else None
+            latency = a.demo_latency if prompt and a is not None and a.llm == "demo" else None
+            fig = self._spread("default", latency if latency else self.default_s)
         if prompt:
             self._tokens(fig, fig.basis, agent, chars, [])
         return fig
@@ -154,7 +159,7 @@ class Estimator:
             fig.tokens_in = _mean([o.tokens_in for o in prompts])
         else:
             from ..llm._prompts import CHARS_PER_TOKEN
-            fig.tokens_in = (chars or 0.0) / CHARS_PER_TOKEN
+            fig.tokens_in = (chars or self._floor) / CHARS_PER_TOKEN
         source = obs or prompts
         if source:
             fig.tokens_out = _mean([o.tokens_out for o in source])

@@ -99,8 +99,8 @@ def predict(wf: "Workflow", options: Mapping[str, Any], *, before: float | None 
             items[i] = len(values) if values is not None else _items_from_history(hist, known, g, i)
         else:
             items[i] = 1
-        chars = known.prompt_chars(i, est) if task.prompt is not None else None
-        figs[i] = est.figure(tid, task, known.fps.get(tid), chars)
+        chars = known.prompt_chars(i) if task.prompt is not None else None
+        figs[i] = est.figure(tid, task, known.fps.get(tid), chars, _floor(wf, task))
     lim = run_limits(wf, options)
     m = _model(wf, g, tasks, figs, items, lim)
     traces: list[Trace] = [[], [], []]
@@ -204,7 +204,7 @@ class _Known:
         except TypeError:
             return None
 
-    def prompt_chars(self, i: int, est: Estimator) -> float | None:
+    def prompt_chars(self, i: int) -> float | None:
         """Characters of the prompt task's rendered prompt (system + user; a map task: mean over a sample of
         its items) when every input is known before the run, else None."""
         from ..llm._prompts import render_prompt, system_prompt
@@ -236,6 +236,15 @@ class _Known:
             return float(system + sum(sizes) / len(sizes))
         except Exception:  # noqa: BLE001 - a prompt that cannot be filled yet: history says
             return None
+
+
+def _floor(wf: "Workflow", task: Any) -> float:
+    """Characters sure to be sent: the template without its values, and the system prompt."""
+    if task.prompt is None:
+        return 0.0
+    from ..llm._prompts import system_prompt
+    agent = wf.agents.get(task.agent) if task.agent else None
+    return float(len(task.prompt) + len(system_prompt(agent)))
 
 
 def _placeholders(template: str) -> list[str]:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from ..forecast import Forecast
 
-__all__ = ["text", "html", "gantt", "headline"]
+__all__ = ["text", "html", "gantt", "headline", "money"]
 
 ROWS = 12                   # task rows shown in the repr
 _BASIS_COLOURS = {"history": "#2b8a3e", "task": "#5c940d", "agent": "#e67700", "plan": "#1971c2",
@@ -21,10 +21,11 @@ def _secs(x: Any) -> str:
     return f"{x:.1f} s" if x < 120 else f"{x / 60:.1f} min"
 
 
-def _money(x: Any) -> str:
+def money(x: Any) -> str:
+    """'$0.0042', '$12.50'; 'cost unknown' for NaN."""
     x = float(x)
     if x != x:
-        return "unknown"
+        return "cost unknown"
     return f"${x:.4f}" if x < 1 else f"${x:,.2f}"
 
 
@@ -36,8 +37,8 @@ def headline(fc: "Forecast") -> list[str]:
     how = ", ".join(f"{k} {v}" for k, v in basis.items()) or "nothing to run"
     return [
         f"Forecast for workflow {fc.workflow!r}: {_secs(s['makespan_s'])} "
-        f"({_secs(s['makespan_s_low'])}–{_secs(s['makespan_s_high'])}), cost {_money(s['cost_usd'])} "
-        f"({_money(s['cost_usd_low'])}–{_money(s['cost_usd_high'])})",
+        f"({_secs(s['makespan_s_low'])}–{_secs(s['makespan_s_high'])}), cost {money(s['cost_usd'])} "
+        f"({money(s['cost_usd_low'])}–{money(s['cost_usd_high'])})",
         f"  {int(s['tokens_in']):,} tokens in, {int(s['tokens_out']):,} out, {float(s['requests']):g} model requests; "
         f"critical path {_secs(s['critical_path_s'])}",
         f"  {int(s['cached'])} of {int(s['tasks'])} tasks from the store; "
@@ -58,7 +59,7 @@ def text(fc: "Forecast") -> str:
         lines.append("  task                      run_s (low–high)         tokens in/out    cost       basis")
         for tid, r in rows.iterrows():
             lines.append(f"  {str(tid)[:24]:<24}  {r['run_s']:7.2f} ({r['run_s_low']:.2f}–{r['run_s_high']:.2f})"
-                         f"  {int(r['tokens_in']):>8,}/{int(r['tokens_out']):<7,}  {_money(r['cost_usd']):>9}  {r['basis']}")
+                         f"  {int(r['tokens_in']):>8,}/{int(r['tokens_out']):<7,}  {money(r['cost_usd']):>9}  {r['basis']}")
     return "\n".join(lines)
 
 
@@ -74,7 +75,7 @@ def html(fc: "Forecast") -> str:
             colour = _BASIS_COLOURS.get(r["basis"], "#000")
             out.append(f"<tr><td>{_html.escape(str(tid))}</td><td>{r['run_s']:.2f}</td>"
                        f"<td>{r['run_s_low']:.2f}–{r['run_s_high']:.2f}</td><td>{int(r['tokens_in']):,}</td>"
-                       f"<td>{int(r['tokens_out']):,}</td><td>{_money(r['cost_usd'])}</td>"
+                       f"<td>{int(r['tokens_out']):,}</td><td>{money(r['cost_usd'])}</td>"
                        f'<td style="color:{colour}">{_html.escape(str(r["basis"]))}</td></tr>')
         more = int((~fc.tasks["cached"]).sum()) - len(rows)
         out.append("</tbody></table>" + (f"<p>… {more} more tasks in <code>.tasks</code></p>" if more > 0 else ""))

@@ -128,6 +128,8 @@ def _start(m: Any, launch: Callable[[], Run], wait: bool) -> Run:
           help="where every sync body left on executor=auto runs (dask: on the cluster of --dask)")
 @argument("--dask", metavar="ADDRESS", help="the Dask cluster: a scheduler address (tcp://host:8786) or 'local'")
 @argument("--wait", action="store_true", help="block until the run ends (interrupt the kernel to cancel it)")
+@argument("--no-check-budget", action="store_true",
+          help="start even when the forecast's low cost exceeds the workflow's max_cost_usd")
 def _run(m: Any, args: Any) -> Run:
     """Start a run of the active workflow on the kernel's loop and return it at once (--wait: block)."""
     opts: dict[str, Any] = {}
@@ -147,13 +149,37 @@ def _run(m: Any, args: Any) -> Run:
         opts["executor"] = args.executor
     if args.dask:
         opts["dask"] = args.dask
+    if args.no_check_budget:
+        opts["check_budget"] = False
     wf = m.wf
     _refuse_if_live(wf)
     wf.namespace = m.shell.user_ns
+    from ..forecast import for_panel
+    for_panel(wf, opts)   # the panel shows the forecast beside the live figures (made before the run's clock)
     from .._loop import running_loop
     if running_loop() is None:  # terminal IPython: no loop runs between cells, so the run blocks
         return _show(wf.run(**opts))
     return _start(m, lambda: wf.start(**opts), args.wait)
+
+
+def _forecast(m: Any, args: Any) -> Any:
+    """What `%orch run` with these options would take and cost, calling no model: a Forecast (`.tasks`,
+    `.summary`, `.gantt()`)."""
+    opts: dict[str, Any] = {}
+    for name, value in vars(args).items():   # the options of %orch run, by their run() names
+        if value is None or value is False or name in ("wait", "no_check_budget"):
+            continue
+        opts["cache" if name == "no_cache" else name] = (False if name == "no_cache"
+                                                         else _split(value) if name == "only" else value)
+    m.wf.namespace = m.shell.user_ns
+    return m.wf.forecast(**opts)
+
+
+# %orch forecast takes the options of %orch run (its parser is built from the same decorators), but --wait
+_forecast.has_arguments = True  # type: ignore[attr-defined]
+_forecast.decorators = [d for d in _run.decorators  # type: ignore[attr-defined]
+                        if not {"--wait", "--no-check-budget"} & set(getattr(d, "args", ()))]
+command("forecast")(magic_arguments(name="orch forecast")(_forecast))
 
 
 @command("plan")
