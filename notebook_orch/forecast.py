@@ -33,7 +33,6 @@ SUMMARY_FIELDS = ["makespan_s", "makespan_s_low", "makespan_s_high", "critical_p
                   "cost_usd", "cost_usd_low", "cost_usd_high", "requests", "binding_limit", "tasks", "cached",
                   "history_runs"]
 _IGNORED = ("wait", "check_budget")          # run options a forecast accepts and does not need
-BIND_SHARE = 0.02                            # a limit binds when its waits exceed this share of the work
 
 
 class Forecast:
@@ -70,14 +69,13 @@ class Forecast:
             "start_s": p.start, "end_s": p.end,
         }, index=pd.Index(p.ids, name="task"), columns=TASK_COLUMNS)
         self.tasks["items"] = self.tasks["items"].astype("Int64")
-        bind = _binding(p.waits, float(sum((x.run_s if x is not None else 0.0) * k for x, k in zip(f, p.items))))
         self.summary: pd.Series = pd.Series({
             "makespan_s": p.makespan[1], "makespan_s_low": p.makespan[0], "makespan_s_high": p.makespan[2],
             "critical_path_s": p.critical_path_s,
             "tokens_in": int(tin.sum()), "tokens_out": int(tout.sum()),
             "cost_usd": float(cost.sum()), "cost_usd_low": float(cost_lo.sum()), "cost_usd_high": float(cost_hi.sum()),
             "requests": float(np.round(col("requests").sum(), 1)),
-            "binding_limit": bind,
+            "binding_limit": p.binding,
             "tasks": n, "cached": int(sum(p.cached)), "history_runs": p.history_runs,
         }, name=workflow, dtype=object)
 
@@ -101,14 +99,6 @@ class Forecast:
     def __repr__(self) -> str:
         from ._forecast.show import text
         return text(self)
-
-
-def _binding(waits: Mapping[str, float], work: float) -> str:
-    """The limit whose waits are the largest, when they matter ('none': the DAG itself sets the pace)."""
-    if not waits:
-        return "none"
-    name, secs = max(waits.items(), key=lambda kv: kv[1])
-    return name if secs > BIND_SHARE * max(work, 1e-9) else "none"
 
 
 def forecast(wf: "Workflow", **options: Any) -> Forecast:

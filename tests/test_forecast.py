@@ -214,3 +214,22 @@ def test_orch_forecast_magic(ip):
     assert isinstance(fc, Forecast)
     assert fc.options == {"concurrency": 2, "cache": False}
     assert fc.tasks.loc["summ", "items"] == 1    # nothing known yet: one item assumed
+
+
+def test_simulated_rate_windows_always_end():
+    """A unit woken when its rate window frees passes at that instant (it looped forever when
+    (w0 + span) - w0 < span in floating point, e.g. w0 = 0.01, span = 0.30300000000000005)."""
+    import threading
+
+    from notebook_orch._metrics.simulate import Model, simulate
+
+    for k in range(20):
+        m = Model()
+        m.n, m.order, m.children, m.npend, m.res, m.key = 1, [0], [[]], [0], [None], [(0, 0.0)]
+        m.units = [[[(0.01 + ((j * 7919 + k) % 97) / 1000, "a", 0.0)] for j in range(30)]]
+        m.concurrency, m.caps, m.rates, m.root_t, m.is_map = 2, {"a": 1}, {"a": (2, 0.3 + k / 1000)}, [0.0], [True]
+        out: list[float] = []
+        th = threading.Thread(target=lambda: out.append(simulate(m)), daemon=True)  # noqa: B023
+        th.start()
+        th.join(10)
+        assert out and out[0] > 0, f"the simulation of case {k} did not end"

@@ -45,6 +45,7 @@ class Obs:
     requests: float         # model requests per unit
     prompt_chars: float     # characters of a unit's prompt (system + user); NaN when no prompt was seen
     length: int | None      # len() of its output when the output is a list, tuple, DataFrame... (map upstream)
+    out_chars: float        # characters of its output as a prompt shows it (NaN: unknown), to size prompts that read it
 
 
 _observed: "OrderedDict[str, dict[str, Obs]]" = OrderedDict()
@@ -105,7 +106,7 @@ def _extract(run: "Run") -> dict[str, Obs]:
             tokens_in=float(f.tokens_in[i]) / per, tokens_out=float(f.tokens_out[i]) / per,
             cost=float(f.cost[i]) / per, requests=requests[i] / per,
             prompt_chars=(chars[i] / users[i]) if users[i] else NAN,
-            length=_length(value))
+            length=_length(value), out_chars=_size(value) if st == "succeeded" else NAN)
     return out
 
 
@@ -132,6 +133,16 @@ def _requests_and_prompts(events: Any, index: dict[str, int], n: int) -> tuple[l
                 if role == "user":
                     users[i] += 1
     return requests, chars, users
+
+
+def _size(value: Any) -> float:
+    if isinstance(value, str):
+        return float(len(value))
+    try:
+        from ..llm._prompts import render_value
+        return float(len(render_value(value)))
+    except Exception:  # noqa: BLE001 - a value that does not render: size unknown
+        return NAN
 
 
 def _length(value: Any) -> int | None:

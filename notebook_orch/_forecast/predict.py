@@ -6,7 +6,8 @@
    fingerprint. A task is `cached` when the store holds its fingerprint (within its TTL) and the run
    reads the store; `only=` / `from_=` reuse outputs of earlier runs as the run would.
 2. Inputs: outputs of cached upstream are read from the store, so a map task knows its items and a
-   prompt task its rendered prompt (its size gives the tokens in). Otherwise history says.
+   prompt task its rendered prompt (its size gives the tokens in). An upstream that will run stands in
+   with its last output's size; a map task's items come from its source's last output length.
 3. Figures per unit (`estimate.Estimator`), then the *same* simulator as `what_if()`
    (`_metrics.simulate`) places every unit under the run's limits three times: with the mid, low and
    high seconds. Its trace gives each task's predicted start and end, and the waits per limit.
@@ -51,6 +52,7 @@ class Prediction:
     makespan: tuple[float, float, float]
     critical_path_s: float
     waits: dict[str, float]                # limit -> unit-seconds waited for it (mid schedule)
+    binding: str                           # the limit that binds ('none': the DAG sets the pace)
     trace: Trace
     history_runs: int
     limits: dict[str, Any] = field(default_factory=dict)
@@ -80,7 +82,7 @@ def predict(wf: "Workflow", options: Mapping[str, Any], *, before: float | None 
     params = {**wf.params, **(options.get("params") or {})}
     hist = history(wf, before, exclude)
     est = Estimator(hist, dict(wf.agents), dict(getattr(wf, "_planned", {}) or {}))
-    known = _Known(wf, g, options, params)
+    known = _Known(wf, g, options, params, hist)
     if cached_as is not None:
         known.cached = [bool(cached_as.get(t, False)) for t in ids]
     skipped = [False] * n
@@ -117,9 +119,11 @@ def predict(wf: "Workflow", options: Mapping[str, Any], *, before: float | None 
     from ..timings import critical
     cp, _ = critical(list(g.order), list(g.deps), spans[1])
     mk = sorted(makespans) if all(x == x for x in makespans) else makespans
+    waits = _waits(traces[1], [t.agent for t in tasks])
     return Prediction(ids=ids, agent=[t.agent for t in tasks], is_map=m.is_map, cached=known.cached, skipped=skipped, items=items,
                       figs=figs, start=start, end=end, span=(lo, spans[1], hi),
-                      makespan=(mk[0], makespans[1], mk[2]), critical_path_s=cp, waits=_waits(traces[1], [t.agent for t in tasks]),
+                      makespan=(mk[0], makespans[1], mk[2]), critical_path_s=cp, waits=waits,
+                      binding=_binding(m, traces[1], waits, makespans[1]),
                       trace=traces[1], history_runs=hist.runs, limits=lim)
 
 
@@ -127,8 +131,9 @@ def predict(wf: "Workflow", options: Mapping[str, Any], *, before: float | None 
 class _Known:
     """Fingerprints, what the store will serve, and the values of cached upstream (read when needed)."""
 
-    def __init__(self, wf: "Workflow", g: "Graph", options: Mapping[str, Any], params: dict[str, Any]):
-        self.wf, self.g, self.params = wf, g, params
+    def __init__(self, wf: "Workflow", g: "Graph", options: Mapping[str, Any], params: dict[str, Any],
+                 hist: Histories):
+        self.wf, self.g, self.params, self.hist = wf, g, params, hist
         n = len(g.ids)
         self.cached = [False] * n
         self.fps: dict[str, str] = {}
@@ -190,6 +195,14 @@ class _Known:
             self._values[i] = (False, None)
         return self._values[i]
 
+    def _past_size(self, tid: str) -> int | None:
+        """Characters of `tid`'s newest observed output (its fingerprint's first), None when never seen."""
+        fp = self.fps.get(tid)
+        for o in (self.hist.by_fp.get(fp, []) if fp else []) + self.hist.by_task.get(tid, []):
+            if o.out_chars == o.out_chars:
+                return min(int(o.out_chars), 10_000_000)
+        return None
+
     def items_of(self, i: int) -> list[Any] | None:
         """The items a map task will get, when its source is cached (None: not known before the run)."""
         task = self.wf.tasks[self.g.ids[i]]
@@ -217,8 +230,11 @@ class _Known:
             j = g.index.get(name)
             if j is not None:
                 ok, v = self.value(j)
-                if not ok:
-                    return None
+                if not ok:   # it will run: a stand-in as long as its last output was
+                    size = self._past_size(name)
+                    if size is None:
+                        return None
+                    v = "x" * size
                 inputs[name] = v
             elif name in self.params:
                 inputs[name] = self.params[name]
@@ -334,10 +350,51 @@ def _bounds(n: int, trace: Trace) -> tuple[list[float], list[float]]:
 def _waits(trace: Trace, agent: list[str | None]) -> dict[str, float]:
     """Unit-seconds waited per limit: queued before a slot, and for tokens inside the slot ('tokens:A')."""
     out: dict[str, float] = {}
-    for i, _, q, t0, _, why, inner in trace:
-        if t0 > q and why:
-            out[why] = out.get(why, 0.0) + (t0 - q)
+    for i, _, _, _, _, queued, inner in trace:
+        for why, secs in queued.items():
+            out[why] = out.get(why, 0.0) + secs
         if inner > 0:
             key = f"tokens:{agent[i]}"
             out[key] = out.get(key, 0.0) + inner
     return out
+
+
+BIND_SHARE = 0.02            # waits under this share of the predicted work: no limit binds
+BIND_UTILIZATION = 0.5       # nor does a limit used less than this
+
+
+def _binding(m: Model, trace: Trace, waits: dict[str, float], makespan: float) -> str:
+    """The limit that binds: of the limits something waited for, the one most used over the run (busy
+    slot-seconds, starts or tokens per capacity x makespan, as `run.utilization()` measures them)."""
+    work = sum(t1 - t0 for _, _, _, t0, t1, _, _ in trace)
+    if not waits or makespan <= 0 or sum(waits.values()) <= BIND_SHARE * max(work, 1e-9):
+        return "none"
+    agents = [u[0][0][1] if u else None for u in m.units]
+    use: dict[str, float] = {}
+    for i, _, _, t0, t1, _, _ in trace:
+        d = t1 - t0
+        use["concurrency"] = use.get("concurrency", 0.0) + d
+        a = agents[i]
+        if a is not None:
+            use["agent:" + a] = use.get("agent:" + a, 0.0) + d
+            use["rate:" + a] = use.get("rate:" + a, 0.0) + 1
+            if i in m.tokens:
+                use["tokens:" + a] = use.get("tokens:" + a, 0.0) + m.tokens[i][0]
+        for pool, q in (m.res[i] or {}).items():
+            use["resource:" + pool] = use.get("resource:" + pool, 0.0) + q * d
+    cap: dict[str, float] = {}
+    if m.concurrency:
+        cap["concurrency"] = m.concurrency * makespan
+    for a, c in m.caps.items():
+        cap["agent:" + a] = c * makespan
+    for a, (count, period) in m.rates.items():
+        cap["rate:" + a] = count * makespan / period
+    for a, (count, period) in m.token_windows.items():
+        cap["tokens:" + a] = count * makespan / period
+    for pool, c in m.pools.items():
+        cap["resource:" + pool] = c * makespan
+    util = {k: use.get(k, 0.0) / c for k, c in cap.items() if c > 0}
+    if not util:
+        return "none"
+    best = max(util, key=lambda k: (util[k], waits.get(k, 0.0)))
+    return best if util[best] >= BIND_UTILIZATION else "none"

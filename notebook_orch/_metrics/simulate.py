@@ -131,9 +131,9 @@ def _keys(tasks: list[Any], remaining: list[float]) -> list[tuple[int, float]]:
     return [k[:2] for k in policy.ready_keys([t.priority for t in tasks], remaining)]
 
 
-Trace = list[tuple[int, int, float, float, float, str, float]]
-# one row per attempt placed: (node, item or -1, queued at, started at, ended at, the limit it waited for last
-# ('' : no wait, 'concurrency', 'agent:X', 'resource:Y', 'rate:X'), seconds it waited inside its slot for tokens)
+Trace = list[tuple[int, int, float, float, float, dict[str, float], float]]
+# one row per attempt placed: (node, item or -1, queued at, started at, ended at, seconds it queued per limit
+# ('concurrency', 'agent:X', 'resource:Y', 'rate:X'), seconds it waited inside its slot for tokens)
 
 
 def simulate(m: Model, zero: int = -1, concurrency: Any = ..., caps: Mapping[str, int | None] | None = None,
@@ -144,6 +144,17 @@ def simulate(m: Model, zero: int = -1, concurrency: Any = ..., caps: Mapping[str
     that receives one row per attempt placed (see Trace)."""
     with no_gc():
         return _simulate(m, zero, concurrency, caps, rates, pools, trace)
+
+
+def _queued(parks: Any, queued: float, start: float) -> dict[str, float]:
+    """Seconds a unit queued per limit: from each park to the next (before the first: the global concurrency)."""
+    out: dict[str, float] = {}
+    t, why = queued, "concurrency"
+    for tp, reason in (*parks, (start, "")):
+        if tp > t:
+            out[why] = out.get(why, 0.0) + (tp - t)
+        t, why = tp, reason
+    return out
 
 
 def _token_wait(entries: list[tuple[float, int]], cap: int, period: float, tokens: int, t: float) -> float:
@@ -185,7 +196,7 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
     toks = m.tokens if m.token_windows else {}
     tw_used: dict[str, list[tuple[float, int]]] = {a: [] for a in m.token_windows}
     queued: dict[tuple[int, int], float] = {}          # tracing: (node, unit) -> when it was queued
-    held_by: dict[tuple[int, int], str] = {}           # tracing: (node, unit) -> the last limit that parked it
+    held_by: dict[tuple[int, int], list[Any]] = {}     # tracing: (node, unit) -> [(t, limit that parked it)...]
     timers: list[tuple[Any, ...]] = []
     armed: set[Any] = set()
     seq = 0
@@ -243,22 +254,24 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
                 if cp is not None and a_run.get(ag, 0) >= cp:
                     heappush(parked.setdefault("agent:" + ag, []), e)
                     if trace is not None:
-                        held_by[(i, k)] = "agent:" + ag
+                        held_by.setdefault((i, k), []).append((t, "agent:" + ag))
                     continue
                 if r is not None:
                     full = next((p for p, q in r.items() if p_used[p] + q > pool[p]), None)
                     if full is not None:
                         heappush(parked.setdefault("resource:" + full, []), e)
                         if trace is not None:
-                            held_by[(i, k)] = "resource:" + full
+                            held_by.setdefault((i, k), []).append((t, "resource:" + full))
                         continue
                 if ag in rate:
                     cnt, period = rate[ag]
                     w = starts[ag]
-                    if len(w) >= cnt and t - w[0] < policy.rate_span(period):
+                    # `t < free_at`, not `t - w[0] < span`: at its own wake-up time (free_at, the same float)
+                    # the unit must pass, and (w0 + span) - w0 < span can hold in floating point (a loop)
+                    if len(w) >= cnt and t < w[0] + policy.rate_span(period):
                         heappush(parked.setdefault("rate:" + ag, []), e)
                         if trace is not None:
-                            held_by[(i, k)] = "rate:" + ag
+                            held_by.setdefault((i, k), []).append((t, "rate:" + ag))
                         if ag not in armed:
                             armed.add(ag)
                             heappush(timers, (w[0] + policy.rate_span(period), seq, _WAKE, ag, 0, 0))
@@ -271,7 +284,7 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
                 if full is not None:
                     heappush(parked.setdefault("resource:" + full, []), e)
                     if trace is not None:
-                        held_by[(i, k)] = "resource:" + full
+                        held_by.setdefault((i, k), []).append((t, "resource:" + full))
                     continue
             if r is not None:
                 for p, q in r.items():
@@ -289,7 +302,7 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
             if trace is not None:
                 q0 = queued.pop((i, k), t)
                 trace.append((i, k if i < len(m.is_map) and m.is_map[i] else -1, q0, t, t + hold + d,
-                              held_by.pop((i, k), "concurrency" if t > q0 else ""), hold))
+                              _queued(held_by.pop((i, k), ()), q0, t), hold))
             heappush(timers, (t + hold + d, seq, _DONE, i, k, j))
             seq += 1
 
