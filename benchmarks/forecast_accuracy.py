@@ -1,4 +1,4 @@
-"""How good a forecast is, and what it costs (SPEC §13).
+"""How good a forecast is, and what it costs (docs/forecast.md).
 
 1. Accuracy: a map-and-report workflow on the demo model (latency LATENCY s, ITEMS items, 4 slots, the
    agent 3) is run twice, then forecast, then run a third time: the third run's makespan, tokens and

@@ -122,7 +122,7 @@ class PlanError(OrchError):
 
 
 class BudgetError(OrchError):
-    """A run's forecast costs more than its budget even at the low estimate, so it did not start (SPEC §13).
+    """A run's forecast costs more than its budget even at the low estimate, so it did not start.
 
     `.forecast` is the `Forecast`, `.budget` the `max_cost_usd`, `.dearest` a DataFrame of the dearest
     tasks. Lower the work (fewer items, a cheaper agent), raise `Workflow(max_cost_usd=...)`, or run

@@ -1,4 +1,4 @@
-"""Know before you run: a run's time, tokens and cost forecast from what is known, calling no model (SPEC §13).
+"""Know before you run: a run's time, tokens and cost forecast from what is known, calling no model.
 
 * `forecast(wf, **run_options)` (`wf.forecast(...)`, `%orch forecast`) -> `Forecast`: per task whether the
   store will serve it, its seconds (low–high), tokens, cost and the basis of those figures; for the run

@@ -214,7 +214,7 @@ class Workflow:
         from .patterns.planner import aplan
         return await aplan(self, goal, agent=agent, apply=apply, retries=retries, max_tokens=max_tokens)
 
-    # ---------------------------------------------------------------- forecast (notebook_orch.forecast, SPEC §13)
+    # ---------------------------------------------------------------- forecast (notebook_orch.forecast)
     def forecast(self, **options: Any) -> Any:
         """What a run with these options will take and cost (a `Forecast`), without calling any model:
         per task (`.tasks`), for the run (`.summary`), the predicted schedule (`.gantt()`)."""
@@ -249,7 +249,7 @@ class Workflow:
 
     def _launch(self, options: dict[str, Any], reuse: dict[str, tuple[Any, str]] | None = None,
                 wait: Any = None) -> Run:
-        check_budget = bool(options.pop("check_budget", True))   # SPEC §13: run(check_budget=False) skips the gate
+        check_budget = bool(options.pop("check_budget", True))   # run(check_budget=False): no budget gate (forecast.py)
         options = check_run_options(options, self)   # every run option checked and normalised here
         unknown = set(options) - set(_RUN_OPTIONS)
         if unknown:

@@ -1,4 +1,4 @@
-"""The budget gate (SPEC §13): a run whose forecast's low cost exceeds max_cost_usd does not start."""
+"""The budget gate: a run whose forecast's low cost exceeds max_cost_usd does not start."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""wf.forecast(): a run's time, tokens and cost before it starts, from history, calling no model (SPEC §13)."""
+"""wf.forecast(): a run's time, tokens and cost before it starts, from history, calling no model."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,6 @@
 """Per-unit figures of one task (seconds, tokens, requests, cost, each with a range) and their basis.
 
-The ladder, first that applies (SPEC §13 `basis`):
+The ladder, first that applies (the `basis` column of `Forecast.tasks`):
 
 * `history` — this fingerprint ran before: the means of its runs (range: their min and max; one run:
   ±HISTORY_SPREAD). Tokens and cost come from the same runs.

@@ -35,12 +35,14 @@ def headline(fc: "Forecast") -> list[str]:
     bind = s["binding_limit"]
     basis = fc.tasks.loc[~fc.tasks["cached"], "basis"].value_counts()
     how = ", ".join(f"{k} {v}" for k, v in basis.items()) or "nothing to run"
+    models = (f"{int(s['tokens_in']):,} tokens in, {int(s['tokens_out']):,} out, {float(s['requests']):g} model requests"
+              if float(s["requests"]) else "no model requests")
+    cost = (f", cost {money(s['cost_usd'])} ({money(s['cost_usd_low'])}–{money(s['cost_usd_high'])})"
+            if float(s["requests"]) else "")
     return [
         f"Forecast for workflow {fc.workflow!r}: {_secs(s['makespan_s'])} "
-        f"({_secs(s['makespan_s_low'])}–{_secs(s['makespan_s_high'])}), cost {money(s['cost_usd'])} "
-        f"({money(s['cost_usd_low'])}–{money(s['cost_usd_high'])})",
-        f"  {int(s['tokens_in']):,} tokens in, {int(s['tokens_out']):,} out, {float(s['requests']):g} model requests; "
-        f"critical path {_secs(s['critical_path_s'])}",
+        f"({_secs(s['makespan_s_low'])}–{_secs(s['makespan_s_high'])}){cost}",
+        f"  {models}; critical path {_secs(s['critical_path_s'])}",
         f"  {int(s['cached'])} of {int(s['tasks'])} tasks from the store; "
         + ("no limit binds: the DAG sets the pace" if bind == "none" else f"the limit that binds: {bind}"),
         f"  basis: {how} (learned from {int(s['history_runs'])} earlier run{'s' if s['history_runs'] != 1 else ''})",

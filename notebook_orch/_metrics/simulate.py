@@ -1,7 +1,7 @@
 """Replays a list schedule under a run's limits: what-if and bottleneck makespans, and the forecast's schedule.
 
 One simulator, two uses: `build(run, ...)` makes its `Model` from a run's recorded attempts (what-if,
-`bottlenecks()`); `forecast` makes one from predicted durations and tokens (SPEC §13). With a `trace`
+`bottlenecks()`); `forecast` makes one from predicted durations and tokens. With a `trace`
 list, `simulate` also records every attempt it placed (the forecast's Gantt chart and binding limit).
 
 What the simulation assumes (docs/metrics.md repeats it for users):
