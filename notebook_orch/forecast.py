@@ -36,7 +36,21 @@ _IGNORED = ("wait", "check_budget")          # run options a forecast accepts an
 
 
 class Forecast:
-    """A forecast of one run (see the module docstring). `.tasks`, `.summary`, `.gantt()`, `.dearest()`."""
+    """What a run of a workflow with given options will take and cost, made without calling any model.
+
+    Made by `wf.forecast(**run_options)` or `%orch forecast`. Its repr reads like the summary.
+
+    Attributes:
+        tasks: one row per task (index `task`): `cached`, `run_s`, `run_s_low`, `run_s_high`,
+            `tokens_in`, `tokens_out`, `cost_usd`, `basis` (`history`, `task`, `agent`, `plan`,
+            `default`, `cached`), then `agent`, `items`, `requests`, `cost_usd_low`, `cost_usd_high`,
+            `start_s`, `end_s`.
+        summary: the run: `makespan_s` (`_low`, `_high`), `critical_path_s`, `tokens_in`, `tokens_out`,
+            `cost_usd` (`_low`, `_high`), `requests`, `binding_limit`, `tasks`, `cached`, `history_runs`.
+        workflow: the workflow's name.
+        options: the run options it was made for.
+        made_at: when it was made (`time.time()`).
+    """
 
     def __init__(self, workflow: str, options: dict[str, Any], p: "Prediction", version: tuple[Any, ...]):
         import numpy as np
