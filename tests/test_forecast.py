@@ -233,3 +233,35 @@ def test_simulated_rate_windows_always_end():
         th.start()
         th.join(10)
         assert out and out[0] > 0, f"the simulation of case {k} did not end"
+
+
+def test_the_run_panel_shows_the_forecast_beside_the_live_figures():
+    import asyncio
+
+    from notebook_orch.ipython.panel import RunPanel
+
+    wf = map_and_report(latency=0.05, items=4)
+    wf.run(cache=False)
+
+    async def main():
+        fc = wf.forecast(cache=False)
+        run = wf.start(cache=False)
+        assert run._forecast is fc                 # adopted: same options, nothing changed since
+        panel = RunPanel(run)
+        await run
+        panel.refresh()
+        return panel, fc
+
+    panel, fc = asyncio.run(main())
+    title = panel._title.value
+    assert 'class="norch-forecast"' in title
+    assert f"forecast: {fc.summary['makespan_s']:.1f} s" in title and "spent $" in title
+
+
+def test_a_changed_workflow_does_not_adopt_an_old_forecast():
+    wf = map_and_report(latency=0.01, items=2)
+    fc = wf.forecast(cache=False)
+    wf.prompt("report", "Write a longer report from these summaries: {summ}", agent="writer")
+    run = wf.run(cache=False)
+    assert run._forecast is None and fc is not None
+    assert run.forecast_error().attrs["forecast"].startswith("after the run")
