@@ -269,7 +269,7 @@ class Workflow:
         if mode != "hierarchical":
             _check_prompt_agents(graph, self.tasks)
         from .forecast import gate   # a run whose forecast's low cost exceeds max_cost_usd does not start
-        forecast = gate(self, options, check_budget)
+        forecast = gate(self, options, check_budget and not reuse)   # (a retry reuses what the forecast cannot see)
         _preload_models(self.agents)
         reuse = dict(reuse or {})
         reuse.update(self._selection_reuse(graph, options))
