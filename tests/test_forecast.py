@@ -265,3 +265,15 @@ def test_a_changed_workflow_does_not_adopt_an_old_forecast():
     run = wf.run(cache=False)
     assert run._forecast is None and fc is not None
     assert run.forecast_error().attrs["forecast"].startswith("after the run")
+
+
+def test_a_new_kernel_learns_from_the_runs_in_the_store():
+    map_and_report(latency=0.01, items=3).run(cache=False)
+    fresh = map_and_report(latency=0.01, items=3)         # the same definitions, nothing run in this "session"
+    assert fresh.runs == []
+    fc = fresh.forecast(cache=False)
+    assert fc.summary["history_runs"] == 1
+    assert set(fc.tasks["basis"]) == {"history"}
+    off = Workflow("mapreport", store=False)
+    off.task(lambda: 1, id="topics")
+    assert off.forecast().summary["history_runs"] == 0     # store off: only this session's runs

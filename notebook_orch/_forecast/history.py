@@ -7,7 +7,8 @@ tokens, cost, model requests and the size of a unit's prompt. Only tasks that ra
 were `skipped` by a router are observations; a cached task says nothing about how long it takes.
 
 Sources, newest first: the workflow's finished runs of this session (`wf.runs`), then, while fewer
-than `HISTORY_RUNS` were found, its runs kept in the store (a new kernel forecasts from them too).
+than `HISTORY_RUNS` were found, up to `STORE_RUNS` of its runs kept in the store (a new kernel
+forecasts from them too; reading a run back costs more than observing one in memory).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Obs", "Histories", "history", "observe", "finite", "HISTORY_RUNS"]
 
 HISTORY_RUNS = 8          # the newest runs a forecast learns from
+STORE_RUNS = 3            # of which at most this many are read back from the store (a new kernel)
 _CACHE_RUNS = 64          # observed runs kept (by run id)
 NAN = float("nan")
 
@@ -173,7 +175,7 @@ def history(wf: Any, before: float | None = None, exclude: str | None = None) ->
         elif r.id in _observed:
             picked.append(_observed[r.id])
     if len(picked) < HISTORY_RUNS:
-        picked += _from_store(wf, seen, HISTORY_RUNS - len(picked), before, exclude)
+        picked += _from_store(wf, seen, min(STORE_RUNS, HISTORY_RUNS - len(picked)), before, exclude)
     return Histories(picked)
 
 
