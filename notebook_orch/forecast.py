@@ -232,7 +232,8 @@ def for_panel(wf: "Workflow", options: Mapping[str, Any]) -> Forecast | None:
 
 
 def panel_line(run: "Run | None") -> str:
-    """HTML for the run panel: the forecast's makespan and cost beside the run's so far ('' without one)."""
+    """HTML for the run panel, under its title (elapsed time): the forecast's makespan and cost, and the
+    money spent so far ('' without a forecast)."""
     import html as _html
 
     from ._forecast.show import money
@@ -245,5 +246,5 @@ def panel_line(run: "Run | None") -> str:
     now = f", spent {money(spent)}" if spent is not None and not math.isnan(float(s["cost_usd"])) else ""
     return (f'<div class="norch-forecast">forecast: {float(s["makespan_s"]):.1f} s '
             f'({float(s["makespan_s_low"]):.1f}–{float(s["makespan_s_high"]):.1f}), {_html.escape(cost)}'
-            f'{_html.escape(now)} &middot; now {run.elapsed():.1f} s</div>')
+            f'{_html.escape(now)}</div>')
 
