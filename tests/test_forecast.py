@@ -277,3 +277,32 @@ def test_a_new_kernel_learns_from_the_runs_in_the_store():
     off = Workflow("mapreport", store=False)
     off.task(lambda: 1, id="topics")
     assert off.forecast().summary["history_runs"] == 0     # store off: only this session's runs
+
+
+def test_a_branch_its_router_left_out_is_forecast_skipped():
+    wf = Workflow("route")
+
+    @wf.task(routes={"a": ["left"], "b": ["right"]})
+    def pick():
+        return "a"
+
+    @wf.task
+    def left(pick):
+        time.sleep(0.05)
+        return 1
+
+    @wf.task
+    def right(pick):
+        time.sleep(0.5)
+        return 2
+
+    @wf.task(trigger="none_failed")
+    def join(left=None, right=None):
+        return 3
+
+    wf.run()
+    fc = wf.forecast()
+    assert fc.tasks["cached"].to_dict() == {"pick": True, "left": True, "right": False, "join": True}
+    assert fc.tasks.loc["right", "run_s"] == 0 and fc.summary["makespan_s"] == 0
+    fresh = wf.forecast(cache=False)
+    assert fresh.tasks.loc["right", "run_s"] == 0 and fresh.summary["makespan_s"] < 0.3

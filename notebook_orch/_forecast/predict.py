@@ -85,16 +85,14 @@ def predict(wf: "Workflow", options: Mapping[str, Any], *, before: float | None 
     known = _Known(wf, g, options, params, hist)
     if cached_as is not None:
         known.cached = [bool(cached_as.get(t, False)) for t in ids]
-    skipped = [False] * n
+    skipped = known.skipped
     items = [0] * n
     figs: list[Figure | None] = [None] * n
     for i in g.order:
         tid, task = ids[i], tasks[i]
         if known.cached[i]:
             continue
-        newest = hist.by_task.get(tid)
-        if newest and newest[0].status == "skipped" and not any(known.cached[d] for d in g.deps[i]):
-            skipped[i] = True       # a router left it out last time
+        if skipped[i]:
             continue
         if task.map_over is not None:
             values = known.items_of(i)
@@ -146,6 +144,7 @@ class _Known:
             force |= g.descendants([options["from_"]])
         tasks = {t: wf.tasks[t] for t in g.ids}
         unknown = [False] * n
+        self.skipped = [False] * n          # a router left it out last time: predicted skipped again
         rc = None
         if self.store is not None:
             from ..store.cache import RunCache
@@ -156,6 +155,12 @@ class _Known:
         for i in g.order:
             tid = g.ids[i]
             task = tasks[tid]
+            newest = hist.by_task.get(tid)
+            if newest and newest[0].status == "skipped" and tid not in self.reuse:
+                self.skipped[i] = True
+                if rc is not None:      # what reads it hashes 'status:skipped', as in the run
+                    rc.state.status[i] = "skipped"
+                continue
             if tid in self.reuse:
                 self.cached[i] = True
                 self._values[i] = (True, self.reuse[tid][0])
