@@ -131,11 +131,13 @@ class BudgetError(OrchError):
     def __init__(self, forecast: object, budget: float):
         self.forecast = forecast
         self.budget = budget
-        s = forecast.summary  # type: ignore[attr-defined]
+        t = forecast.tasks  # type: ignore[attr-defined]
         self.dearest = forecast.dearest(3)  # type: ignore[attr-defined]
-        names = ", ".join(f"{t} (${c:.4f})" for t, c in self.dearest["cost_usd"].items())
+        names = ", ".join(f"{k} (${c:.4f})" for k, c in self.dearest["cost_usd"].dropna().items())
+        unknown = " (and tasks of unknown price)" if t["cost_usd"].isna().any() else ""
         super().__init__(
-            f"the run was not started: its forecast costs ${s['cost_usd']:.4f} (${s['cost_usd_low']:.4f}–"
-            f"${s['cost_usd_high']:.4f}), over its budget max_cost_usd=${budget:g} even at the low estimate; "
+            f"the run was not started: its forecast costs ${t['cost_usd'].sum():.4f}{unknown} "
+            f"(${t['cost_usd_low'].sum():.4f}–${t['cost_usd_high'].sum():.4f}), over its budget "
+            f"max_cost_usd=${budget:g} even at the low estimate; "
             f"dearest tasks: {names}. Lower the work, raise Workflow(max_cost_usd=...), or run anyway with "
             f"wf.run(check_budget=False) / %orch run --no-check-budget")

@@ -151,8 +151,8 @@ def gate(wf: "Workflow", options: Mapping[str, Any], check_budget: bool = True) 
         return fc
     if fc is None:
         fc = _forecast(wf, opts)
-    low = float(fc.summary["cost_usd_low"])
-    if low == low and low > budget:
+    low = float(fc.tasks["cost_usd_low"].sum(skipna=True))   # tasks of unknown price only add to it
+    if low > budget:
         raise BudgetError(fc, float(budget))
     return fc
 

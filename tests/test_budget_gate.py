@@ -93,3 +93,17 @@ def test_orch_run_refused_and_no_check_budget(ip):
     assert wf.runs == []
     run = ip.run_line_magic("orch", "run --wait --no-check-budget")
     assert run in wf.runs
+
+
+def test_priced_tasks_alone_over_budget_refuse_even_with_unpriced_ones():
+    wf = Workflow("mixed")
+    wf.agent("priced", llm=CountingModel(), price=(1000.0, 1000.0))
+    wf.agent("free_text", llm=CountingModel())              # no price: unknown cost
+    wf.prompt("dear", "Write a long essay about budgets " * 30, agent="priced")
+    wf.prompt("unknown", "Say yes.", agent="free_text")
+    fc = wf.forecast()
+    assert fc.summary["cost_usd"] != fc.summary["cost_usd"]     # NaN: one task's price is unknown
+    wf.max_cost_usd = fc.tasks.loc["dear", "cost_usd"] / 10
+    with pytest.raises(BudgetError) as info:
+        wf.run()
+    assert "dear ($" in str(info.value) and "unknown price" in str(info.value)
