@@ -74,7 +74,7 @@ async def _noop() -> None:
     return None
 
 
-def cost(n: int = 1000, repeat: int = 7) -> tuple[float, float]:
+def cost(n: int = 1000, repeat: int = 7) -> tuple[float, float, float]:
     import notebook_orch as no
     wf = no.Workflow("fcbench", concurrency=64)
     wf.agent("narrow", max_concurrency=4)
@@ -83,14 +83,16 @@ def cost(n: int = 1000, repeat: int = 7) -> tuple[float, float]:
     t0 = time.perf_counter()
     asyncio.run(wf.arun(cache=False))
     run_s = time.perf_counter() - t0
-    wf.forecast(cache=False)                       # warm: imports, the run's observations
+    t0 = time.perf_counter()
+    wf.forecast(cache=False)                       # the first one reads the run (kept for the next ones)
+    first = time.perf_counter() - t0
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fc = wf.forecast()
         times.append(time.perf_counter() - t0)
     assert len(fc.tasks) == n
-    return statistics.median(times), run_s
+    return statistics.median(times), first, run_s
 
 
 def main(rounds: int) -> None:
@@ -112,9 +114,10 @@ def main(rounds: int) -> None:
     nt = new_task()
     print(f"new prompt task: forecast basis {nt['forecast']!r}; actual vs forecast: run_s {nt['run_s']:+.1f} %, "
           f"tokens {nt['tokens']:+.1f} %")
-    median, run_s = cost()
+    median, first, run_s = cost()
     print(f"forecast of 1,000 tasks: {median * 1000:.1f} ms (median of 7; target < 50 ms), "
-          f"{median / run_s:.2f} x the run of those tasks ({run_s * 1000:.0f} ms)")
+          f"{median / run_s:.2f} x the run of those tasks ({run_s * 1000:.0f} ms); the first one after the "
+          f"run, which reads it: {first * 1000:.0f} ms")
 
 
 if __name__ == "__main__":
