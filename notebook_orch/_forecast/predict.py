@@ -215,11 +215,11 @@ class _Known:
         if src is None:
             return None
         ok, value = self.value(src)
-        if not ok or value is None:
+        if not ok:
             return None
         try:
-            return list(value)
-        except TypeError:
+            return list(value or ())     # as the scheduler makes the items
+        except Exception:  # noqa: BLE001 - not iterable: the run will say so; history sizes it meanwhile
             return None
 
     def prompt_chars(self, i: int) -> float | None:
