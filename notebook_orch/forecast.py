@@ -67,7 +67,7 @@ class Forecast:
         def col(attr: str) -> np.ndarray:
             return np.array([getattr(x, attr) if x is not None else 0.0 for x in f], float) * per
 
-        tin, tout, cost = col("tokens_in"), col("tokens_out"), col("cost")
+        tin, tout, cost = np.nan_to_num(col("tokens_in")), np.nan_to_num(col("tokens_out")), col("cost")
         cost_lo, cost_hi = col("cost_lo"), col("cost_hi")
         basis = ["cached" if c else ("history" if s else (x.basis if x is not None else "default"))
                  for c, s, x in zip(p.cached, p.skipped, f)]
