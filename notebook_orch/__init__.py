@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import (CycleError, DefinitionError, InvalidIdError, LoopError, OrchError, PlanError,
+from .errors import (BudgetError, CycleError, DefinitionError, InvalidIdError, LoopError, OrchError, PlanError,
                      ReplayMismatchError, RunCancelledError, TaskFailedError, UnknownNameError)
 from .events import Event
 from .model import Agent, Task
@@ -14,8 +14,15 @@ from .workflow import Workflow
 __version__ = "0.1.0"
 __all__ = ["Workflow", "Agent", "Task", "Run", "Event", "OrchError", "DefinitionError", "CycleError",
            "UnknownNameError", "InvalidIdError", "TaskFailedError", "RunCancelledError", "LoopError", "PlanError",
-           "ReplayMismatchError",
+           "ReplayMismatchError", "BudgetError", "Forecast",
            "load_ipython_extension", "unload_ipython_extension", "instrument"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Forecast":   # imported on first use: it brings pandas
+        from .forecast import Forecast
+        return Forecast
+    raise AttributeError(f"module 'notebook_orch' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython: Any) -> None:

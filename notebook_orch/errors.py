@@ -15,6 +15,7 @@ __all__ = [
     "RunCancelledError",
     "LoopError",
     "PlanError",
+    "BudgetError",
     "closest",
 ]
 
@@ -134,3 +135,25 @@ class ReplayMismatchError(OrchError):
     def __init__(self, message: str, *, task: str, run_id: str, diff: str = "", changed_words: str = ""):
         self.task, self.run_id, self.diff, self.changed_words = task, run_id, diff, changed_words
         super().__init__(message)
+
+
+class BudgetError(OrchError):
+    """A run's forecast costs more than its budget even at the low estimate, so it did not start.
+
+    `.forecast` is the `Forecast`, `.budget` the `max_cost_usd`, `.dearest` a DataFrame of the dearest
+    tasks. Lower the work (fewer items, a cheaper agent), raise `Workflow(max_cost_usd=...)`, or run
+    anyway with `wf.run(check_budget=False)` (the budget still stops new model requests once spent)."""
+
+    def __init__(self, forecast: object, budget: float):
+        self.forecast = forecast
+        self.budget = budget
+        t = forecast.tasks  # type: ignore[attr-defined]
+        self.dearest = forecast.dearest(3)  # type: ignore[attr-defined]
+        names = ", ".join(f"{k} (${c:.4f})" for k, c in self.dearest["cost_usd"].dropna().items())
+        unknown = " (and tasks of unknown price)" if t["cost_usd"].isna().any() else ""
+        super().__init__(
+            f"the run was not started: its forecast costs ${t['cost_usd'].sum():.4f}{unknown} "
+            f"(${t['cost_usd_low'].sum():.4f}–${t['cost_usd_high'].sum():.4f}), over its budget "
+            f"max_cost_usd=${budget:g} even at the low estimate; "
+            f"dearest tasks: {names}. Lower the work, raise Workflow(max_cost_usd=...), or run anyway with "
+            f"wf.run(check_budget=False) / %orch run --no-check-budget")

@@ -45,6 +45,7 @@ class Run:
         self.uncacheable: dict[str, str] = {}    # task -> why its output is not reused / not reusable
         self.not_persisted: dict[str, str] = {}  # task -> why its output is kept in memory only (e.g. unpicklable)
         self._replay: Any = None                 # wf.run(replay=RUN): the record its model requests are answered from
+        self._forecast: Any = None               # the Forecast it started with (a budget check, or wf.forecast() just before)
 
     @property
     def started_wall(self) -> float | None:
@@ -302,6 +303,12 @@ class Run:
         `run.what_if(rate_limit={"researcher": "600/min"})`, `concurrency=`, `max_concurrency=`, `pools=`."""
         from . import metrics
         return metrics.what_if(self, **limits)
+
+    def forecast_error(self) -> "pd.DataFrame":
+        """The forecast against what happened: a `(run)` row (makespan, tokens, cost), then one row per task
+        (`run_s_forecast`, `run_s`, `run_s_error_pct`, `in_range`, tokens, cost, `basis`); see docs/forecast.md."""
+        from .forecast import forecast_error
+        return forecast_error(self)
 
     def utilization(self) -> "pd.DataFrame":
         """One row per agent and resource pool: capacity, busy time, waits, queue; the columns are on the metrics page of the docs."""

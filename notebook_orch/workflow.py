@@ -228,6 +228,13 @@ class Workflow:
         from .store.history import history_frame, workflow_store
         return history_frame(workflow_store(self), self.name)
 
+    # ---------------------------------------------------------------- forecast (notebook_orch.forecast)
+    def forecast(self, **options: Any) -> Any:
+        """What a run with these options will take and cost (a `Forecast`), without calling any model:
+        per task (`.tasks`), for the run (`.summary`), the predicted schedule (`.gantt()`)."""
+        from .forecast import forecast
+        return forecast(self, **options)
+
     @property
     def last_run(self) -> Run | None:
         last = self.runs[-1] if self.runs else None
@@ -256,6 +263,7 @@ class Workflow:
 
     def _launch(self, options: dict[str, Any], reuse: dict[str, tuple[Any, str]] | None = None,
                 wait: Any = None, answerable: bool = False) -> Run:
+        check_budget = bool(options.pop("check_budget", True))   # run(check_budget=False): no budget gate (forecast.py)
         options = check_run_options(options, self)   # every run option checked and normalised here
         unknown = set(options) - set(_RUN_OPTIONS)
         if unknown:
@@ -274,6 +282,9 @@ class Workflow:
             raise DefinitionError(f"manager= is for mode='hierarchical', not mode={mode!r}")
         if mode != "hierarchical":
             _check_prompt_agents(graph, self.tasks)
+        from .forecast import gate   # a run whose forecast's low cost exceeds max_cost_usd does not start
+        forecast = gate(self, options,   # not a retry (it reuses what the forecast cannot see), nor a replay (no spend)
+                        check_budget and not reuse and options.get("replay") is None)
         _preload_models(self.agents)
         redact.refresh()   # a secret put in the environment by the cell before is known to this run's redaction
         reuse = dict(reuse or {})
@@ -315,6 +326,7 @@ class Workflow:
             from .review import attach as attach_reviews          # Task(review=True): a person answers (review.py)
             attach_reviews(sched, run, options, store, answerable)
             run._replay = replay
+            run._forecast = forecast
             if store is not None:
                 store.bind(run)
             sched.run = run

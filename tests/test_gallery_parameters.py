@@ -11,8 +11,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
-# Edited on other branches this wave, which add their own parameters cell; drop this set once they are merged.
-ADDED_ELSEWHERE = {"03_bottlenecks", "04_llm_agents"}
 
 
 def _parameters(nb):
@@ -26,8 +24,6 @@ def _parameters(nb):
 def test_the_notebook_has_a_parameters_cell_near_the_top_that_the_rest_uses(path):
     nb = nbformat.read(path, as_version=4)
     index, cell = _parameters(nb)
-    if cell is None and path.stem in ADDED_ELSEWHERE:
-        pytest.skip(f"{path.name}: its parameters cell comes with its own branch")
     assert cell is not None, (f"{path.name}: give it a code cell tagged `parameters` near the top (the goal, the "
                               f"model, the latency, the sizes as plain assignments) so `papermill -p` works")
     assert cell.cell_type == "code"

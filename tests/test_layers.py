@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"graph", "executors", "timings", "fingerprint", "tracing", "routing", "waits", "outputdiff"},
     {"scheduler", "_metrics", "metrics", "render", "llm", "review"},
     {"run"},
-    {"store", "_runstore", "_storedrun", "workflow", "patterns", "compare"},
+    {"store", "_runstore", "_storedrun", "workflow", "patterns", "compare", "forecast", "_forecast"},
     {"ipython", "demo", "ipc_kernel"},
 ]
 EDGE = {"ipython", "demo", "ipc_kernel"}            # the layers that may use IPython and ipywidgets

@@ -1,4 +1,8 @@
-"""Replays a run's list schedule with recorded durations under its real limits: baseline and what-if makespans.
+"""Replays a list schedule under a run's limits: what-if and bottleneck makespans, and the forecast's schedule.
+
+One simulator, two uses: `build(run, ...)` makes its `Model` from a run's recorded attempts (what-if,
+`bottlenecks()`); `forecast` makes one from predicted durations and tokens. With a `trace`
+list, `simulate` also records every attempt it placed (the forecast's Gantt chart and binding limit).
 
 What the simulation assumes (docs/metrics.md repeats it for users):
 
@@ -24,11 +28,15 @@ What the simulation assumes (docs/metrics.md repeats it for users):
   at their recorded times. Circuit breakers are not simulated (their fast failures took no time).
 * Dispatch overhead, executor hand-off and event-loop latency are zero, so the baseline is
   usually a little shorter than the real makespan (bottlenecks().attrs reports both).
+* Token windows (`Agent.token_limit`) are held only when the model carries tokens per unit (a forecast):
+  a unit that takes its slots waits inside its slot until its tokens fit in the agent's window, as a
+  model request waits in `before_request`. A recorded run's token waits are already in its durations.
 * "The task took no time" means: one attempt of zero duration (no retries, no backoff) that still
   passes through the limits, so it still needs a slot and, under a rate limit, a start.
 """
 from __future__ import annotations
 
+import bisect
 import gc
 import heapq
 from collections import deque
@@ -70,6 +78,9 @@ class Model:
         self.root_t: list[float] = []                      # when each root was resolved in the real run
         self.hold: list[float] = []                        # per node: s its children waited after it (a review)
         self.settle: list[float] = []                      # node -> its end less its last attempt's end and its review (>= 0)
+        self.is_map: list[bool] = []                       # node -> a map task (its units are items)
+        self.tokens: dict[int, list[int]] = {}             # node -> tokens of each unit (forecast only; none: not held)
+        self.token_windows: dict[str, tuple[int, float]] = {}   # agent -> (tokens, period s), held when tokens given
 
 
 def build(run: "Run", f: "Facts", deps: list[tuple[int, ...]], dur: list[float]) -> Model:
@@ -106,6 +117,7 @@ def build(run: "Run", f: "Facts", deps: list[tuple[int, ...]], dur: list[float])
     m.settle = np.where(np.isfinite(last_end) & ~np.isnan(f.end), np.maximum(f.end - last_end - hold, 0.0), 0.0).tolist()
     tasks = [run.tasks[t] for t in g.ids]
     m.res = [dict(t.resources) if t.resources else None for t in tasks]
+    m.is_map = [t.map_over is not None for t in tasks]
     start = run_start(run.events)
     m.key = _keys(tasks, start.get("remaining") or run.graph_.remaining(dur))
     lim = Limits.from_snapshot(start["limits"]) if start else run.state.limits   # the limits the run started with
@@ -133,17 +145,46 @@ def _keys(tasks: list[Any], remaining: list[float]) -> list[tuple[int, float]]:
     return [k[:2] for k in policy.ready_keys([t.priority for t in tasks], remaining)]
 
 
+Trace = list[tuple[int, int, float, float, float, dict[str, float], float]]
+# one row per attempt placed: (node, item or -1, queued at, started at, ended at, seconds it queued per limit
+# ('concurrency', 'agent:X', 'resource:Y', 'rate:X'), seconds it waited inside its slot for tokens)
+
+
 def simulate(m: Model, zero: int = -1, concurrency: Any = ..., caps: Mapping[str, int | None] | None = None,
              rates: Mapping[str, tuple[int, float] | None] | None = None,
-             pools: Mapping[str, int] | None = None) -> float:
+             pools: Mapping[str, int] | None = None, trace: Trace | None = None) -> float:
     """Makespan of the replayed schedule; node `zero` takes no time; keyword limits override the run's
-    (and their live changes). NaN if some task could never start under the given limits."""
+    (and their live changes). NaN if some task could never start under the given limits. `trace`: a list
+    that receives one row per attempt placed (see Trace)."""
     with no_gc():
-        return _simulate(m, zero, concurrency, caps, rates, pools)
+        return _simulate(m, zero, concurrency, caps, rates, pools, trace)
+
+
+def _queued(parks: Any, queued: float, start: float) -> dict[str, float]:
+    """Seconds a unit queued per limit: from each park to the next (before the first: the global concurrency)."""
+    out: dict[str, float] = {}
+    t, why = queued, "concurrency"
+    for tp, reason in (*parks, (start, "")):
+        if tp > t:
+            out[why] = out.get(why, 0.0) + (tp - t)
+        t, why = tp, reason
+    return out
+
+
+def _token_wait(entries: list[tuple[float, int]], cap: int, period: float, tokens: int, t: float) -> float:
+    """Seconds from `t` until `tokens` fit in a window holding `entries` (time, tokens), sorted by time
+    (limits.TokenWindow's rule; entries reserved for later starts count from their own time)."""
+    cands = [t] + [e + period for e, _ in entries if e + period > t]
+    for s in sorted(cands):
+        held = [n for e, n in entries if e > s - period]
+        if not held or sum(held) + tokens <= cap:
+            return s - t
+    return 0.0
 
 
 def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | None] | None,  # noqa: C901
-              rates: Mapping[str, tuple[int, float] | None] | None, pools: Mapping[str, int] | None) -> float:
+              rates: Mapping[str, tuple[int, float] | None] | None, pools: Mapping[str, int] | None,
+              trace: Trace | None = None) -> float:
     conc = m.concurrency if concurrency is ... else concurrency
     cap = dict(m.caps)
     rate = dict(m.rates)
@@ -167,6 +208,10 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
     starts: dict[str, deque[float]] = {a: deque(maxlen=r[0]) for a, r in rate.items()}
     ready: list[tuple[Any, ...]] = []
     parked: dict[str, list[tuple[Any, ...]]] = {}
+    toks = m.tokens if m.token_windows else {}
+    tw_used: dict[str, list[tuple[float, int]]] = {a: [] for a in m.token_windows}
+    queued: dict[tuple[int, int], float] = {}          # tracing: (node, unit) -> when it was queued
+    held_by: dict[tuple[int, int], list[Any]] = {}     # tracing: (node, unit) -> [(t, limit that parked it)...]
     timers: list[tuple[Any, ...]] = []
     armed: set[Any] = set()
     seq = 0
@@ -208,6 +253,8 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
                 p, r = key[i]
                 for k in range(len(units[i])):
                     heappush(ready, (p, r, i, k, 0))
+                    if trace is not None:
+                        queued[(i, k)] = t
 
     def unpark(why: str, count: int) -> None:
         held = parked.get(why)
@@ -228,17 +275,25 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
                 cp = cap.get(ag)
                 if cp is not None and a_run.get(ag, 0) >= cp:
                     heappush(parked.setdefault("agent:" + ag, []), e)
+                    if trace is not None:
+                        held_by.setdefault((i, k), []).append((t, "agent:" + ag))
                     continue
                 if r is not None:
                     full = next((p for p, q in r.items() if p_used[p] + q > pool[p]), None)
                     if full is not None:
                         heappush(parked.setdefault("resource:" + full, []), e)
+                        if trace is not None:
+                            held_by.setdefault((i, k), []).append((t, "resource:" + full))
                         continue
                 if ag in rate:
                     cnt, period = rate[ag]
                     w = starts[ag]
-                    if len(w) >= cnt and t - w[0] < policy.rate_span(period):
+                    # `t < free_at`, not `t - w[0] < span`: at its own wake-up time (free_at, the same float)
+                    # the unit must pass, and (w0 + span) - w0 < span can hold in floating point (a loop)
+                    if len(w) >= cnt and t < w[0] + policy.rate_span(period):
                         heappush(parked.setdefault("rate:" + ag, []), e)
+                        if trace is not None:
+                            held_by.setdefault((i, k), []).append((t, "rate:" + ag))
                         if ag not in armed:
                             armed.add(ag)
                             heappush(timers, (w[0] + policy.rate_span(period), seq, _WAKE, ag, 0, 0))
@@ -250,12 +305,27 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
                 full = next((p for p, q in r.items() if p_used[p] + q > pool[p]), None)
                 if full is not None:
                     heappush(parked.setdefault("resource:" + full, []), e)
+                    if trace is not None:
+                        held_by.setdefault((i, k), []).append((t, "resource:" + full))
                     continue
             if r is not None:
                 for p, q in r.items():
                     p_used[p] += q
             running += 1
-            heappush(timers, (t + d, seq, _DONE, i, k, j))
+            hold = 0.0
+            if toks and ag in tw_used and i in toks:   # held inside the slot until its tokens fit the window
+                n_tok = toks[i][k]
+                cap_t, per = m.token_windows[ag]
+                used = tw_used[ag]
+                hold = _token_wait(used, cap_t, per, n_tok, t)
+                bisect.insort(used, (t + hold, n_tok))
+                while used and used[0][0] <= t - per:
+                    used.pop(0)
+            if trace is not None:
+                q0 = queued.pop((i, k), t)
+                trace.append((i, k if i < len(m.is_map) and m.is_map[i] else -1, q0, t, t + hold + d,
+                              _queued(held_by.pop((i, k), ()), q0, t), hold))
+            heappush(timers, (t + hold + d, seq, _DONE, i, k, j))
             seq += 1
 
     resolve([i for i in reversed(m.order) if npend[i] == 0 and m.root_t[i] <= 0], 0.0)
@@ -289,9 +359,13 @@ def _simulate(m: Model, zero: int, concurrency: Any, caps: Mapping[str, int | No
             else:
                 p, rr = key[a]
                 heappush(ready, (p, rr, a, b, c + 1))
+                if trace is not None:
+                    queued[(a, b)] = t
         elif kind == _REQUEUE:
             p, rr = key[a]
             heappush(ready, (p, rr, a, b, c))
+            if trace is not None:
+                queued[(a, b)] = t
         elif kind == _ROOT or kind == _SETTLE:
             resolve([a], t)
         elif kind == _WAKE:

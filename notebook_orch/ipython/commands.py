@@ -134,6 +134,8 @@ def _start(m: Any, launch: Callable[[], Run], wait: bool) -> Run:
 @argument("--replay", metavar="RUN", help="answer model requests from RUN's record (a run id): no network, no key")
 @argument("--replay-mode", dest="replay_mode", choices=("strict", "fallthrough"),
           help="with --replay: a request not recorded fails its task (strict, default) or goes live (fallthrough)")
+@argument("--no-check-budget", action="store_true",
+          help="start even when the forecast's low cost exceeds the workflow's max_cost_usd")
 def _run(m: Any, args: Any) -> Run:
     """Start a run of the active workflow on the kernel's loop and return it at once (--wait: block)."""
     opts: dict[str, Any] = {}
@@ -159,9 +161,13 @@ def _run(m: Any, args: Any) -> Run:
         opts["replay"] = args.replay
     if args.replay_mode:
         opts["replay_mode"] = args.replay_mode
+    if args.no_check_budget:
+        opts["check_budget"] = False
     wf = m.wf
     _refuse_if_live(wf)
     wf.namespace = m.shell.user_ns
+    from ..forecast import for_panel
+    for_panel(wf, opts)   # the panel shows the forecast beside the live figures (made before the run's clock)
     from .._loop import running_loop
     if running_loop() is None:  # terminal IPython: no loop runs between cells, so the run blocks
         return _show(wf.run(**opts))
@@ -218,6 +224,26 @@ def _expression(m: Any, text: str) -> Any:
     except ValueError:
         raise OrchError(f"--value {text[:60]!r} is not a notebook name, a Python literal or JSON; e.g. "
                         f"--value edited (a variable), --value \"'new text'\" or --value '{{\"title\": \"x\"}}'") from None
+def _forecast(m: Any, args: Any) -> Any:
+    """What `%orch run` with these options would take and cost, calling no model: a Forecast (`.tasks`,
+    `.summary`, `.gantt()`)."""
+    opts: dict[str, Any] = {}
+    for name, value in vars(args).items():   # the options of %orch run, by their run() names
+        if value is None or value is False or name in ("wait", "no_check_budget"):
+            continue
+        opts["cache" if name == "no_cache" else name] = (False if name == "no_cache"
+                                                         else _split(value) if name == "only" else value)
+    m.wf.namespace = m.shell.user_ns
+    return m.wf.forecast(**opts)
+
+
+# %orch forecast takes the options of %orch run (its parser is built from the same decorators), but those that
+# change nothing it predicts (--wait, --no-check-budget, --reviews, --replay)
+_forecast.has_arguments = True  # type: ignore[attr-defined]
+_forecast.decorators = [d for d in _run.decorators  # type: ignore[attr-defined]
+                        if not {"--wait", "--no-check-budget", "--reviews", "--replay", "--replay-mode"}
+                        & set(getattr(d, "args", ()))]
+command("forecast")(magic_arguments(name="orch forecast")(_forecast))
 
 
 @command("plan")

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w  # type: ignore[import-untyped]
 
 from ..errors import LoopError
+from ..forecast import panel_line as forecast_line
 from ..render import build, svg_html
 from .snapshot import (CSS, Follow, View, chips_html, snapshot_html, state_of, summary_text, table_html,
                        title_html, view_of)
@@ -491,7 +492,7 @@ class RunPanel:
         live = view.live
         status = view.status
         counts = view.counts
-        self._title.value = title_html(view)
+        self._title.value = title_html(view) + forecast_line(self.run)   # the forecast beside the live figures
         self._bar.value = view.done
         self._bar.bar_style = {"succeeded": "success", "failed": "danger", "paused": "warning",
                                "cancelled": "warning"}.get(status, "info")

@@ -1,0 +1,1 @@
+"""The forecast's private rooms: what past runs measured (`history`), per-task figures (`estimate`), display (`show`)."""
