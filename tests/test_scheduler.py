@@ -325,7 +325,8 @@ def test_limits_change_while_running():
 
     async def main():
         run = wf.start()
-        await asyncio.sleep(0.03)
+        while not peak:              # the map has begun (not a fixed sleep: a loaded machine may take longer)
+            await asyncio.sleep(0.001)
         before = max(peak)
         run.set_concurrency(5)
         await run
