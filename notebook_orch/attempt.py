@@ -20,11 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import capture
 from .errors import OrchError
+from .limits import EST_OUTPUT_TOKENS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .scheduler import Scheduler
 
 __all__ = ["Attempt", "current", "BudgetExceededError"]
+
+PROBE_POLL = 0.02    # seconds between looks while a request waits for the agent's first answer or the budget
 
 
 class BudgetExceededError(OrchError):
@@ -34,7 +37,7 @@ class BudgetExceededError(OrchError):
 class Attempt:
     """A read-mostly view of the running attempt, for code that runs inside a task body."""
 
-    __slots__ = ("_s", "node", "item", "attempt", "task", "_requests")
+    __slots__ = ("_s", "node", "item", "attempt", "task", "_requests", "_entry", "_cost", "_pending")
 
     def __init__(self, sched: "Scheduler", node: int, item: int, attempt: int):
         self._s = sched
@@ -43,6 +46,9 @@ class Attempt:
         self.attempt = attempt      # 1-based attempt number of this task (or item)
         self.task = sched.ids[node]  # the task id
         self._requests = 0          # model requests made by this view (see before_request)
+        self._entry: list[float] | None = None   # the token window's reservation of the request in flight
+        self._cost = 0.0            # USD reserved for the request in flight (max_cost_usd)
+        self._pending = False       # a request is in flight: reserved, not yet settled or abandoned
 
     @property
     def agent(self) -> str | None:
@@ -77,42 +83,131 @@ class Attempt:
             s.emit(self.node, kind, self.attempt, info)
 
     # ------------------------------------------------------------ model requests
-    async def before_request(self, estimated_tokens: int = 0) -> None:
-        """Call before every model request: holds the agent's request and token windows, checks the budget.
-
-        The first request of a task's attempt already took its request-rate slot at dispatch;
-        later ones (tool loops, output retries) wait for a slot of their own. Raises
-        `BudgetExceededError` (and cancels what is left of the run) once `max_cost_usd` is spent."""
-        s = self._s
-        limit = s.max_cost_usd
-        if limit is not None and s.cost_usd >= limit:
-            reason = (f"budget reached: the run spent ${s.cost_usd:.4f} of max_cost_usd=${limit:g}; "
-                      f"raise Workflow(max_cost_usd=...) to go on")
-            assert s.loop is not None
-            s.loop.call_soon(s.cancel, reason)
-            raise BudgetExceededError(reason)
+    def expected_answer_tokens(self) -> int:
+        """Tokens the agent's next answer will likely count, learned from its earlier answers (the longest of the
+        recent ones; 256 before the first): what a request reserves beyond its prompt."""
         agent = self.agent
+        return self._s.limits.expectation(agent).answer_tokens() if agent is not None else EST_OUTPUT_TOKENS
+
+    async def before_request(self, estimated_tokens: int = 0, *, retry: bool = False) -> None:
+        """Call before every model request (and, with `retry=True`, before each re-send of one): holds the agent's
+        request and token windows, reserves the tokens and the cost, checks the budget.
+
+        The first request of a task's attempt already took its request-rate slot at dispatch; later ones
+        (tool loops, output retries) and every HTTP retry wait for a slot of their own. Until the agent
+        has answered once, a token window or a budget lets one of its requests out at a time (what an
+        answer costs is not known yet). Raises `BudgetExceededError` (and cancels what is left of the
+        run) when the request's reserved cost no longer fits `max_cost_usd`."""
+        s = self._s
+        lim = s.limits
+        agent = self.agent
+        if s.max_cost_usd is not None and s.cost_usd >= s.max_cost_usd:
+            self._refuse()
         self._requests += 1
         if agent is None:
             return
-        if self._requests > 1:
-            await self._wait(f"rate:{agent}", lambda now: s.limits.request_wait(agent, now))
-            s.limits.take_request(agent, perf_counter())
-        if estimated_tokens and agent in s.limits.token_windows:
-            window = s.limits.token_windows[agent]
-            await self._wait(f"tokens:{agent}", lambda now: window.wait_time(estimated_tokens, now))
-            window.add(estimated_tokens, perf_counter())
+        exp = lim.expectation(agent)
+        if retry or self._requests > 1:
+            await self._wait(f"rate:{agent}", lambda now: lim.request_wait(agent, now))
+            lim.take_request(agent, perf_counter())
+        window = lim.token_windows.get(agent)
+        if estimated_tokens and window is not None:
+            def room(now: float) -> float:
+                if not exp.learned and exp.in_flight and not retry:
+                    return PROBE_POLL
+                return window.wait_time(estimated_tokens, now)
+            await self._wait(f"tokens:{agent}", room)
+            self._entry = window.add(estimated_tokens, perf_counter())
+        if retry:
+            return       # the same request: its cost is reserved already
+        if s.max_cost_usd is not None:
+            cost = exp.cost(estimated_tokens, self._price())
+            await self._wait("budget", lambda now: self._budget_wait(exp, cost))
+            self._cost = cost or 0.0
+            lim.cost_reserved += self._cost
+        exp.in_flight += 1
+        self._pending = True
+        self._inflight().add(self)
 
     def after_request(self, tokens_in: int, tokens_out: int, cost_usd: float | None, estimated_tokens: int = 0,
                       **extra: Any) -> None:
-        """Call after every model request: records its usage (a `usage` event) and corrects the token window."""
+        """Call after every model request: records its usage (a `usage` event), settles its token reservation and
+        its reserved cost, and teaches the agent's expectation."""
         s = self._s
         agent = self.agent
-        if agent is not None and agent in s.limits.token_windows:
-            s.limits.token_windows[agent].add(tokens_in + tokens_out - estimated_tokens, perf_counter())
+        window = s.limits.token_windows.get(agent) if agent is not None else None
+        if window is not None:
+            if self._entry is not None:
+                window.settle(self._entry, tokens_in + tokens_out)
+            else:
+                window.add(tokens_in + tokens_out - estimated_tokens, perf_counter())
+        self._entry = None
+        if agent is not None:
+            s.limits.expectation(agent).learn(tokens_out, cost_usd)
+        self._release()
         if cost_usd is not None:
             s.cost_usd += cost_usd
         self.emit("usage", {"tokens_in": tokens_in, "tokens_out": tokens_out, "cost_usd": cost_usd, **extra})
+
+    def abandon_request(self, charged: bool) -> None:
+        """Call when a request ends without an answer. `charged`: the provider may have processed it (cut off by
+        a timeout, a cancel or a broken stream): its reserved cost counts as spent, in a `usage` event
+        marked `cut_off`. Otherwise (an error reply) the reservation is given back."""
+        if not self._pending:
+            return
+        cost = self._cost
+        self._entry = None
+        self._release()
+        if charged:
+            self._s.cost_usd += cost
+            self.emit("usage", {"tokens_in": 0, "tokens_out": 0, "cost_usd": cost, "cut_off": True})
+
+    def _release(self) -> None:
+        if not self._pending:
+            return
+        self._pending = False
+        agent = self.agent
+        if agent is not None:
+            self._s.limits.expectation(agent).in_flight -= 1
+        self._s.limits.cost_reserved -= self._cost
+        self._inflight().discard(self)
+
+    def _inflight(self) -> set["Attempt"]:
+        """The run's model requests in flight (by their attempt views); when the run ends (a cancel, the budget),
+        those cut off are charged by `_cut_off`, before the run's recorder writes its last events."""
+        s = self._s
+        held: set[Attempt] | None = getattr(s, "_llm_in_flight", None)
+        if held is None:
+            held = set()
+            s._llm_in_flight = held  # type: ignore[attr-defined]
+            s.finish_hooks.insert(0, lambda: _cut_off(held))
+        return held
+
+    def _price(self) -> tuple[float, float] | None:
+        agent = self.agent
+        a = self._s.agents.get(agent) if agent is not None else None
+        return getattr(a, "price", None)
+
+    def _budget_wait(self, exp: Any, cost: float | None) -> float:
+        s = self._s
+        limit = s.max_cost_usd
+        assert limit is not None
+        if s.cost_usd >= limit or (cost is not None and s.cost_usd + cost > limit):
+            self._refuse()
+        if cost is None and not exp.learned and exp.in_flight:
+            return PROBE_POLL                 # what an answer costs is not known yet: one at a time
+        if cost is not None and s.cost_usd + s.limits.cost_reserved + cost > limit:
+            return PROBE_POLL                 # requests in flight may settle cheaper than reserved
+        return 0.0
+
+    def _refuse(self) -> None:
+        s = self._s
+        limit = s.max_cost_usd
+        reason = (f"budget reached: the run spent ${s.cost_usd:.4f} of max_cost_usd=${limit:g} and the next model "
+                  f"request would not fit; raise Workflow(max_cost_usd=...) to go on")
+        assert s.loop is not None
+        s.loop.call_soon(s.cancel, reason)
+        raise BudgetExceededError(reason)
 
     async def _wait(self, why: str, wait_time: Any) -> None:
         noted = False
@@ -124,6 +219,12 @@ class Attempt:
                 self.emit("blocked", why)
                 noted = True
             await asyncio.sleep(delay)
+
+
+def _cut_off(held: set[Attempt]) -> None:
+    """At the end of a run: the model requests still in flight were cut off (a cancel): charge what was reserved."""
+    for view in list(held):
+        view.abandon_request(True)
 
 
 def current() -> Attempt | None:

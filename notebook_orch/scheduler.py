@@ -662,7 +662,7 @@ class Scheduler:
         self.emit(i, "attempt_failed", attempt, text if k < 0 else (k, text))
         self._record_breaker(i, k, False)
         task = self.tasks[i]
-        if attempt <= self.retries[i] and (i, k) not in self.fb_used:
+        if attempt <= self.retries[i] and (i, k) not in self.fb_used and getattr(exc, "retryable", True):
             delay = policy.jittered(policy.backoff(task.retry_backoff, attempt))
             if k < 0:
                 self.status[i] = "retrying"

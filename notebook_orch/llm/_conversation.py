@@ -13,8 +13,13 @@ Design note.
   and token windows, the run's budget) and `after_request` (the `usage` event). Conversation
   messages become `message` events as they happen, tool calls `tool_call` events, partial
   answers `stream` events (at most STREAM_HZ a second per task).
-* Streaming costs loop CPU per chunk, so by default a request streams only while someone
-  watches: the run is shown in a panel (`STREAM = None`); True / False force it.
+* Streaming costs loop CPU per chunk, so by default (`Agent.stream=None`) a request streams only
+  while someone watches: the run is shown in a panel; `Agent(stream=True / False)` forces it.
+* A model request is whole or nothing (`_Call.request`, SPEC §11): it is bounded by the agent's
+  `request_timeout`, a streamed answer that broke off is sent again (while `_errors` allows),
+  an answer cut by `finish_reason="length"` fails with `TruncatedAnswerError`, and a request
+  that ends without an answer gives its reservations back, or is charged when the provider
+  may have processed it (cut off).
 * Everything that leaves goes through `safe()` (the project's redaction plus the keys we read).
 """
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic_ai import direct
@@ -32,29 +37,30 @@ from pydantic_ai.messages import (ModelRequest, PartDeltaEvent, PartStartEvent, 
 from .. import attempt as _attempt
 from ..errors import DefinitionError, OrchError
 from ._convert import rows_of
-from ._models import ModelRequestError, resolve_model, usage_of
+from ._errors import ModelRequestError, TruncatedAnswerError, connection_error, http_error
+from ._models import resolve_model, usage_of
 from ._prompts import CHARS_PER_TOKEN, render_prompt, system_prompt
 from ._safe import safe, safe_value
+from ._transport import REQUEST, Request
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Agent, Task
 
-__all__ = ["run_prompt", "STREAM", "STREAM_HZ", "TOOL_RETRIES", "EST_OUTPUT_TOKENS"]
+__all__ = ["run_prompt", "STREAM_HZ", "TOOL_RETRIES"]
 
-STREAM: bool | None = None     # None: stream while the run is shown in a panel; True / False: always / never
 STREAM_HZ = 10                 # at most this many `stream` events a second per task
 STREAM_TAIL = 2000             # characters of the partial answer a `stream` event carries
 TOOL_RETRIES = 3               # times a tool call with invalid arguments goes back to the model
-EST_OUTPUT_TOKENS = 256        # output tokens assumed before a request, for the token window (corrected after)
 _TOOL_INPUT = 500              # characters of a tool call's input kept in its event
 
 
 class _Call:
     """What one attempt's conversation knows: its attempt context, counters, the streamed text."""
 
-    __slots__ = ("ctx", "agent", "task", "sent", "system_done", "streaming", "parts", "t_emit", "n_chunks", "waited")
+    __slots__ = ("ctx", "agent", "task", "sent", "system_done", "streaming", "parts", "t_emit", "n_chunks", "waited",
+                 "deadline", "req", "who")
 
-    def __init__(self, ctx: Any, agent: "Agent", task: "Task", streaming: bool):
+    def __init__(self, ctx: Any, agent: "Agent", task: "Task", streaming: bool, deadline: float = float("inf")):
         self.ctx = ctx
         self.agent = agent
         self.task = task
@@ -65,6 +71,9 @@ class _Call:
         self.t_emit = 0.0
         self.n_chunks = 0
         self.waited = 0.0             # seconds the current request waited in before_request (windows, budget)
+        self.deadline = deadline      # monotonic end of the attempt (its timeout): no send or wait goes past it
+        self.req: Request | None = None   # the model request in flight (or the last one)
+        self.who = f"agent {agent.name!r} (task {task.id!r})"
 
     def emit(self, kind: str, info: Any) -> None:
         if self.ctx is not None:
@@ -86,7 +95,7 @@ class _Call:
         est = 0
         t = perf_counter()
         if self.ctx is not None:
-            est = _estimate(messages)
+            est = _estimate(messages) + self.ctx.expected_answer_tokens()
             await self.ctx.before_request(est)
         self.parts.clear()
         self.n_chunks = 0
@@ -102,6 +111,55 @@ class _Call:
             self.ctx.after_request(tin, tout, cost, est, model=response.model_name,
                                    duration_ms=round((perf_counter() - t0) * 1000, 3),
                                    wait_ms=round(self.waited * 1000, 3), streamed=self.streaming)
+
+    async def regate(self, tokens: int) -> None:
+        """Before the transport sends the request again: the agent's windows, like a first request."""
+        if self.ctx is not None:
+            t = perf_counter()
+            await self.ctx.before_request(tokens, retry=True)
+            self.waited += perf_counter() - t
+
+    async def request(self, messages: list[Any], send: Any, resend: bool = True) -> Any:
+        """One model request, whole or not at all (module docstring). `send()` makes it and returns the
+        ModelResponse; `resend=False` when it may be called only once (inside pydantic-ai's agent loop)."""
+        est, t0 = await self.before(messages)
+        agent = self.agent
+        now = monotonic()
+        req = self.req = Request(self, est, min(self.deadline, now + agent.request_timeout),
+                                 agent.stream_idle_timeout, self.who)
+        token = REQUEST.set(req)
+        try:
+            while True:
+                self.parts.clear()
+                self.n_chunks = 0
+                try:
+                    response = await _bounded(send, agent.request_timeout - (monotonic() - now))
+                    break
+                except TruncatedAnswerError as exc:
+                    delay = req.next_delay(None) if resend and exc.retryable else None
+                    if delay is None:
+                        raise _after_attempts(exc, req.sends) from None
+                    self.emit("retrying", {"status": None, "delay_s": round(delay, 3), "retry": req.sends,
+                                           "error": str(exc)[:300]})
+                    await asyncio.sleep(delay)
+        except BaseException as exc:
+            if self.ctx is not None:
+                self.ctx.abandon_request(isinstance(exc, (asyncio.CancelledError, TimeoutError, asyncio.TimeoutError,
+                                                          TruncatedAnswerError)))
+            if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+                raise ModelRequestError(f"{self.who}: the model request took longer than request_timeout="
+                                        f"{agent.request_timeout:g} s; raise the agent's request_timeout or ask "
+                                        f"for a shorter answer", None, retryable=True) from None
+            raise
+        finally:
+            REQUEST.reset(token)
+        self.after(response, est, t0)
+        if getattr(response, "finish_reason", None) == "length":
+            raise TruncatedAnswerError(
+                f"{self.who}: the answer was cut at the model's output limit (finish_reason='length'), so it is "
+                f"not used; raise max_tokens (model settings) or shorten the prompt / ask for a shorter answer",
+                "length", retryable=False)
+        return response
 
     # ------------------------------------------------------------ streaming
     def feed(self, delta: str) -> None:
@@ -121,8 +179,23 @@ class _Call:
         self.ctx.emit("stream", {"text": safe(text[-STREAM_TAIL:]), "tokens": n})
 
 
+async def _bounded(send: Any, seconds: float) -> Any:
+    """`await send()`, cut after `seconds` (TimeoutError); in the calling task (no task of its own) where it can."""
+    timeout = getattr(asyncio, "timeout", None)
+    if timeout is None:   # Python 3.10
+        return await asyncio.wait_for(send(), seconds)
+    async with timeout(seconds):
+        return await send()
+
+
+def _after_attempts(exc: TruncatedAnswerError, sends: int) -> TruncatedAnswerError:
+    if exc.reason == "length" or sends <= 1:
+        return exc
+    return TruncatedAnswerError(f"{exc} (after {sends} attempts)", exc.reason, retryable=False)
+
+
 def _estimate(messages: list[Any]) -> int:
-    """Tokens a request will count, before it is sent: its text at ~4 characters a token plus an output allowance."""
+    """Tokens a request's prompt will count, before it is sent: its text at ~4 characters a token."""
     chars = 0
     for m in messages:
         for p in m.parts:
@@ -135,12 +208,12 @@ def _estimate(messages: list[Any]) -> int:
         ins = getattr(m, "instructions", None)
         if ins:
             chars += len(ins)
-    return chars // CHARS_PER_TOKEN + EST_OUTPUT_TOKENS
+    return chars // CHARS_PER_TOKEN
 
 
-def _wants_stream(run: Any) -> bool:
-    if STREAM is not None:
-        return STREAM
+def _wants_stream(agent: "Agent", run: Any) -> bool:
+    if agent.stream is not None:
+        return agent.stream
     return getattr(run, "_display", None) is not None
 
 
@@ -156,30 +229,50 @@ async def run_prompt(task: "Task", agent: "Agent | None", inputs: dict[str, Any]
     model = resolve_model(agent)
     text = render_prompt(task, inputs, agent)
     system = system_prompt(agent)
-    call = _Call(_attempt.current(), agent, task, _wants_stream(run))
+    timeout = task.timeout if task.timeout is not None else agent.timeout
+    deadline = monotonic() + timeout if timeout else float("inf")
+    call = _Call(_attempt.current(), agent, task, _wants_stream(agent, run), deadline)
+    error: BaseException | None = None
     try:
         if agent.tools or task.output_model is not None or task.routes:
             value = await _agent_run(call, model, system, text)
         else:
             value = await _direct(call, model, system, text)
-    except OrchError:
-        raise
     except Exception as exc:  # noqa: BLE001 - provider and library errors become our errors, redacted
-        raise _translate(exc, agent, task) from None
+        error = _translate(exc, call)
+    if error is not None:
+        raise _detached(error)     # raised outside the handler: no provider error rides along as its __context__
     return safe_value(value)
 
 
-def _translate(exc: Exception, agent: "Agent", task: "Task") -> Exception:
-    from pydantic_ai.exceptions import ModelAPIError, ModelHTTPError, UserError
-    who = f"agent {agent.name!r} (task {task.id!r})"
+def _detached(error: BaseException) -> BaseException:
+    """The error without the chain it was raised in: a provider's reply (which may echo the key) or an HTTP
+    request (which carries it) must not stay reachable from what a run keeps."""
+    error.__cause__ = None
+    error.__context__ = None
+    error.__suppress_context__ = True
+    return error
+
+
+def _translate(exc: BaseException, call: _Call) -> BaseException:
+    from pydantic_ai.exceptions import ModelAPIError, ModelHTTPError, UsageLimitExceeded, UserError
+    who = call.who
+    seen: BaseException | None = exc
+    while seen is not None:                 # ours, raised under the SDK (the transport, a broken stream)
+        if isinstance(seen, OrchError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    sends = call.req.sends if call.req is not None else 1
     if isinstance(exc, ModelHTTPError):
-        body = safe(str(exc.body))[:300]
-        hint = {401: "check the API key", 403: "check the key's permissions",
-                404: "check the model name and base_url", 429: "slow down: lower max_concurrency or set rate_limit / token_limit"}
-        fix = hint.get(exc.status_code, "the provider's reply is above")
-        return ModelRequestError(f"{who}: model request failed with HTTP {exc.status_code}: {body}; {fix}",
-                                 exc.status_code)
+        return http_error(who, exc.status_code, exc.body, call.agent.base_url, sends)
+    if isinstance(exc, UsageLimitExceeded):
+        return ModelRequestError(
+            f"{who}: the tool loop stopped at pydantic-ai's usage limit ({safe(str(exc))}) without a final "
+            f"answer: the model kept calling tools. Make the prompt say when to stop, or give the agent a "
+            f"higher request_limit (Agent(request_limit=...), now {call.agent.request_limit})", None, retryable=False)
     if isinstance(exc, ModelAPIError):
+        if "connection" in str(exc).lower():
+            return connection_error(who, call.agent.base_url, str(exc), sends)
         return ModelRequestError(f"{who}: model request failed: {safe(str(exc))[:300]}")
     if isinstance(exc, UserError):
         return DefinitionError(f"{who}: {safe(str(exc))}")
@@ -198,12 +291,10 @@ async def _direct(call: _Call, model: Any, system: str, text: str) -> str:
     messages: list[Any] = [ModelRequest(parts=parts)]
     for n in range(task.output_retries + 1):
         call.emit_messages(messages)
-        est, t0 = await call.before(messages)
         if call.streaming:
-            response = await _direct_stream(call, model, messages)
+            response = await call.request(messages, lambda: _direct_stream(call, model, messages))
         else:
-            response = await direct.model_request(model, messages)
-        call.after(response, est, t0)
+            response = await call.request(messages, lambda: direct.model_request(model, messages))
         messages.append(response)
         call.emit_messages(messages)
         answer = response.text or ""
@@ -303,12 +394,18 @@ async def _agent_run(call: _Call, model: Any, system: str, text: str) -> Any:
     handler = _stream_handler if call.streaming else None
     with capture_run_messages() as messages:
         try:
-            result = await pa.run(text, model=model, deps=call, event_stream_handler=handler)
+            result = await pa.run(text, model=model, deps=call, event_stream_handler=handler,
+                                  usage_limits=_usage_limits(call.agent.request_limit))
         except UnexpectedModelBehavior as exc:
             call.emit_messages(messages)
             raise _exhausted(call.task, messages, exc) from None
     call.emit_messages([m for m in result.all_messages() if not _is_final_ack(m)])
     return result.output
+
+
+def _usage_limits(requests: int) -> Any:
+    from pydantic_ai.usage import UsageLimits
+    return UsageLimits(request_limit=requests)
 
 
 def _is_final_ack(m: Any) -> bool:
@@ -375,9 +472,7 @@ def _capability() -> Any:
             call: _Call = ctx.deps
             messages = request_context.messages
             call.emit_messages(messages)
-            est, t0 = await call.before(messages)
-            response = await handler(request_context)
-            call.after(response, est, t0)
+            response = await call.request(messages, lambda: handler(request_context), resend=False)
             return response     # its `message` events: with the next request, or at the end of the run
 
         async def wrap_tool_validate(self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
