@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import OrderedDict
 from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Literal
@@ -429,6 +430,14 @@ def _exhausted(task: "Task", messages: list[Any], exc: Exception) -> OrchError:
             break
     cause = exc.__cause__
     error = str(cause) if cause is not None else str(exc)
+    tool = re.match(r"Tool '(\w+)' exceeded max retries count of (\d+)", str(exc))
+    if tool is not None and not tool.group(1).startswith("final_result"):
+        from ..scheduler import OutputInvalidError
+        shown = safe(answer if isinstance(answer, str) else json.dumps(answer, default=str))[:400]
+        return OutputInvalidError(
+            f"task {task.id!r}: the model called tool {tool.group(1)!r} with invalid arguments {TOOL_RETRIES + 1} "
+            f"times (tool retries: {TOOL_RETRIES}): {safe(error).strip()}. Last call: {shown!r}. Make the tool's "
+            f"parameter types and docstring clearer, or say in the prompt how to call it")
     if task.output_model is not None:
         error = f"{error} (output_model {getattr(task.output_model, '__name__', task.output_model)})"
     return _invalid(task, answer, error.strip(), task.output_retries)
