@@ -77,20 +77,27 @@ _LEARN = 16                # answers an agent's expectation is taken from (the l
 
 
 class Expectation:
-    """What one agent's next answer will likely cost, learned from its earlier answers: the longest of the last
-    `_LEARN` answers in tokens (a reservation too small would let a window overflow), and the dearest of their
-    costs (None: unknown, e.g. a model genai-prices does not know)."""
+    """What one agent's next request will likely count, learned from its earlier ones: the longest of the last
+    `_LEARN` answers in tokens and the largest ratio of counted prompt tokens to our estimate (a reservation too
+    small would let a window overflow), and the dearest of their costs (None: unknown, e.g. a model genai-prices
+    does not know)."""
 
-    __slots__ = ("tokens", "costs", "learned", "in_flight")
+    __slots__ = ("tokens", "ratios", "costs", "learned", "in_flight")
 
     def __init__(self) -> None:
         self.tokens: deque[int] = deque(maxlen=_LEARN)
+        self.ratios: deque[float] = deque(maxlen=_LEARN)
         self.costs: deque[float] = deque(maxlen=_LEARN)
         self.learned = False        # it answered once: before that, one request at a time (a probe)
         self.in_flight = 0          # its requests sent and not settled
 
     def answer_tokens(self) -> int:
         return max(self.tokens) if self.tokens else EST_OUTPUT_TOKENS
+
+    def reserve(self, prompt_estimate: int) -> int:
+        """Tokens to reserve for a request whose prompt we estimate at `prompt_estimate` tokens."""
+        ratio = max(self.ratios) if self.ratios else 1.0
+        return int(prompt_estimate * ratio + 0.999) + self.answer_tokens()
 
     def cost(self, tokens: int, price: tuple[float, float] | None) -> float | None:
         if self.costs:
@@ -99,9 +106,11 @@ class Expectation:
             return tokens * max(price) / 1e6
         return None
 
-    def learn(self, tokens_out: int, cost: float | None) -> None:
+    def learn(self, tokens_in: int, tokens_out: int, cost: float | None, prompt_estimate: int | None) -> None:
         self.learned = True
         self.tokens.append(tokens_out)
+        if prompt_estimate:
+            self.ratios.append(tokens_in / prompt_estimate)
         if cost is not None:
             self.costs.append(cost)
 
@@ -232,10 +241,14 @@ class Limits:
                 return first + span - now
         return 0.0
 
-    def take_request(self, agent: str, now: float) -> None:
-        """Count a model request that did not start a task (a tool loop's or a retry's) in the rate window."""
-        if agent in self.starts:
-            self.starts[agent].append([now])
+    def take_request(self, agent: str, now: float) -> list[float] | None:
+        """Count a model request that did not start a task (a tool loop's or a retry's) in the rate window; returns
+        its entry (None: no rate limit), which the request stamps with the time it is really sent."""
+        if agent not in self.starts:
+            return None
+        slot = [now]
+        self.starts[agent].append(slot)
+        return slot
 
     def expectation(self, agent: str) -> Expectation:
         e = self.expect.get(agent)

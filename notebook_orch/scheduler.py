@@ -537,8 +537,8 @@ class Scheduler:
         self.active[(i, k)] = self.loop.create_task(self._attempt(i, k, attempt))  # type: ignore[union-attr]
 
     async def _attempt(self, i: int, k: int, attempt: int) -> None:
-        _set_output((self.outputs, self.ids[i], self, i, k, attempt))   # also the attempt context
         slot = self.rate_slot.pop((i, k), None) if self.rate_slot else None
+        _set_output((self.outputs, self.ids[i], self, i, k, attempt, slot))   # also the attempt context
         t_start = perf_counter() - self.t0 if k >= 0 else 0.0
         try:
             kw = self._input_values(i, k) if self.pnames[i] else {}

@@ -96,8 +96,7 @@ class _Call:
         est = 0
         t = perf_counter()
         if self.ctx is not None:
-            est = _estimate(messages) + self.ctx.expected_answer_tokens()
-            await self.ctx.before_request(est)
+            est = await self.ctx.before_request(prompt_tokens=_estimate(messages))
         self.parts.clear()
         self.n_chunks = 0
         now = perf_counter()
@@ -112,6 +111,16 @@ class _Call:
             self.ctx.after_request(tin, tout, cost, est, model=response.model_name,
                                    duration_ms=round((perf_counter() - t0) * 1000, 3),
                                    wait_ms=round(self.waited * 1000, 3), streamed=self.streaming)
+
+    def sending(self) -> None:
+        """The transport sends the request now: the windows count it from here."""
+        if self.ctx is not None:
+            self.ctx.sending()
+
+    def answered(self) -> None:
+        """The provider's reply begins (the transport got its headers)."""
+        if self.ctx is not None:
+            self.ctx.answered()
 
     async def regate(self, tokens: int) -> None:
         """Before the transport sends the request again: the agent's windows, like a first request."""

@@ -99,8 +99,12 @@ class RetryingTransport(httpx2.AsyncBaseTransport):
             req.sends += 1
             _set_timeouts(request, req, streamed)
             self.quota.sent(req.tokens)
+            if req.call is not None:
+                req.call.sending()
             try:
                 resp = await self.inner.handle_async_request(request)
+                if req.call is not None:
+                    req.call.answered()
                 sse = resp.headers.get("content-type", "").startswith("text/event-stream")
                 if resp.status_code < 400 and not sse:
                     await resp.aread()      # a body cut mid-way is a connection error, retried below
@@ -134,6 +138,8 @@ class RetryingTransport(httpx2.AsyncBaseTransport):
                 await resp.aclose()
             req.emit("retrying", {"status": status, "delay_s": round(delay, 3), "error": safe(body),
                                   "retry": req.sends})
+            if status == 429:
+                req.emit("blocked", "provider:" + self.quota.name)
             await asyncio.sleep(delay)
         raise error
 

@@ -16,7 +16,7 @@ to answer the next requests in turn (the last spec repeats). A reply spec may ho
                  that is not JSON), "stall" (no byte for `stall` seconds, then the rest), "drop"
                  (the connection closes)
 
-A quota (`OpenAIServer(rpm=120)` or `--rpm 120`) works as providers' do: a bucket of `rpm` requests,
+A quota (`OpenAIServer(rpm=120)` or `--rpm 120`; `period=` for other than a minute) works as providers' do: a bucket of `rpm` requests,
 full at the start and refilling continuously; a request finding it empty gets a 429 whose
 Retry-After is the real wait; every answer carries `x-ratelimit-{limit,remaining,reset}-requests`.
 `log` keeps (arrival time, status, prompt + completion tokens) of every chat request.
@@ -26,8 +26,9 @@ with a usage chunk when `stream_options.include_usage` is set. The server counts
 flight (`max_in_flight`) and keeps every request body (`requests`) unless `keep=False`.
 
 In a thread of the test process: `with OpenAIServer() as srv: srv.url`. In its own process (the
-benchmark): `python openai_server.py --delay 0.1` prints the URL on its first line; GET /stats
-returns the counters as JSON and POST /reset zeroes them.
+benchmarks, tests that time arrivals): `python openai_server.py --delay 0.1 [--rpm 120] [--usage 30,200]`
+prints the URL on its first line; GET /stats returns the counters and the log as JSON and POST /reset
+zeroes them.
 """
 from __future__ import annotations
 
@@ -44,10 +45,11 @@ Spec = dict[str, Any]
 class OpenAIServer:
     """See the module docstring. `url` ends with /v1 (what an OpenAI client takes as base_url)."""
 
-    def __init__(self, delay: float = 0.0, keep: bool = True, rpm: int | None = None):
+    def __init__(self, delay: float = 0.0, keep: bool = True, rpm: int | None = None, period: float = 60.0):
         self.delay = delay
         self.keep = keep
-        self.rpm = rpm
+        self.rpm = rpm                      # the quota: `rpm` requests per `period` seconds (None: no quota)
+        self.period = period
         self.level = float(rpm or 0)        # the quota's bucket: requests left now
         self.level_at = time.monotonic()
         self.log: list[tuple[float, int, int]] = []
@@ -79,9 +81,10 @@ class OpenAIServer:
             return left.pop(0) if len(left) > 1 else left[0]
         self.scripts[model] = next_spec
 
-    def reset(self) -> None:
+    def reset(self, scripts: bool = True) -> None:
         self.requests.clear()
-        self.scripts.clear()
+        if scripts:
+            self.scripts.clear()
         self.log.clear()
         self.in_flight = self.max_in_flight = self.count = 0
         self.level, self.level_at = float(self.rpm or 0), time.monotonic()
@@ -91,7 +94,7 @@ class OpenAIServer:
         if not self.rpm:
             return True, {}
         now = time.monotonic()
-        rate = self.rpm / 60.0
+        rate = self.rpm / self.period
         self.level = min(float(self.rpm), self.level + (now - self.level_at) * rate)
         self.level_at = now
         ok = self.level >= 1
@@ -178,7 +181,7 @@ class OpenAIServer:
         if path.endswith("/stats"):
             self._send(writer, 200, {"max_in_flight": self.max_in_flight, "count": self.count, "log": self.log})
         elif path.endswith("/reset"):
-            self.reset()
+            self.reset(scripts=False)
             self._send(writer, 200, {})
         elif path.endswith("/models"):
             self._send(writer, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.scripts]})
@@ -343,10 +346,14 @@ def _main() -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--rpm", type=int, default=None, help="a quota of this many requests a minute (a token bucket)")
+    p.add_argument("--usage", default=None, help="PROMPT,COMPLETION tokens every answer reports (default: word counts)")
     a = p.parse_args()
 
     async def serve() -> None:
         srv = OpenAIServer(delay=a.delay, keep=False, rpm=a.rpm)
+        if a.usage:
+            usage = tuple(int(x) for x in a.usage.split(","))
+            srv.script("*", lambda body: {**_default_spec(body), "usage": usage})
         await srv.start(a.port)
         print(srv.url, flush=True)
         await asyncio.Event().wait()
