@@ -286,9 +286,10 @@ class ProviderQuota:
     Fed by the replies (`answered`): a 429's `Retry-After` pauses every request until then; the
     `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers (OpenAI's names, which most
     compatible servers copy) and `anthropic-ratelimit-*` give each bucket's level and refill rate.
-    `wait_time` answers when the next request fits: the last reported level, refilled at the
-    reported rate, less what was sent since and not answered yet (as if none of those had been
-    counted: a little early pacing is cheaper than a 429). A bucket never reported is not paced."""
+    `wait_time` answers when the next request fits: the reported level (never above what the
+    reports before it, refilled since, allow: replies overtake each other), refilled at the reported
+    rate, less what was sent since and not answered yet (as if none of those had been counted: a
+    little early pacing is cheaper than a 429). A bucket never reported is not paced."""
 
     __slots__ = ("name", "paused_until", "buckets", "in_flight")
 
@@ -346,7 +347,9 @@ class ProviderQuota:
                 rate = (limit - level) / reset          # a bucket that is full again after `reset` seconds
             else:
                 rate = old[1] if old is not None else limit / 60.0
-            self.buckets[kind] = [level, rate, now, limit]
+            if old is not None:   # replies overtake each other: one counted earlier may say more is left
+                level = min(level, old[0] + old[1] * (now - old[2]))
+            self.buckets[kind] = [max(level, 0.0), rate, now, limit]
             return
 
 
