@@ -179,4 +179,4 @@ def test_provider_quota_reads_openai_and_anthropic_headers():
     p = ProviderQuota("r")
     p.sent(0)
     p.answered(0, 429, {}, asked=0.3)
-    assert 0.25 < p.wait_time(0, p.paused_until - 0.3) <= 0.3
+    assert p.wait_time(0, p.paused_until - 0.3) == pytest.approx(0.3)
