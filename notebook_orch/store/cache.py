@@ -231,7 +231,9 @@ class RunCache:
         found = self._get(task_id, fp, ttl)
         if found[0]:
             return found
-        holder = self.store.lease_holder(fp)
+        # a prompt task's model requests cost money: its lease is taken at once (another process that looks at
+        # the same moment sees it), other tasks' leases are written with the run's next batch
+        holder = self.store.claim(fp) if task.prompt is not None and task.map_over is None else self.store.lease_holder(fp)
         if holder is not None and task.map_over is None:
             return None, _LeaseWait(self, task_id, fp, ttl, holder), f"being computed by {holder}"
         self.leases.append(fp)

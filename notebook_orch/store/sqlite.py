@@ -551,6 +551,22 @@ class Store:
         self._do(lambda c: c.execute("UPDATE leases SET expires=? WHERE holder=?",
                                      (time.time() + LEASE_TTL, self.holder)), write=True)
 
+    def claim(self, fingerprint: str) -> str | None:
+        """Take the lease of `fingerprint` at once, in one transaction (two processes that start together cannot
+        both get it); returns the live process that holds it instead, or None when this one does now."""
+        def claim(c: sqlite3.Connection) -> str | None:
+            now = time.time()
+            row = c.execute("SELECT holder, host, pid, expires FROM leases WHERE fingerprint=?", (fingerprint,)).fetchone()
+            if row is not None and row[0] != self.holder and row[3] >= now and _alive(row[1], row[2]):
+                return str(row[0])
+            c.execute("INSERT OR REPLACE INTO leases (fingerprint, holder, host, pid, expires) VALUES (?,?,?,?,?)",
+                      (fingerprint, self.holder, socket.gethostname(), os.getpid(), now + LEASE_TTL))
+            return None
+        try:
+            return self._do(claim, write=True)
+        except _Unavailable:
+            return self.lease_holder(fingerprint)
+
     def lease_holder(self, fingerprint: str) -> str | None:
         """Who (another live process) is computing this fingerprint now, or None."""
         self._fresh_index()

@@ -19,7 +19,8 @@ to answer the next requests in turn (the last spec repeats). A reply spec may ho
 A quota (`OpenAIServer(rpm=120)` or `--rpm 120`; `period=` for other than a minute) works as providers' do: a bucket of `rpm` requests,
 full at the start and refilling continuously; a request finding it empty gets a 429 whose
 Retry-After is the real wait; every answer carries `x-ratelimit-{limit,remaining,reset}-requests`.
-`log` keeps (arrival time, status, prompt + completion tokens) of every chat request.
+`log` keeps (arrival time, status, prompt + completion tokens, the last user message) of every chat
+request (`GET /stats?log=1`).
 
 Requests with "stream": true are answered as server-sent events, several chunks per answer,
 with a usage chunk when `stream_options.include_usage` is set. The server counts requests in
@@ -27,8 +28,8 @@ flight (`max_in_flight`) and keeps every request body (`requests`) unless `keep=
 
 In a thread of the test process: `with OpenAIServer() as srv: srv.url`. In its own process (the
 benchmarks, tests that time arrivals): `python openai_server.py --delay 0.1 [--rpm 120] [--usage 30,200]`
-prints the URL on its first line; GET /stats returns the counters and the log as JSON and POST /reset
-zeroes them.
+prints the URL on its first line; GET /stats returns the counters as JSON (`?log=1`: and the log) and
+POST /reset zeroes them (and fills the quota's bucket).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class OpenAIServer:
         self.period = period
         self.level = float(rpm or 0)        # the quota's bucket: requests left now
         self.level_at = time.monotonic()
-        self.log: list[tuple[float, int, int]] = []
+        self.log: list[tuple[float, int, int, str]] = []
         self.scripts: dict[str, Callable[[Spec], Spec]] = {}
         self.requests: list[Spec] = []
         self.in_flight = 0
@@ -178,8 +179,11 @@ class OpenAIServer:
                      f"Content-Length: {len(body)}\r\n{extra}\r\n".encode() + body)
 
     async def _route(self, method: str, path: str, raw: bytes, writer: asyncio.StreamWriter) -> None:
-        if path.endswith("/stats"):
-            self._send(writer, 200, {"max_in_flight": self.max_in_flight, "count": self.count, "log": self.log})
+        if "/stats" in path:
+            stats: Spec = {"max_in_flight": self.max_in_flight, "count": self.count}
+            if path.endswith("?log=1"):
+                stats["log"] = self.log
+            self._send(writer, 200, stats)
         elif path.endswith("/reset"):
             self.reset(scripts=False)
             self._send(writer, 200, {})
@@ -204,7 +208,7 @@ class OpenAIServer:
         arrived = time.monotonic()
         admitted, quota = self._quota()
         if not admitted:
-            self.log.append((arrived, 429, 0))
+            self.log.append((arrived, 429, 0, _last_user(body)[:80]))
             self._send(writer, 429, {"error": {"message": "Rate limit reached for requests", "type": "requests",
                                                "code": "rate_limit_exceeded"}}, quota)
             return
@@ -215,7 +219,7 @@ class OpenAIServer:
             await asyncio.sleep(delay)
         if spec.get("status"):
             status = int(spec["status"])
-            self.log.append((arrived, status, 0))
+            self.log.append((arrived, status, 0, _last_user(body)[:80]))
             self._send(writer, status, {"error": {"message": spec.get("error", f"error {status}"),
                                                   "type": "server_error" if status >= 500 else "rate_limit_error",
                                                   "code": spec.get("code")}}, {**quota, **spec.get("headers", {})})
@@ -230,7 +234,7 @@ class OpenAIServer:
                        "function": {"name": name, "arguments": json.dumps(args)}}
                       for k, (name, args) in enumerate(calls or ())]
         created = int(time.time())
-        self.log.append((arrived, 200, usage[0] + usage[1]))
+        self.log.append((arrived, 200, usage[0] + usage[1], _last_user(body)[:80]))
         finish = spec.get("finish", "tool_calls" if tool_calls else "stop")
         headers = {**quota, **spec.get("headers", {})}
         if not body.get("stream"):
