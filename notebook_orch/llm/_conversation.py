@@ -268,7 +268,9 @@ def _translate(exc: BaseException, call: _Call) -> BaseException:
     from pydantic_ai.exceptions import ModelAPIError, ModelHTTPError, UsageLimitExceeded, UserError
     who = call.who
     seen: BaseException | None = exc
-    while seen is not None:                 # ours, raised under the SDK (the transport, a broken stream)
+    for _ in range(20):                     # ours, raised under the SDK (the transport, a broken stream)
+        if seen is None:
+            break
         if isinstance(seen, OrchError):
             return seen
         seen = seen.__cause__ or seen.__context__

@@ -1,4 +1,4 @@
-"""`resolve_model(agent)`: an Agent's `llm` as a pydantic-ai Model, with its key, its HTTP retries and its price.
+"""`resolve_model(agent)`: an Agent's `llm` as a pydantic-ai Model, with its key, its HTTP transport and its price.
 
 Design note.
 * Strings go through pydantic-ai's own inference (`provider:model`), except that an agent with

@@ -173,6 +173,9 @@ class RetryingTransport(httpx2.AsyncBaseTransport):
 
 
 def _is_stream(request: Any) -> bool:
+    """Whether the request asks for a streamed answer (OpenAI's and Anthropic's `"stream": true`, Gemini's `alt=sse`)."""
+    if b"alt=sse" in request.url.query:
+        return True
     try:
         body = request.content
     except Exception:  # noqa: BLE001 - a streaming request body: not ours
