@@ -137,9 +137,15 @@ def http_error(who: str, status: int, body: Any, url: str | None = None, attempt
 
 
 def connection_error(who: str, url: str | None, exc: BaseException | str, attempts: int = 1) -> ModelRequestError:
-    """The error after the server could not be reached (after `attempts` sends): it names the URL."""
+    """The error after the server could not be reached, or dropped the connection (after `attempts` sends): it
+    names the URL."""
     where = url or "the provider"
     detail = exc if isinstance(exc, str) else (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     tried = f" after {attempts} attempts" if attempts > 1 else ""
+    name = type(exc).__name__ if not isinstance(exc, str) else ""
+    if name in ("ReadError", "RemoteProtocolError", "ReadTimeout", "WriteError", "WriteTimeout"):
+        return ModelRequestError(f"{who}: the connection to {where} dropped before the answer was whole{tried} "
+                                 f"({safe(detail)[:200]}); the server may be overloaded or restarting: try again "
+                                 f"later, or lower max_concurrency", None, retryable=False)
     return ModelRequestError(f"{who}: could not reach {where}{tried} ({safe(detail)[:200]}); is the server at "
                              f"{where} running? Check base_url and the network", None, retryable=False)

@@ -241,9 +241,16 @@ class OpenAIServer:
             msg: Spec = {"role": "assistant", "content": content}
             if tool_calls:
                 msg["tool_calls"] = tool_calls
-            self._send(writer, 200, {"id": rid, "object": "chat.completion", "created": created, "model": model,
-                                     "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
-                                     "usage": usage_d}, headers)
+            answer = {"id": rid, "object": "chat.completion", "created": created, "model": model,
+                      "choices": [{"index": 0, "message": msg, "finish_reason": finish}], "usage": usage_d}
+            if spec.get("broken") == "drop":      # half the body, then the connection closes
+                raw = json.dumps(answer).encode()
+                writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}"
+                             f"\r\n\r\n".encode() + raw[:len(raw) // 2])
+                await writer.drain()
+                writer.transport.abort()
+                return
+            self._send(writer, 200, answer, headers)
             return
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"

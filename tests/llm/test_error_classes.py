@@ -103,6 +103,18 @@ def test_unreachable_server_is_retried_and_named(server):
     assert [r["status"] for r in kinds(run, "p", "retrying")] == [None] * 3
 
 
+def test_a_body_cut_mid_way_is_retried_then_named(server):
+    server.queue("local-model", [{"content": "a whole answer", "broken": "drop"}, {"content": "a whole answer"}])
+    wf = flow(server)
+    wf.prompt("p", "hi", agent="writer")
+    run = wf.run()
+    assert run["p"] == "a whole answer" and server.count == 2
+    server.script("local-model", lambda body: {"content": "never whole", "broken": "drop"})
+    run = wf.run()
+    err = str(run.errors["p"])
+    assert f"the connection to {server.url} dropped before the answer was whole after 4 attempts" in err
+
+
 def test_no_secret_rides_along_in_the_error_chain(server, monkeypatch):
     key = "sk-proj-" + "Q" * 40
     monkeypatch.setenv("MY_LLM_KEY", key)
