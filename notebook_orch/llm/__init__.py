@@ -9,12 +9,13 @@
 * `demo.register_answer(title, fn)`: how the offline demo model answers a structured request.
 * `ModelRequestError`, `TruncatedAnswerError`: a request that failed / an answer that was not whole.
 
-Modules: `_models` (resolution, keys, usage and cost), `_transport` (the HTTP transport: retries,
-the provider's quota, whole streams), `_errors` (the error classes and what is retried), `_prompts` (system prompt,
-templates, compact values, context budget), `_conversation` (direct requests, agent runs,
-validation in the conversation, tools, streaming, events), `_convert` (messages <-> events),
-`demo` (the demo FunctionModel), `_safe` (redaction of what leaves a run), `_warm` (pydantic-ai
-imported when an agent is defined, never inside a run).
+Modules: `_models` (resolution, keys, usage and cost), `_prompts` (system prompt, templates,
+compact values, context budget), `_conversation` (direct requests, agent runs, validation in the
+conversation, tools, streaming, events), `_request` (one model request, whole or not at all),
+`_transport` (the HTTP transport: retries, the provider's quota, whole streams), `_errors` (the
+error classes and what is retried), `_convert` (messages <-> events), `demo` (the demo
+FunctionModel), `_safe` (redaction of what leaves a run), `_warm` (pydantic-ai imported when an
+agent is defined, never inside a run).
 
 Importing this package does not import pydantic-ai: the names that need it are loaded on first
 access (`__getattr__`); `_warm.preload` imports them when an LLM agent is defined.

@@ -12,14 +12,11 @@ Design note.
 * Every model request, on either path, calls the attempt context: `before_request` (request
   and token windows, the run's budget) and `after_request` (the `usage` event). Conversation
   messages become `message` events as they happen, tool calls `tool_call` events, partial
-  answers `stream` events (at most STREAM_HZ a second per task).
+  answers `stream` events.
 * Streaming costs loop CPU per chunk, so by default (`Agent.stream=None`) a request streams only
   while someone watches: the run is shown in a panel; `Agent(stream=True / False)` forces it.
-* A model request is whole or nothing (`_Call.request`, SPEC §11): it is bounded by the agent's
-  `request_timeout`, a streamed answer that broke off is sent again (while `_errors` allows),
-  an answer cut by `finish_reason="length"` fails with `TruncatedAnswerError`, and a request
-  that ends without an answer gives its reservations back, or is charged when the provider
-  may have processed it (cut off).
+* Each model request is whole or nothing (`_request.Call.request`, SPEC §11); errors from below
+  become ours (`_translate`, by `_errors`' policy), detached from the chain they were raised in.
 * Everything that leaves goes through `safe()` (the project's redaction plus the keys we read).
 """
 from __future__ import annotations
@@ -37,188 +34,19 @@ from pydantic_ai.messages import (ModelRequest, PartDeltaEvent, PartStartEvent, 
 
 from .. import attempt as _attempt
 from ..errors import DefinitionError, OrchError
-from ._convert import rows_of
-from ._errors import ModelRequestError, TruncatedAnswerError, connection_error, http_error
-from ._models import resolve_model, usage_of
-from ._prompts import CHARS_PER_TOKEN, render_prompt, system_prompt
+from ._errors import ModelRequestError, connection_error, http_error
+from ._models import resolve_model
+from ._prompts import render_prompt, system_prompt
 from ._safe import safe, safe_value
-from ._transport import REQUEST, Request
+from ._request import Call
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Agent, Task
 
-__all__ = ["run_prompt", "STREAM_HZ", "TOOL_RETRIES"]
+__all__ = ["run_prompt", "TOOL_RETRIES"]
 
-STREAM_HZ = 10                 # at most this many `stream` events a second per task
-STREAM_TAIL = 2000             # characters of the partial answer a `stream` event carries
 TOOL_RETRIES = 3               # times a tool call with invalid arguments goes back to the model
 _TOOL_INPUT = 500              # characters of a tool call's input kept in its event
-
-
-class _Call:
-    """What one attempt's conversation knows: its attempt context, counters, the streamed text."""
-
-    __slots__ = ("ctx", "agent", "task", "sent", "system_done", "streaming", "parts", "t_emit", "n_chunks", "waited",
-                 "deadline", "req", "who")
-
-    def __init__(self, ctx: Any, agent: "Agent", task: "Task", streaming: bool, deadline: float = float("inf")):
-        self.ctx = ctx
-        self.agent = agent
-        self.task = task
-        self.sent = 0                 # conversation messages already emitted as `message` events
-        self.system_done = False
-        self.streaming = streaming
-        self.parts: list[str] = []    # streamed text of the current request
-        self.t_emit = 0.0
-        self.n_chunks = 0
-        self.waited = 0.0             # seconds the current request waited in before_request (windows, budget)
-        self.deadline = deadline      # monotonic end of the attempt (its timeout): no send or wait goes past it
-        self.req: Request | None = None   # the model request in flight (or the last one)
-        self.who = f"agent {agent.name!r} (task {task.id!r})"
-
-    def emit(self, kind: str, info: Any) -> None:
-        if self.ctx is not None:
-            self.ctx.emit(kind, info)
-
-    def emit_messages(self, messages: list[Any]) -> None:
-        """`message` events for the messages not yet emitted."""
-        if len(messages) <= self.sent:
-            return
-        new = messages[self.sent:]
-        self.sent = len(messages)
-        if self.ctx is None:
-            return
-        for row in rows_of(new, self.system_done):
-            self.ctx.emit("message", row)
-        self.system_done = True
-
-    async def before(self, messages: list[Any]) -> tuple[int, float]:
-        est = 0
-        t = perf_counter()
-        if self.ctx is not None:
-            est = await self.ctx.before_request(prompt_tokens=_estimate(messages))
-        self.parts.clear()
-        self.n_chunks = 0
-        now = perf_counter()
-        self.waited = now - t
-        return est, now
-
-    def after(self, response: Any, est: int, t0: float) -> None:
-        tin, tout, cost = usage_of(response, self.agent)
-        if self.streaming and self.ctx is not None:
-            self.flush(tout)
-        if self.ctx is not None:
-            self.ctx.after_request(tin, tout, cost, est, model=response.model_name,
-                                   duration_ms=round((perf_counter() - t0) * 1000, 3),
-                                   wait_ms=round(self.waited * 1000, 3), streamed=self.streaming)
-
-    def sending(self) -> None:
-        """The transport sends the request now: the windows count it from here."""
-        if self.ctx is not None:
-            self.ctx.sending()
-
-    def answered(self) -> None:
-        """The provider's reply begins (the transport got its headers)."""
-        if self.ctx is not None:
-            self.ctx.answered()
-
-    async def regate(self, tokens: int) -> None:
-        """Before the transport sends the request again: the agent's windows, like a first request."""
-        if self.ctx is not None:
-            t = perf_counter()
-            await self.ctx.before_request(tokens, retry=True)
-            self.waited += perf_counter() - t
-
-    async def request(self, messages: list[Any], send: Any, resend: bool = True) -> Any:
-        """One model request, whole or not at all (module docstring). `send()` makes it and returns the
-        ModelResponse; `resend=False` when it may be called only once (inside pydantic-ai's agent loop)."""
-        est, t0 = await self.before(messages)
-        agent = self.agent
-        now = monotonic()
-        req = self.req = Request(self, est, min(self.deadline, now + agent.request_timeout),
-                                 agent.stream_idle_timeout, self.who)
-        token = REQUEST.set(req)
-        try:
-            while True:
-                self.parts.clear()
-                self.n_chunks = 0
-                try:
-                    response = await _bounded(send, agent.request_timeout - (monotonic() - now))
-                    break
-                except TruncatedAnswerError as exc:
-                    delay = req.next_delay(None) if resend and exc.retryable else None
-                    if delay is None:
-                        raise _after_attempts(exc, req.sends) from None
-                    self.emit("retrying", {"status": None, "delay_s": round(delay, 3), "retry": req.sends,
-                                           "error": str(exc)[:300]})
-                    await asyncio.sleep(delay)
-        except BaseException as exc:
-            if self.ctx is not None:
-                self.ctx.abandon_request(isinstance(exc, (asyncio.CancelledError, TimeoutError, asyncio.TimeoutError,
-                                                          TruncatedAnswerError)))
-            if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-                raise ModelRequestError(f"{self.who}: the model request took longer than request_timeout="
-                                        f"{agent.request_timeout:g} s; raise the agent's request_timeout or ask "
-                                        f"for a shorter answer", None, retryable=True) from None
-            raise
-        finally:
-            REQUEST.reset(token)
-        self.after(response, est, t0)
-        if getattr(response, "finish_reason", None) == "length":
-            raise TruncatedAnswerError(
-                f"{self.who}: the answer was cut at the model's output limit (finish_reason='length'), so it is "
-                f"not used; raise max_tokens (model settings) or shorten the prompt / ask for a shorter answer",
-                "length", retryable=False)
-        return response
-
-    # ------------------------------------------------------------ streaming
-    def feed(self, delta: str) -> None:
-        self.parts.append(delta)
-        self.n_chunks += 1
-        now = perf_counter()
-        if now - self.t_emit >= 1.0 / STREAM_HZ:
-            self.flush(None, now)
-
-    def flush(self, tokens: int | None, now: float | None = None) -> None:
-        if not self.parts or self.ctx is None:
-            return
-        text = "".join(self.parts)
-        self.parts[:] = [text]
-        self.t_emit = now or perf_counter()
-        n = tokens if tokens is not None else max(self.n_chunks, len(text) // CHARS_PER_TOKEN)
-        self.ctx.emit("stream", {"text": safe(text[-STREAM_TAIL:]), "tokens": n})
-
-
-async def _bounded(send: Any, seconds: float) -> Any:
-    """`await send()`, cut after `seconds` (TimeoutError); in the calling task (no task of its own) where it can."""
-    timeout = getattr(asyncio, "timeout", None)
-    if timeout is None:   # Python 3.10
-        return await asyncio.wait_for(send(), seconds)
-    async with timeout(seconds):
-        return await send()
-
-
-def _after_attempts(exc: TruncatedAnswerError, sends: int) -> TruncatedAnswerError:
-    if exc.reason == "length" or sends <= 1:
-        return exc
-    return TruncatedAnswerError(f"{exc} (after {sends} attempts)", exc.reason, retryable=False)
-
-
-def _estimate(messages: list[Any]) -> int:
-    """Tokens a request's prompt will count, before it is sent: its text at ~4 characters a token."""
-    chars = 0
-    for m in messages:
-        for p in m.parts:
-            c = getattr(p, "content", None)
-            if isinstance(c, str):
-                chars += len(c)
-            else:
-                a = getattr(p, "args", None)
-                chars += len(a) if isinstance(a, str) else len(str(c if c is not None else a or ""))
-        ins = getattr(m, "instructions", None)
-        if ins:
-            chars += len(ins)
-    return chars // CHARS_PER_TOKEN
 
 
 def _wants_stream(agent: "Agent", run: Any) -> bool:
@@ -241,7 +69,7 @@ async def run_prompt(task: "Task", agent: "Agent | None", inputs: dict[str, Any]
     system = system_prompt(agent)
     timeout = task.timeout if task.timeout is not None else agent.timeout
     deadline = monotonic() + timeout if timeout else float("inf")
-    call = _Call(_attempt.current(), agent, task, _wants_stream(agent, run), deadline)
+    call = Call(_attempt.current(), agent, task, _wants_stream(agent, run), deadline)
     error: BaseException | None = None
     try:
         if agent.tools or task.output_model is not None or task.routes:
@@ -264,7 +92,7 @@ def _detached(error: BaseException) -> BaseException:
     return error
 
 
-def _translate(exc: BaseException, call: _Call) -> BaseException:
+def _translate(exc: BaseException, call: Call) -> BaseException:
     from pydantic_ai.exceptions import ModelAPIError, ModelHTTPError, UsageLimitExceeded, UserError
     who = call.who
     seen: BaseException | None = exc
@@ -296,7 +124,7 @@ def _translate(exc: BaseException, call: _Call) -> BaseException:
 
 
 # ---------------------------------------------------------------------- plain prompts
-async def _direct(call: _Call, model: Any, system: str, text: str) -> str:
+async def _direct(call: Call, model: Any, system: str, text: str) -> str:
     task = call.task
     parts: list[Any] = [SystemPromptPart(system)] if system else []
     parts.append(UserPromptPart(text))
@@ -320,7 +148,7 @@ async def _direct(call: _Call, model: Any, system: str, text: str) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _direct_stream(call: _Call, model: Any, messages: list[Any]) -> Any:
+async def _direct_stream(call: Call, model: Any, messages: list[Any]) -> Any:
     async with direct.model_request_stream(model, messages) as stream:
         async for ev in stream:
             if isinstance(ev, PartDeltaEvent) and isinstance(ev.delta, TextPartDelta):
@@ -378,7 +206,7 @@ def _pyd_agent(task: "Task", agent: "Agent", system: str) -> Any:
     else:
         output_type = str
     pa: Any = PydAgent(output_type=output_type, instructions=system or None, tools=list(agent.tools),
-                       retries={"output": task.output_retries, "tools": TOOL_RETRIES}, deps_type=_Call,
+                       retries={"output": task.output_retries, "tools": TOOL_RETRIES}, deps_type=Call,
                        capabilities=[_capability()], defer_model_check=True, name=agent.name)
     if task.guardrails or (task.routes and task.output_model is not None):
         from ..scheduler import _route_label
@@ -399,7 +227,7 @@ def _pyd_agent(task: "Task", agent: "Agent", system: str) -> Any:
     return pa
 
 
-async def _agent_run(call: _Call, model: Any, system: str, text: str) -> Any:
+async def _agent_run(call: Call, model: Any, system: str, text: str) -> Any:
     from pydantic_ai import capture_run_messages
     from pydantic_ai.exceptions import UnexpectedModelBehavior
     pa = _pyd_agent(call.task, call.agent, system)
@@ -457,7 +285,7 @@ def _exhausted(task: "Task", messages: list[Any], exc: Exception) -> OrchError:
 async def _stream_handler(ctx: Any, events: Any) -> None:
     from pydantic_ai.messages import (PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta, ToolCallPart,
                                       ToolCallPartDelta)
-    call: _Call = ctx.deps
+    call: Call = ctx.deps
     async for ev in events:
         if isinstance(ev, PartDeltaEvent):
             d = ev.delta
@@ -489,7 +317,7 @@ def _capability() -> Any:
     @dataclass
     class _Meter(AbstractCapability[Any]):
         async def wrap_model_request(self, ctx: Any, *, request_context: Any, handler: Any) -> Any:
-            call: _Call = ctx.deps
+            call: Call = ctx.deps
             messages = request_context.messages
             call.emit_messages(messages)
             response = await call.request(messages, lambda: handler(request_context), resend=False)
@@ -507,7 +335,7 @@ def _capability() -> Any:
         async def wrap_tool_execute(self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
             if getattr(tool_def, "kind", "function") != "function":
                 return await handler(args)
-            c: _Call = ctx.deps
+            c: Call = ctx.deps
             limit = c.agent.tool_timeout
             t0 = perf_counter()
             try:
@@ -530,7 +358,7 @@ def _capability() -> Any:
     return _CAP
 
 
-def _tool_event(call: _Call, tool: str, args: Any, t0: float, error: str | None, ran: bool = True) -> None:
+def _tool_event(call: Call, tool: str, args: Any, t0: float, error: str | None, ran: bool = True) -> None:
     """A `tool_call` event for the call that began at `perf_counter()` value `t0` (its duration: 0 when
     its arguments were refused, `ran=False`). Calls run concurrently and end in any order; `started`
     keeps the order they were made in."""
