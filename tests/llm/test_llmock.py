@@ -84,3 +84,34 @@ def test_a_real_quota_is_survived_without_a_limit_configured(mock):
     assert run.status == "succeeded", run.errors
     refused = [r for r in mock.requests if r.status == 429]
     assert len(refused) <= 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_responses_api_too(mock, stream):
+    """`llm="openai:..."` without base_url speaks OpenAI's Responses API (the key and URL from the environment)."""
+    mock.rate_limit(times=1, retry_after=0.2)
+    if stream:
+        mock.pace(20)
+        mock.truncate(after_chunks=3)
+    wf = Workflow("responses", store=False)
+    wf.agent("writer", llm="openai:gpt-4o-mini", stream=stream)
+    wf.prompt("p", "Write a short poem.", agent="writer")
+    run = wf.run()
+    assert run.status == "succeeded", run.errors
+    assert mock.requests[0].path.endswith("/responses") and len(mock.requests) == 2 + stream
+
+
+def test_structured_output_through_a_rate_limit(mock):
+    from pydantic import BaseModel
+
+    class Poem(BaseModel):
+        title: str
+        lines: list[str]
+    mock.tool_mode("auto")                      # the output tool is called with schema-valid arguments
+    mock.rate_limit(times=1, retry_after=0.2)
+    wf = Workflow("structured", store=False)
+    wf.agent("writer", llm="openai:gpt-4o-mini", base_url=mock.base_url("openai"))
+    wf.prompt("p", "Write a poem.", agent="writer", output_model=Poem)
+    run = wf.run()
+    assert run.status == "succeeded", run.errors
+    assert isinstance(run["p"], Poem) and len(mock.requests) == 2
