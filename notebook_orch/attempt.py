@@ -114,7 +114,7 @@ class Attempt:
             await self._wait(f"rate:{agent}", lambda now: lim.request_wait(agent, now))
             self._slot = lim.take_request(agent, perf_counter())
         window = lim.token_windows.get(agent)
-        unknown_cost = s.max_cost_usd is not None and exp.cost(0, self._price()) is None
+        unknown_cost = s.max_cost_usd is not None and not exp.costs   # a price times a guessed size is no cost
         if not retry and (window is not None or unknown_cost):     # a probe: nothing learned yet
             await self._wait(f"tokens:{agent}" if window is not None else "budget",
                              lambda now: PROBE_POLL if not exp.learned and exp.in_flight else 0.0)
@@ -127,11 +127,11 @@ class Attempt:
             self._entry = window.add(tokens, perf_counter())
         if retry:
             return tokens     # the same request: its cost is reserved already
+        cost = exp.cost(tokens, self._price())       # what a cut-off request is charged, budget or not
         if s.max_cost_usd is not None:
-            cost = exp.cost(tokens, self._price())
             await self._wait("budget", lambda now: self._budget_wait(cost))
-            self._cost = cost or 0.0
-            lim.cost_reserved += self._cost
+        self._cost = cost or 0.0
+        lim.cost_reserved += self._cost
         exp.in_flight += 1
         self._pending = True
         self._inflight().add(self)
