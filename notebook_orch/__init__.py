@@ -6,6 +6,7 @@ from typing import Any
 from .errors import (BudgetError, CycleError, DefinitionError, InvalidIdError, LoopError, OrchError, PlanError,
                      ReplayMismatchError, RunCancelledError, TaskFailedError, UnknownNameError)
 from .events import Event
+from .llm._errors import ModelRequestError, TruncatedAnswerError
 from .model import Agent, Task
 from .run import Run
 from .tracing import instrument
@@ -14,7 +15,7 @@ from .workflow import Workflow
 __version__ = "0.1.0"
 __all__ = ["Workflow", "Agent", "Task", "Run", "Event", "OrchError", "DefinitionError", "CycleError",
            "UnknownNameError", "InvalidIdError", "TaskFailedError", "RunCancelledError", "LoopError", "PlanError",
-           "ReplayMismatchError", "BudgetError", "Forecast",
+           "ReplayMismatchError", "BudgetError", "Forecast", "ModelRequestError", "TruncatedAnswerError",
            "load_ipython_extension", "unload_ipython_extension", "instrument"]
 
 

@@ -11,49 +11,108 @@ such as aiolimiter answer only by awaiting, so this small window is written here
 """
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Mapping
+from datetime import datetime
+from time import monotonic, time
 from typing import Any
 
 from .policy import rate_span
 
-__all__ = ["Limits", "Breaker", "TokenWindow"]
+__all__ = ["Limits", "Breaker", "TokenWindow", "Expectation", "ProviderQuota", "provider_quota", "EST_OUTPUT_TOKENS"]
 
 
 class TokenWindow:
     """Sliding window of tokens: no `period`-second window holds more than `capacity` tokens.
 
-    A request larger than the whole capacity is let through alone (the window empty), so a
-    big prompt is slow, never stuck."""
+    A request reserves its estimate (`add`) before it is sent and is settled to what it really
+    counted (`settle`) at the time it was sent, so the window holds arrivals as the provider counts
+    them. Entries leave `rate_span(period)` after they came (the period plus a margin for arrival
+    jitter). A request larger than the whole capacity is let through alone (the window empty), so
+    a big prompt is slow, never stuck."""
 
-    __slots__ = ("capacity", "period", "entries", "total")
+    __slots__ = ("capacity", "period", "span", "entries", "total")
 
     def __init__(self, capacity: int, period: float):
         self.capacity, self.period = capacity, period
-        self.entries: deque[tuple[float, int]] = deque()   # (time, tokens), oldest first
-        self.total = 0                                       # sum of tokens in entries
+        self.span = rate_span(period)
+        self.entries: deque[list[float]] = deque()   # [time, tokens], oldest first
+        self.total = 0.0                              # sum of tokens in entries
 
     def _expire(self, now: float) -> None:
-        while self.entries and now - self.entries[0][0] >= self.period:
-            self.total -= self.entries.popleft()[1]
+        while self.entries and now - self.entries[0][0] >= self.span:
+            gone = self.entries.popleft()
+            self.total -= gone[1]
+            gone[0] = -1.0      # out of the window: settling it changes nothing
 
     def wait_time(self, tokens: int, now: float) -> float:
         """Seconds until `tokens` more fit in the window (0: now)."""
         self._expire(now)
         if not self.entries or self.total + tokens <= self.capacity:
             return 0.0
-        need, acc = self.total + tokens - self.capacity, 0
+        need, acc = self.total + tokens - self.capacity, 0.0
         for t, n in self.entries:
             acc += n
             if acc >= need:
-                return t + self.period - now
-        return self.entries[-1][0] + self.period - now
+                return t + self.span - now
+        return self.entries[-1][0] + self.span - now
 
-    def add(self, tokens: int, now: float) -> None:
-        """Count `tokens` (negative: give back an over-estimate)."""
-        if tokens:
-            self.entries.append((now, tokens))
-            self.total += tokens
+    def add(self, tokens: int, now: float) -> list[float]:
+        """Count `tokens` (negative: give back an over-estimate); returns the entry, for `settle`."""
+        entry = [now, float(tokens)]
+        self.entries.append(entry)
+        self.total += tokens
+        return entry
+
+    def settle(self, entry: list[float], tokens: int) -> None:
+        """A reservation becomes what the request really counted, at the time it was sent."""
+        if entry[0] >= 0:
+            self.total += tokens - entry[1]
+            entry[1] = float(tokens)
+
+
+EST_OUTPUT_TOKENS = 256    # an agent's answer length assumed until it has answered once
+_LEARN = 16                # answers an agent's expectation is taken from (the longest of them)
+
+
+class Expectation:
+    """What one agent's next request will likely count, learned from its earlier ones: the longest of the last
+    `_LEARN` answers in tokens and the largest ratio of counted prompt tokens to our estimate (a reservation too
+    small would let a window overflow), and the dearest of their costs (None: unknown, e.g. a model genai-prices
+    does not know)."""
+
+    __slots__ = ("tokens", "ratios", "costs", "learned", "in_flight")
+
+    def __init__(self) -> None:
+        self.tokens: deque[int] = deque(maxlen=_LEARN)
+        self.ratios: deque[float] = deque(maxlen=_LEARN)
+        self.costs: deque[float] = deque(maxlen=_LEARN)
+        self.learned = False        # it answered once: before that, one request at a time (a probe)
+        self.in_flight = 0          # its requests sent and not settled
+
+    def answer_tokens(self) -> int:
+        return max(self.tokens) if self.tokens else EST_OUTPUT_TOKENS
+
+    def reserve(self, prompt_estimate: int) -> int:
+        """Tokens to reserve for a request whose prompt we estimate at `prompt_estimate` tokens."""
+        ratio = max(self.ratios) if self.ratios else 1.0
+        return int(prompt_estimate * ratio + 0.999) + self.answer_tokens()
+
+    def cost(self, tokens: int, price: tuple[float, float] | None) -> float | None:
+        if self.costs:
+            return max(self.costs)
+        if price is not None:
+            return tokens * max(price) / 1e6
+        return None
+
+    def learn(self, tokens_in: int, tokens_out: int, cost: float | None, prompt_estimate: int | None) -> None:
+        self.learned = True
+        self.tokens.append(tokens_out)
+        if prompt_estimate:
+            self.ratios.append(tokens_in / prompt_estimate)
+        if cost is not None:
+            self.costs.append(cost)
 
 
 class Breaker:
@@ -104,6 +163,8 @@ class Limits:
         self.pool_used: dict[str, int] = {p: 0 for p in pools}          # pool -> units held now
         self.peak_running = 0
         self.token_windows = {a: TokenWindow(*t) for a, t in (agent_tokens or {}).items() if t}  # agent -> tokens
+        self.expect: dict[str, Expectation] = {}                          # agent -> its answers so far (model requests)
+        self.cost_reserved = 0.0          # USD reserved by model requests in flight (max_cost_usd admits against it)
 
     def full(self) -> bool:
         """True when the global concurrency is used up: nothing may start."""
@@ -180,10 +241,20 @@ class Limits:
                 return first + span - now
         return 0.0
 
-    def take_request(self, agent: str, now: float) -> None:
-        """Count a model request that did not start a task (a tool loop's or a retry's) in the rate window."""
-        if agent in self.starts:
-            self.starts[agent].append([now])
+    def take_request(self, agent: str, now: float) -> list[float] | None:
+        """Count a model request that did not start a task (a tool loop's or a retry's) in the rate window; returns
+        its entry (None: no rate limit), which the request stamps with the time it is really sent."""
+        if agent not in self.starts:
+            return None
+        slot = [now]
+        self.starts[agent].append(slot)
+        return slot
+
+    def expectation(self, agent: str) -> Expectation:
+        e = self.expect.get(agent)
+        if e is None:
+            e = self.expect[agent] = Expectation()
+        return e
 
     def agent_free(self, agent: str) -> int:
         cap = self.agent_caps.get(agent)
@@ -206,3 +277,109 @@ class Limits:
         else:
             self.rates.pop(agent, None)
             self.starts.pop(agent, None)
+
+
+# ---------------------------------------------------------------------- provider quotas (SPEC §11)
+class ProviderQuota:
+    """What a provider says of its quota for one key, shared by every run, agent and task of the process.
+
+    Fed by the replies (`answered`): a 429's `Retry-After` pauses every request until then; the
+    `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers (OpenAI's names, which most
+    compatible servers copy) and `anthropic-ratelimit-*` give each bucket's level and refill rate.
+    `wait_time` answers when the next request fits: the reported level (never above what the
+    reports before it, refilled since, allow: replies overtake each other), refilled at the reported
+    rate, less what was sent since and not answered yet (as if none of those had been counted: a
+    little early pacing is cheaper than a 429). A bucket never reported is not paced."""
+
+    __slots__ = ("name", "paused_until", "buckets", "in_flight")
+
+    def __init__(self, name: str):
+        self.name = name                 # base_url or provider: the `provider:NAME` row of run.utilization()
+        self.paused_until = 0.0          # monotonic time before which nothing is sent (a Retry-After)
+        self.buckets: dict[str, list[float]] = {}   # "requests" | "tokens" -> [level, refill per s, at, limit]
+        self.in_flight: dict[str, float] = {"requests": 0, "tokens": 0}   # sent and not answered yet
+
+    def wait_time(self, tokens: int, now: float) -> float:
+        """Seconds until a request of `tokens` tokens fits the provider's quota (0: now)."""
+        wait = self.paused_until - now
+        for kind, asked in (("requests", 1), ("tokens", tokens)):
+            b = self.buckets.get(kind)
+            if b is None or asked <= 0:
+                continue
+            level, rate, at, limit = b
+            need = min(float(asked), limit)      # bigger than the bucket: as soon as it is full
+            room = min(limit, level + rate * (now - at)) - self.in_flight[kind]
+            if room < need:
+                wait = max(wait, (need - room) / rate if rate > 0 else 1.0)
+        return wait if wait > 0 else 0.0
+
+    def sent(self, tokens: int) -> None:
+        self.in_flight["requests"] += 1
+        self.in_flight["tokens"] += tokens
+
+    def answered(self, tokens: int, status: int | None, headers: Any, asked: float | None = None) -> None:
+        """A send ended (`status` None: no reply): learn what the reply says of the quota; a 429 pauses every
+        request for `asked` seconds (its Retry-After), else until the bucket it emptied has room."""
+        self.in_flight["requests"] -= 1
+        self.in_flight["tokens"] -= tokens
+        if headers is None:
+            return
+        now = monotonic()
+        for kind in ("requests", "tokens"):
+            self._observe(kind, headers, now)
+        if status == 429:
+            wait = asked if asked is not None else max(self.wait_time(1, now), 1.0)
+            self.paused_until = max(self.paused_until, now + wait)
+
+    def _observe(self, kind: str, headers: Any, now: float) -> None:
+        for prefix in (f"x-ratelimit-{{}}-{kind}", f"anthropic-ratelimit-{kind}-{{}}"):
+            remaining = headers.get(prefix.format("remaining"))
+            if remaining is None:
+                continue
+            try:
+                level = float(remaining)
+                limit = float(headers.get(prefix.format("limit")) or 0) or max(level, 1.0)
+            except ValueError:
+                return
+            reset = _seconds_until(headers.get(prefix.format("reset")), now)
+            old = self.buckets.get(kind)
+            if reset and limit > level:
+                rate = (limit - level) / reset          # a bucket that is full again after `reset` seconds
+            else:
+                rate = old[1] if old is not None else limit / 60.0
+            if old is not None:   # replies overtake each other: one counted earlier may say more is left
+                level = min(level, old[0] + old[1] * (now - old[2]))
+            self.buckets[kind] = [max(level, 0.0), rate, now, limit]
+            return
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def _seconds_until(value: str | None, now: float) -> float | None:
+    """A reset header as seconds from now: OpenAI's durations ('20ms', '1s', '6m0s'), plain seconds, or an
+    RFC 3339 time (Anthropic)."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value.strip():
+        return sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+    try:
+        return max(0.0, datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - time())
+    except ValueError:
+        return None
+
+
+_quotas: dict[tuple[str, str], ProviderQuota] = {}
+
+
+def provider_quota(name: str, key_digest: str) -> ProviderQuota:
+    """The one quota of provider `name` (its base_url, else its name) for the key with this digest."""
+    q = _quotas.get((name, key_digest))
+    if q is None:
+        q = _quotas[(name, key_digest)] = ProviderQuota(name)
+    return q

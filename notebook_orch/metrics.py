@@ -218,7 +218,7 @@ def _cause_label(limit: str) -> str:
     kind, _, name = limit.partition(":")
     return {"agent": f"queued on agent {name}", "resource": f"waiting for resource {name}",
             "rate": f"rate limit of agent {name}", "breaker": f"circuit breaker of agent {name}",
-            "tokens": f"token limit of agent {name}",
+            "tokens": f"token limit of agent {name}", "provider": "provider quota",
             "concurrency": "concurrency limit"}.get(kind, "waiting")
 
 
@@ -325,7 +325,8 @@ def _peak(t0: np.ndarray, t1: np.ndarray, w: np.ndarray | None = None) -> float:
 
 
 def utilization(run: "Run") -> pd.DataFrame:
-    """One row per limit: 'concurrency', 'agent:X', 'rate:X' (agents with a rate limit), 'resource:Y'.
+    """One row per limit: 'concurrency', 'agent:X', 'rate:X' (agents with a rate limit), 'resource:Y', and
+    'provider:URL' for a provider whose quota held requests back (capacity unknown: its wait_s and max_queue).
 
     capacity: slots / max_concurrency / units (starts per window for a rate; NaN: unlimited);
     busy_s: slot-seconds held; utilization: busy_s / (capacity x makespan), for a rate the starts
@@ -383,6 +384,10 @@ def utilization(run: "Run") -> pd.DataFrame:
             rows["tokens:" + a] = dict(capacity=tokens.capacity, busy_s=np.nan,
                                        utilization=used / allowed if allowed == allowed and allowed else np.nan,
                                        wait_s=w, max_queue=q, kind="tokens", name=a, peak=np.nan)
+    for key in sorted({x for x in f.inner_limit if x.startswith("provider:")}):   # a provider's own quota (§11)
+        w, q = waits(key)
+        rows[key] = dict(capacity=np.nan, busy_s=np.nan, utilization=np.nan, wait_s=w, max_queue=q,
+                         kind="provider", name=key[9:], peak=np.nan)
     pools = _capacities(run, f, "resource", dict(lim.pools))
     tasks = [run.tasks[t] for t in f.ids]
     for p in lim.pools:

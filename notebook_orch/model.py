@@ -153,6 +153,10 @@ class Agent(BaseModel):
     price: tuple[float, float] | None = Field(None, description="(USD per million input tokens, USD per million output tokens) for models genai-prices does not know.")
     max_context_tokens: int | None = Field(None, ge=1, description="Inputs inserted into a prompt are cut to about this many tokens, saying so in the prompt.")
     demo_latency: float = Field(0.0, ge=0, description="Simulated seconds per answer of the offline `demo` model.")
+    stream: bool | None = Field(None, description="Stream answers (partial text on the run panel): None streams while a panel shows the run, True / False always / never.")
+    request_timeout: float = Field(600.0, gt=0, description="Seconds one model request may take in all (its HTTP retries and however slowly its bytes arrive).")
+    stream_idle_timeout: float = Field(60.0, gt=0, description="Seconds a streamed answer may go without a byte before the request fails (and is retried).")
+    request_limit: int = Field(50, ge=1, description="Model requests one task's tool loop may make before it stops with an error (pydantic-ai's request_limit).")
 
     def __init__(self, **data: Any):
         try:

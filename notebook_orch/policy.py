@@ -7,10 +7,11 @@ change here changes both: the replay never simulates a different scheduler than 
   first, then the task with the longest expected path to the end of the DAG, then definition
   order, then item order (map items; -1 for a plain task).
 * Rate windows: with COUNT/PERIOD, a start is let through only when the COUNT-th last start is
-  `rate_span(PERIOD)` ago: the period plus a margin (1 %, at least 5 ms). A provider counts
+  `rate_span(PERIOD)` ago: the period plus a margin (1 %, at least 20 ms). A provider counts
   arrivals, so the window holds the times bodies really started (a worker thread starts a little
-  after its dispatch; the scheduler stamps the start into the window), and the margin covers
-  what lies between the body's start and the request's arrival.
+  after its dispatch; the scheduler stamps the start into the window; a model request re-stamps
+  it when it is really sent), and the margin (1 %, at least `ARRIVAL_MARGIN`) covers what lies
+  between that and the request's arrival: a busy loop, a new connection.
 * Retry delay before attempt `n + 1`: `retry_backoff * 2**(n - 1)`, capped at `MAX_BACKOFF`,
   plus a uniform jitter of up to `JITTER` of it, so retries of many tasks do not align.
 """
@@ -19,10 +20,11 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-__all__ = ["MAX_BACKOFF", "JITTER", "ready_key", "ready_keys", "backoff", "jittered", "mean_backoff", "rate_span"]
+__all__ = ["MAX_BACKOFF", "JITTER", "ARRIVAL_MARGIN", "ready_key", "ready_keys", "backoff", "jittered", "mean_backoff", "rate_span"]
 
 MAX_BACKOFF = 60.0   # seconds: no retry waits longer than this (before jitter)
 JITTER = 0.25        # a retry waits up to this fraction more than its backoff, uniformly
+ARRIVAL_MARGIN = 0.02  # seconds (at least) a rate window is held beyond its period: sends arrive unevenly late
 
 Key = tuple[int, float, int, int]
 
@@ -56,4 +58,4 @@ def mean_backoff(base: float, attempt: int) -> float:
 
 def rate_span(period: float) -> float:
     """The window a rate limit of `period` seconds is held over, margin included."""
-    return period + max(0.005, 0.01 * period)
+    return period + max(ARRIVAL_MARGIN, 0.01 * period)

@@ -575,10 +575,10 @@ class Scheduler:
         self.active[(i, k)] = self.loop.create_task(self._attempt(i, k, attempt))  # type: ignore[union-attr]
 
     async def _attempt(self, i: int, k: int, attempt: int) -> None:
-        _set_output((self.outputs, self.ids[i], self, i, k, attempt))   # also the attempt context
+        slot = self.rate_slot.pop((i, k), None) if self.rate_slot else None
+        _set_output((self.outputs, self.ids[i], self, i, k, attempt, slot))   # also the attempt context
         if self.trace is not None:        # the attempt's span is current inside it (tracing.py)
             self.trace.enter(i, k, attempt)
-        slot = self.rate_slot.pop((i, k), None) if self.rate_slot else None
         t_start = perf_counter() - self.t0 if k >= 0 else 0.0
         try:
             kw = self._input_values(i, k) if self.pnames[i] else {}
@@ -725,7 +725,7 @@ class Scheduler:
         self.emit(i, "attempt_failed", attempt, text if k < 0 else (k, text))
         self._record_breaker(i, k, False)
         task = self.tasks[i]
-        if attempt <= self.retries[i] and (i, k) not in self.fb_used:
+        if attempt <= self.retries[i] and (i, k) not in self.fb_used and getattr(exc, "retryable", True):
             delay = policy.jittered(policy.backoff(task.retry_backoff, attempt))
             if k < 0:
                 self.status[i] = "retrying"

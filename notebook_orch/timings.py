@@ -500,7 +500,7 @@ class Timings:
         self.start: dict[str, float] = {}               # task -> first `running` time
         self.end: dict[str, float] = {}                 # task -> terminal status time
         self.items: dict[str, list[int]] = {}           # map task -> [items done, items total]
-        self.blocked: dict[str, str] = {}               # queued task -> the limit holding it ('agent:NAME', ...)
+        self.blocked: dict[str, str] = {}               # queued task (or model request) -> the limit holding it ('agent:NAME', ...)
         self.seen = 0                                   # events consumed so far
 
     def feed(self, events: list[Any]) -> None:
@@ -522,6 +522,8 @@ class Timings:
                 blocked.pop(tid, None)
             elif kind == "blocked":
                 blocked[tid] = info
+            elif kind == "usage" or kind == "stream":   # a model request got through what held it
+                blocked.pop(tid, None)
             elif kind == "item_done":
                 done = items.get(tid)
                 if done is None:

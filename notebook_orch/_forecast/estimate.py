@@ -165,7 +165,7 @@ class Estimator:
             fig.tokens_out = _mean([o.tokens_out for o in source])
             fig.requests = _mean([o.requests for o in source]) or 1.0
         else:
-            from ..llm._conversation import EST_OUTPUT_TOKENS
+            from ..limits import EST_OUTPUT_TOKENS
             fig.tokens_out = float(EST_OUTPUT_TOKENS)
             fig.requests = 1.0
         fig.tok_lo, fig.tok_hi = TOKEN_SPREAD.get(basis, TOKEN_SPREAD["default"])

@@ -88,6 +88,7 @@ class View:
     visual: int                 # of which those that change the picture (statuses, map items, routes)
     dashboard: str | None = None
     at: float = field(default_factory=time.perf_counter)
+    provider: str = ""          # live: the provider(s) whose quota holds requests back now ('' when none)
 
     @property
     def counts_line(self) -> str:
@@ -188,12 +189,14 @@ def view_of(run: "Run", follow: Follow, limit: int) -> View:
             task=tid, status=s, agent=follow.agent.get(tid) or (tasks[tid].agent if tid in tasks else None) or "",
             attempts=attempts[i], wait=follow.wait(tid, now), duration=times.duration(tid, now),
             items=(items[0], items[1]) if items else None,
-            held=times.blocked.get(tid) if s == "ready" else None,
+            held=times.blocked.get(tid) if s in ("ready", "running") else None,
             error=first_line(err) if err is not None else "",
             stream=follow.stream.get(tid) if s in ("running", "retrying") else None))
     return View(run=run.id, status=run.status, live=live, elapsed=elapsed, concurrency=run.concurrency,
                 done=done, total=n, counts=counts, rows=tuple(rows), events=len(events), visual=follow.visual,
-                dashboard=getattr(run, "dashboard_link", None) or None)
+                dashboard=getattr(run, "dashboard_link", None) or None,
+                provider=", ".join(sorted({h[9:] for h in times.blocked.values() if h.startswith("provider:")}))
+                if live else "")
 
 
 def _row_order(status: list[str], counts: dict[str, int], live: bool, limit: int) -> list[int]:
@@ -251,7 +254,9 @@ def title_html(view: View) -> str:
             f'rel="noopener">Dask dashboard</a>' if view.dashboard else "")
     return (f'<div class="norch-title" data-run="{html.escape(view.run)}" data-run-status="{view.status}">'
             f"<b>{html.escape(view.run)}</b> &nbsp;{chip(view.status)}&nbsp; {view.elapsed:.1f} s elapsed"
-            f" &middot; concurrency {conc if conc is not None else 'unlimited'}{link}</div>")
+            f" &middot; concurrency {conc if conc is not None else 'unlimited'}{link}"
+            + (f' &middot; <span class="norch-provider">waiting on the provider\'s quota ({html.escape(view.provider)})'
+               f"</span>" if view.provider else "") + "</div>")
 
 
 def table_html(view: View) -> str:
@@ -314,6 +319,6 @@ def first_line(err: Any, limit: int = 160) -> str:
 def _held_by(limit: str) -> str:
     """'agent:researcher' -> 'waiting for agent researcher' (the `blocked` event's info)."""
     kind, _, name = str(limit).partition(":")
-    what = {"agent": "agent", "resource": "resource pool", "rate": "rate limit of",
-            "breaker": "circuit breaker probe of"}.get(kind, kind)
+    what = {"agent": "agent", "resource": "resource pool", "rate": "rate limit of", "tokens": "token limit of",
+            "breaker": "circuit breaker probe of", "provider": "the provider's quota at"}.get(kind, kind)
     return html.escape(f"waiting for {what} {name}".strip())

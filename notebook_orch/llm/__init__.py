@@ -7,12 +7,15 @@
 * `usage_of(result_or_usage, agent)`: `(tokens_in, tokens_out, cost_usd or None)`.
 * `messages(run, task_id)`: the task's conversation as a DataFrame, from its `message` events.
 * `demo.register_answer(title, fn)`: how the offline demo model answers a structured request.
+* `ModelRequestError`, `TruncatedAnswerError`: a request that failed / an answer that was not whole.
 
-Modules: `_models` (resolution, keys, HTTP retries, usage and cost), `_prompts` (system prompt,
-templates, compact values, context budget), `_conversation` (direct requests, agent runs,
-validation in the conversation, tools, streaming, events), `_convert` (messages <-> events),
-`demo` (the demo FunctionModel), `_safe` (redaction of what leaves a run), `_warm` (pydantic-ai
-imported when an agent is defined, never inside a run).
+Modules: `_models` (resolution, keys, usage and cost), `_prompts` (system prompt, templates,
+compact values, context budget), `_conversation` (direct requests, agent runs, validation in the
+conversation, tools, streaming, events), `_request` (one model request, whole or not at all),
+`_transport` (the HTTP transport: retries, the provider's quota, whole streams), `_errors` (the
+error classes and what is retried), `_convert` (messages <-> events), `demo` (the demo
+FunctionModel), `_safe` (redaction of what leaves a run), `_warm` (pydantic-ai imported when an
+agent is defined, never inside a run).
 
 Importing this package does not import pydantic-ai: the names that need it are loaded on first
 access (`__getattr__`); `_warm.preload` imports them when an LLM agent is defined.
@@ -22,20 +25,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import _warm
+from ._errors import ModelRequestError, TruncatedAnswerError
 from ._prompts import render_prompt, render_value, system_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._convert import messages_frame as messages
-    from ._models import MissingKeyError, ModelRequestError, resolve_model, usage_of
+    from ._models import MissingKeyError, resolve_model, usage_of
     from ..model import Agent, Task
 
 # name -> (module, attribute): loaded on first access, so that importing the package stays light
 _LAZY = {"messages": ("._convert", "messages_frame"), "resolve_model": ("._models", "resolve_model"),
-         "usage_of": ("._models", "usage_of"), "MissingKeyError": ("._models", "MissingKeyError"),
-         "ModelRequestError": ("._models", "ModelRequestError")}
+         "usage_of": ("._models", "usage_of"), "MissingKeyError": ("._models", "MissingKeyError")}
 
 __all__ = ["run_prompt", "resolve_model", "usage_of", "messages", "render_prompt", "render_value", "system_prompt",
-           "MissingKeyError", "ModelRequestError", "demo_complete"]
+           "MissingKeyError", "ModelRequestError", "TruncatedAnswerError", "demo_complete"]
 
 
 def demo_complete(agent: Any, prompt: str) -> str:

@@ -12,17 +12,20 @@ Design note.
 * Every model request, on either path, calls the attempt context: `before_request` (request
   and token windows, the run's budget) and `after_request` (the `usage` event). Conversation
   messages become `message` events as they happen, tool calls `tool_call` events, partial
-  answers `stream` events (at most STREAM_HZ a second per task).
-* Streaming costs loop CPU per chunk, so by default a request streams only while someone
-  watches: the run is shown in a panel (`STREAM = None`); True / False force it.
+  answers `stream` events.
+* Streaming costs loop CPU per chunk, so by default (`Agent.stream=None`) a request streams only
+  while someone watches: the run is shown in a panel; `Agent(stream=True / False)` forces it.
+* Each model request is whole or nothing (`_request.Call.request`, SPEC §11); errors from below
+  become ours (`_translate`, by `_errors`' policy), detached from the chain they were raised in.
 * Everything that leaves goes through `safe()` (the project's redaction plus the keys we read).
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import OrderedDict
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic_ai import direct
@@ -31,130 +34,24 @@ from pydantic_ai.messages import (ModelRequest, PartDeltaEvent, PartStartEvent, 
 
 from .. import attempt as _attempt
 from ..errors import DefinitionError, OrchError
-from . import _replay
-from ._convert import rows_of
-from ._models import ModelRequestError, resolve_model, usage_of
-from ._prompts import CHARS_PER_TOKEN, render_prompt, system_prompt
+from ._errors import ModelRequestError, connection_error, http_error
+from ._models import resolve_model
+from ._prompts import render_prompt, system_prompt
 from ._safe import safe, safe_value
+from ._request import Call
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Agent, Task
 
-__all__ = ["run_prompt", "STREAM", "STREAM_HZ", "TOOL_RETRIES", "EST_OUTPUT_TOKENS"]
+__all__ = ["run_prompt", "TOOL_RETRIES"]
 
-STREAM: bool | None = None     # None: stream while the run is shown in a panel; True / False: always / never
-STREAM_HZ = 10                 # at most this many `stream` events a second per task
-STREAM_TAIL = 2000             # characters of the partial answer a `stream` event carries
 TOOL_RETRIES = 3               # times a tool call with invalid arguments goes back to the model
-EST_OUTPUT_TOKENS = 256        # output tokens assumed before a request, for the token window (corrected after)
 _TOOL_INPUT = 500              # characters of a tool call's input kept in its event
 
 
-class _Call:
-    """What one attempt's conversation knows: its attempt context, counters, the streamed text."""
-
-    __slots__ = ("ctx", "agent", "task", "sent", "system_done", "streaming", "parts", "t_emit", "n_chunks", "waited",
-                 "servers", "request")
-
-    def __init__(self, ctx: Any, agent: "Agent", task: "Task", streaming: bool):
-        self.ctx = ctx
-        self.agent = agent
-        self.task = task
-        self.sent = 0                 # conversation messages already emitted as `message` events
-        self.system_done = False
-        self.streaming = streaming
-        self.parts: list[str] = []    # streamed text of the current request
-        self.t_emit = 0.0
-        self.n_chunks = 0
-        self.waited = 0.0             # seconds the current request waited in before_request (windows, budget)
-        self.servers: dict[str, str] = {}   # tool name -> the MCP server it comes from (llm/_mcp.py)
-        self.request: list[Any] = []  # the messages of the current request (recorded with its answer: _replay)
-
-    def emit(self, kind: str, info: Any) -> None:
-        if self.ctx is not None:
-            self.ctx.emit(kind, info)
-
-    def emit_messages(self, messages: list[Any]) -> None:
-        """`message` events for the messages not yet emitted."""
-        if len(messages) <= self.sent:
-            return
-        new = messages[self.sent:]
-        self.sent = len(messages)
-        if self.ctx is None:
-            return
-        item = self.ctx.item          # a map item's conversation says which item it is (run.messages)
-        for row in rows_of(new, self.system_done):
-            if item >= 0:
-                row["item"] = item
-            self.ctx.emit("message", row)
-        self.system_done = True
-
-    async def before(self, messages: list[Any]) -> tuple[int, float]:
-        self.request = messages
-        est = 0
-        t = perf_counter()
-        if self.ctx is not None:
-            est = _estimate(messages)
-            await self.ctx.before_request(est)
-        self.parts.clear()
-        self.n_chunks = 0
-        now = perf_counter()
-        self.waited = now - t
-        return est, now
-
-    def after(self, response: Any, est: int, t0: float) -> None:
-        replayed = _replay.replayed_usage(self, response)   # an answer from a recorded run: its recorded usage
-        if replayed is not None:
-            tin, tout, cost = replayed["tokens_in"], replayed["tokens_out"], replayed["cost_usd"]
-        else:
-            tin, tout, cost = usage_of(response, self.agent)
-        if self.streaming and self.ctx is not None:
-            self.flush(tout)
-        if self.ctx is not None:
-            _replay.record(self, self.request, response, (tin, tout, cost))
-            self.ctx.after_request(tin, tout, cost, est, model=(replayed or {}).get("model") or response.model_name,
-                                   duration_ms=round((perf_counter() - t0) * 1000, 3),
-                                   wait_ms=round(self.waited * 1000, 3), streamed=self.streaming,
-                                   **({"replayed": True} if replayed is not None else {}))
-
-    # ------------------------------------------------------------ streaming
-    def feed(self, delta: str) -> None:
-        self.parts.append(delta)
-        self.n_chunks += 1
-        now = perf_counter()
-        if now - self.t_emit >= 1.0 / STREAM_HZ:
-            self.flush(None, now)
-
-    def flush(self, tokens: int | None, now: float | None = None) -> None:
-        if not self.parts or self.ctx is None:
-            return
-        text = "".join(self.parts)
-        self.parts[:] = [text]
-        self.t_emit = now or perf_counter()
-        n = tokens if tokens is not None else max(self.n_chunks, len(text) // CHARS_PER_TOKEN)
-        self.ctx.emit("stream", {"text": safe(text[-STREAM_TAIL:]), "tokens": n})
-
-
-def _estimate(messages: list[Any]) -> int:
-    """Tokens a request will count, before it is sent: its text at ~4 characters a token plus an output allowance."""
-    chars = 0
-    for m in messages:
-        for p in m.parts:
-            c = getattr(p, "content", None)
-            if isinstance(c, str):
-                chars += len(c)
-            else:
-                a = getattr(p, "args", None)
-                chars += len(a) if isinstance(a, str) else len(str(c if c is not None else a or ""))
-        ins = getattr(m, "instructions", None)
-        if ins:
-            chars += len(ins)
-    return chars // CHARS_PER_TOKEN + EST_OUTPUT_TOKENS
-
-
-def _wants_stream(run: Any) -> bool:
-    if STREAM is not None:
-        return STREAM
+def _wants_stream(agent: "Agent", run: Any) -> bool:
+    if agent.stream is not None:
+        return agent.stream
     return getattr(run, "_display", None) is not None
 
 
@@ -170,32 +67,53 @@ async def run_prompt(task: "Task", agent: "Agent | None", inputs: dict[str, Any]
     model = resolve_model(agent)
     text = render_prompt(task, inputs, agent)
     system = system_prompt(agent)
-    call = _Call(_attempt.current(), agent, task, _wants_stream(run))
+    timeout = task.timeout if task.timeout is not None else agent.timeout
+    deadline = monotonic() + timeout if timeout else float("inf")
+    call = Call(_attempt.current(), agent, task, _wants_stream(agent, run), deadline)
+    error: BaseException | None = None
     rounds = call.ctx.review_feedback if call.ctx is not None else []   # rejected drafts (notebook_orch.review)
     try:
         if agent.tools or agent.mcp or task.output_model is not None or task.routes:
             value = await _agent_run(call, model, system, text, run, rounds)
         else:
             value = await _direct(call, model, system, text, rounds)
-    except OrchError:
-        raise
     except Exception as exc:  # noqa: BLE001 - provider and library errors become our errors, redacted
-        raise _translate(exc, agent, task) from None
+        error = _translate(exc, call)
+    if error is not None:
+        raise _detached(error)     # raised outside the handler: no provider error rides along as its __context__
     return safe_value(value)
 
 
-def _translate(exc: Exception, agent: "Agent", task: "Task") -> Exception:
-    from pydantic_ai.exceptions import ModelAPIError, ModelHTTPError, UserError
-    who = f"agent {agent.name!r} (task {task.id!r})"
+def _detached(error: BaseException) -> BaseException:
+    """The error without the chain it was raised in: a provider's reply (which may echo the key) or an HTTP
+    request (which carries it) must not stay reachable from what a run keeps."""
+    error.__cause__ = None
+    error.__context__ = None
+    error.__suppress_context__ = True
+    return error
+
+
+def _translate(exc: BaseException, call: Call) -> BaseException:
+    from pydantic_ai.exceptions import ModelAPIError, ModelHTTPError, UsageLimitExceeded, UserError
+    who = call.who
+    seen: BaseException | None = exc
+    for _ in range(20):                     # ours, raised under the SDK (the transport, a broken stream)
+        if seen is None:
+            break
+        if isinstance(seen, OrchError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    sends = call.req.sends if call.req is not None else 1
     if isinstance(exc, ModelHTTPError):
-        body = safe(str(exc.body))[:300]
-        hint = {401: "check the API key", 403: "check the key's permissions",
-                404: "check the model name and base_url", 429: "slow down: lower max_concurrency or set rate_limit / token_limit"}
-        fix = hint.get(exc.status_code, "an error on the provider's side, still there after the retries: try again "
-                       "later or use another model" if exc.status_code >= 500 else "")   # else the reply says why
-        return ModelRequestError(f"{who}: model request failed with HTTP {exc.status_code}: {body}"
-                                 + (f"; {fix}" if fix else ""), exc.status_code)
+        return http_error(who, exc.status_code, exc.body, call.agent.base_url, sends)
+    if isinstance(exc, UsageLimitExceeded):
+        return ModelRequestError(
+            f"{who}: the tool loop stopped at pydantic-ai's usage limit ({safe(str(exc))}) without a final "
+            f"answer: the model kept calling tools. Make the prompt say when to stop, or give the agent a "
+            f"higher request_limit (Agent(request_limit=...), now {call.agent.request_limit})", None, retryable=False)
     if isinstance(exc, ModelAPIError):
+        if "connection" in str(exc).lower():
+            return connection_error(who, call.agent.base_url, str(exc), sends)
         return ModelRequestError(f"{who}: model request failed: {safe(str(exc))[:300]}")
     if isinstance(exc, UserError):
         return DefinitionError(f"{who}: {safe(str(exc))}")
@@ -207,19 +125,17 @@ def _translate(exc: Exception, agent: "Agent", task: "Task") -> Exception:
 
 
 # ---------------------------------------------------------------------- plain prompts
-async def _direct(call: _Call, model: Any, system: str, text: str, rounds: list[Any] | None = None) -> str:
+async def _direct(call: Call, model: Any, system: str, text: str, rounds: list[Any] | None = None) -> str:
     task = call.task
     parts: list[Any] = [SystemPromptPart(system)] if system else []
     parts.append(UserPromptPart(text))
     messages: list[Any] = [ModelRequest(parts=parts), *_reviewed(rounds)]
     for n in range(task.output_retries + 1):
         call.emit_messages(messages)
-        est, t0 = await call.before(messages)
         if call.streaming:
-            response = await _direct_stream(call, model, messages)
+            response = await call.request(messages, lambda: _direct_stream(call, model, messages))
         else:
-            response = await direct.model_request(model, messages)
-        call.after(response, est, t0)
+            response = await call.request(messages, lambda: direct.model_request(model, messages))
         messages.append(response)
         call.emit_messages(messages)
         answer = response.text or ""
@@ -233,7 +149,7 @@ async def _direct(call: _Call, model: Any, system: str, text: str, rounds: list[
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _direct_stream(call: _Call, model: Any, messages: list[Any]) -> Any:
+async def _direct_stream(call: Call, model: Any, messages: list[Any]) -> Any:
     async with direct.model_request_stream(model, messages) as stream:
         async for ev in stream:
             if isinstance(ev, PartDeltaEvent) and isinstance(ev.delta, TextPartDelta):
@@ -291,7 +207,7 @@ def _pyd_agent(task: "Task", agent: "Agent", system: str) -> Any:
     else:
         output_type = str
     pa: Any = PydAgent(output_type=output_type, instructions=system or None, tools=list(agent.tools),
-                       retries={"output": task.output_retries, "tools": TOOL_RETRIES}, deps_type=_Call,
+                       retries={"output": task.output_retries, "tools": TOOL_RETRIES}, deps_type=Call,
                        capabilities=[_capability()], defer_model_check=True, name=agent.name)
     if task.guardrails or (task.routes and task.output_model is not None):
         from ..scheduler import _route_label
@@ -312,7 +228,7 @@ def _pyd_agent(task: "Task", agent: "Agent", system: str) -> Any:
     return pa
 
 
-async def _agent_run(call: _Call, model: Any, system: str, text: str, run: Any = None,
+async def _agent_run(call: Call, model: Any, system: str, text: str, run: Any = None,
                      rounds: list[Any] | None = None) -> Any:
     from ._mcp import toolsets_for
     pa = _pyd_agent(call.task, call.agent, system)
@@ -325,14 +241,14 @@ async def _agent_run(call: _Call, model: Any, system: str, text: str, run: Any =
         return await _agent_result(call, pa, model, text, handler, toolsets, history)
 
 
-async def _agent_result(call: _Call, pa: Any, model: Any, text: str, handler: Any, toolsets: Any,
+async def _agent_result(call: Call, pa: Any, model: Any, text: str, handler: Any, toolsets: Any,
                         history: list[Any] | None) -> Any:
     from pydantic_ai import capture_run_messages
     from pydantic_ai.exceptions import UnexpectedModelBehavior
     with capture_run_messages() as messages:
         try:
             result = await pa.run(text, model=model, deps=call, event_stream_handler=handler, toolsets=toolsets,
-                                  message_history=history)
+                                  message_history=history, usage_limits=_usage_limits(call.agent.request_limit))
         except UnexpectedModelBehavior as exc:
             call.emit_messages(messages)
             raise _exhausted(call.task, messages, exc) from None
@@ -350,6 +266,11 @@ def _reviewed(rounds: list[Any] | None) -> list[Any]:
         out.append(ModelResponse(parts=[TextPart(safe(as_text(draft)))]))
         out.append(ModelRequest(parts=[UserPromptPart(feedback_prompt(feedback))]))
     return out
+
+
+def _usage_limits(requests: int) -> Any:
+    from pydantic_ai.usage import UsageLimits
+    return UsageLimits(request_limit=requests)
 
 
 def _is_final_ack(m: Any) -> bool:
@@ -373,6 +294,14 @@ def _exhausted(task: "Task", messages: list[Any], exc: Exception) -> OrchError:
             break
     cause = exc.__cause__
     error = str(cause) if cause is not None else str(exc)
+    tool = re.match(r"Tool '(\w+)' exceeded max retries count of (\d+)", str(exc))
+    if tool is not None and not tool.group(1).startswith("final_result"):
+        from ..scheduler import OutputInvalidError
+        shown = safe(answer if isinstance(answer, str) else json.dumps(answer, default=str))[:400]
+        return OutputInvalidError(
+            f"task {task.id!r}: the model called tool {tool.group(1)!r} with invalid arguments {TOOL_RETRIES + 1} "
+            f"times (tool retries: {TOOL_RETRIES}): {safe(error).strip()}. Last call: {shown!r}. Make the tool's "
+            f"parameter types and docstring clearer, or say in the prompt how to call it")
     if task.output_model is not None:
         error = f"{error} (output_model {getattr(task.output_model, '__name__', task.output_model)})"
     return _invalid(task, answer, error.strip(), task.output_retries)
@@ -381,7 +310,7 @@ def _exhausted(task: "Task", messages: list[Any], exc: Exception) -> OrchError:
 async def _stream_handler(ctx: Any, events: Any) -> None:
     from pydantic_ai.messages import (PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta, ToolCallPart,
                                       ToolCallPartDelta)
-    call: _Call = ctx.deps
+    call: Call = ctx.deps
     async for ev in events:
         if isinstance(ev, PartDeltaEvent):
             d = ev.delta
@@ -413,12 +342,10 @@ def _capability() -> Any:
     @dataclass
     class _Meter(AbstractCapability[Any]):
         async def wrap_model_request(self, ctx: Any, *, request_context: Any, handler: Any) -> Any:
-            call: _Call = ctx.deps
+            call: Call = ctx.deps
             messages = request_context.messages
             call.emit_messages(messages)
-            est, t0 = await call.before(messages)
-            response = await handler(request_context)
-            call.after(response, est, t0)
+            response = await call.request(messages, lambda: handler(request_context), resend=False)
             return response     # its `message` events: with the next request, or at the end of the run
 
         async def wrap_tool_validate(self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
@@ -433,7 +360,7 @@ def _capability() -> Any:
         async def wrap_tool_execute(self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
             if getattr(tool_def, "kind", "function") != "function":
                 return await handler(args)
-            c: _Call = ctx.deps
+            c: Call = ctx.deps
             limit = c.agent.tool_timeout
             t0 = perf_counter()
             try:
@@ -456,7 +383,7 @@ def _capability() -> Any:
     return _CAP
 
 
-def _tool_event(call: _Call, tool: str, args: Any, t0: float, error: str | None, ran: bool = True) -> None:
+def _tool_event(call: Call, tool: str, args: Any, t0: float, error: str | None, ran: bool = True) -> None:
     """A `tool_call` event for the call that began at `perf_counter()` value `t0` (its duration: 0 when
     its arguments were refused, `ran=False`). Calls run concurrently and end in any order; `started`
     keeps the order they were made in."""

@@ -336,7 +336,7 @@ def _served_class() -> Any:
     @dataclass
     class Served(WrapperToolset[Any]):
         """An MCP server's toolset as the agent sees it: arguments checked against the tool's schema, the
-        server named on the conversation (`_Call.servers`) for the `tool_call` events."""
+        server named on the conversation (`Call.servers`) for the `tool_call` events."""
 
         server: str = ""
         _checks: dict[str, Any] = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""`resolve_model(agent)`: an Agent's `llm` as a pydantic-ai Model, with its key, its HTTP retries and its price.
+"""`resolve_model(agent)`: an Agent's `llm` as a pydantic-ai Model, with its key, its HTTP transport and its price.
 
 Design note.
 * Strings go through pydantic-ai's own inference (`provider:model`), except that an agent with
@@ -8,29 +8,29 @@ Design note.
 * Keys come from `api_key_env`, else the provider's usual variable. A missing key is a
   `MissingKeyError` naming the variable: never a silent fallback to the demo model. The key is
   read when the model is built and lives only inside the SDK client (never in events or errors).
-* HTTP 429 and 5xx are retried by our own transport under the SDK (whose retries are off), so
-  each retry is a `retrying` event of the attempt, and `Retry-After` / `retry-after-ms` are
-  honoured (capped at `MAX_RETRY_DELAY`).
+* Every HTTP request goes through our transport (`_transport`), under the SDK whose retries are
+  off: errors are retried by class (`_errors`), the provider's quota is shared per base_url (or
+  provider) and key (`limits.provider_quota`), and only whole answers get through.
 * Models hold HTTP connection pools, which belong to one event loop: they are cached per
   running loop and per (llm, base_url, key), so 200 prompt tasks share one pool.
 """
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import inspect
 import os
-import random
-import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
 import httpx2
 from pydantic_ai.messages import ModelResponse
 
-from ..errors import DefinitionError, OrchError
+from ..errors import DefinitionError
+from ..limits import provider_quota
+from ._errors import ModelRequestError, TruncatedAnswerError
 from ._safe import register_secret, safe
+from ._transport import RetryingTransport
 from ._warm import ssl_context
 
 from pydantic_ai.models import Model
@@ -38,12 +38,7 @@ from pydantic_ai.models import Model
 if TYPE_CHECKING:  # pragma: no cover
     from ..model import Agent
 
-__all__ = ["resolve_model", "usage_of", "MissingKeyError", "ModelRequestError", "HTTP_RETRIES", "MAX_RETRY_DELAY"]
-
-HTTP_RETRIES = 3            # retries of one model request after HTTP 429 / 5xx (then the attempt fails)
-RETRY_BASE = 0.5            # first retry delay (s) when the server sends no Retry-After; doubles each retry
-MAX_RETRY_DELAY = 60.0      # a longer Retry-After is cut to this
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504, 529})
+__all__ = ["resolve_model", "usage_of", "MissingKeyError", "ModelRequestError", "TruncatedAnswerError"]
 
 # provider prefix -> the environment variable its SDK reads the key from
 KEY_ENV: dict[str, str] = {
@@ -71,14 +66,6 @@ class MissingKeyError(DefinitionError):
             f"agent {agent!r} uses llm={llm!r} but the environment variable {env} {state}; set it "
             f"(os.environ[{env!r}] = ... or in the shell that starts Jupyter), or give the agent "
             f"the name of the variable that holds its key as api_key_env, or use llm='demo' to run offline")
-
-
-class ModelRequestError(OrchError):
-    """A model request failed (HTTP error after its retries, connection error, refused request)."""
-
-    def __init__(self, message: str, status: int | None = None):
-        self.status = status
-        super().__init__(message)
 
 
 # ---------------------------------------------------------------------- resolution
@@ -131,7 +118,7 @@ def resolve_model(agent: "Agent") -> "Model":
     cache = _loop_cache()
     model = cache.get(cache_key)
     if model is None:
-        model = cache[cache_key] = _build(agent, provider, name, key_value)
+        model = cache[cache_key] = _build(agent, provider, name, key_value, digest)
     return model
 
 
@@ -171,21 +158,21 @@ def _loop_cache() -> dict[Any, "Model"]:
     return cache
 
 
-def _build(agent: "Agent", provider: str, name: str, key: str | None) -> "Model":
+def _build(agent: "Agent", provider: str, name: str, key: str | None, digest: str = "") -> "Model":
     from pydantic_ai.exceptions import UserError
     try:
         if agent.base_url:
             from pydantic_ai.models.openai import OpenAIChatModel
             from pydantic_ai.providers.openai_compatible import OpenAICompatibleProvider
-            client = _openai_client(agent.base_url, key or "not-needed")
+            client = _openai_client(agent.base_url, key or "not-needed", _http_client(agent.base_url, digest))
             return OpenAIChatModel(name, provider=OpenAICompatibleProvider("openai-compatible", openai_client=client))
         if provider in ("openai", "openai-responses", "openai-chat"):
             from pydantic_ai.models.openai import OpenAIChatModel, OpenAIResponsesModel
             from pydantic_ai.providers.openai import OpenAIProvider
-            prov = OpenAIProvider(openai_client=_openai_client(None, key))
+            prov = OpenAIProvider(openai_client=_openai_client(None, key, _http_client(provider, digest)))
             return (OpenAIChatModel if provider == "openai-chat" else OpenAIResponsesModel)(name, provider=prov)
         from pydantic_ai.models import infer_model
-        return infer_model(f"{provider}:{name}", provider_factory=lambda p: _provider(p, key))
+        return infer_model(f"{provider}:{name}", provider_factory=lambda p: _provider(p, key, digest))
     except UserError as exc:
         raise DefinitionError(f"agent {agent.name!r}: llm={agent.llm!r}: {safe(str(exc))}") from None
     except ImportError as exc:
@@ -193,18 +180,21 @@ def _build(agent: "Agent", provider: str, name: str, key: str | None) -> "Model"
                               f"e.g. pip install 'notebook_orch[{provider.split('-')[0]}]'") from None
 
 
-def _http_client() -> Any:
+def _http_client(where: str, digest: str) -> Any:
+    """An HTTP client whose transport retries by error class and paces by the quota of `where` (base_url or
+    provider) for the key with this digest."""
     from pydantic_ai._http import DEFAULT_HTTP_LIMITS
     transport = httpx2.AsyncHTTPTransport(limits=DEFAULT_HTTP_LIMITS, verify=ssl_context())  # one, shared
-    return httpx2.AsyncClient(timeout=httpx2.Timeout(600, connect=5), transport=RetryingTransport(transport))
+    return httpx2.AsyncClient(timeout=httpx2.Timeout(600, connect=5),
+                              transport=RetryingTransport(transport, where, provider_quota(where, digest)))
 
 
-def _openai_client(base_url: str | None, key: str | None) -> Any:
+def _openai_client(base_url: str | None, key: str | None, http_client: Any) -> Any:
     from openai import AsyncOpenAI
-    return AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, http_client=_http_client())
+    return AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, http_client=http_client)
 
 
-def _provider(name: str, key: str | None) -> Any:
+def _provider(name: str, key: str | None, digest: str = "") -> Any:
     """A pydantic-ai provider with the key and our retrying HTTP client where the provider accepts them."""
     from pydantic_ai.providers import infer_provider, infer_provider_class
     try:
@@ -216,7 +206,7 @@ def _provider(name: str, key: str | None) -> Any:
     if key and "api_key" in params:
         kw["api_key"] = key
     if "http_client" in params:
-        kw["http_client"] = _http_client()
+        kw["http_client"] = _http_client(name, digest)
     return cls(**kw) if kw else infer_provider(name)
 
 
@@ -268,64 +258,6 @@ def _as_json(value: Any) -> str:
         return json.dumps(value)
     except TypeError:
         return str(value)
-
-
-# ---------------------------------------------------------------------- HTTP retries
-def _retry_after(headers: Any) -> float | None:
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-            return max(0.0, when.timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
-class RetryingTransport(httpx2.AsyncBaseTransport):
-    """httpx2 transport: retries HTTP 429 / 5xx up to HTTP_RETRIES times, honouring Retry-After,
-    and reports each retry as a `retrying` event of the attempt it runs in."""
-
-    def __init__(self, inner: Any):
-        self.inner = inner
-
-    async def handle_async_request(self, request: Any) -> Any:
-        from .. import attempt
-        for n in range(HTTP_RETRIES + 1):
-            resp = await self.inner.handle_async_request(request)
-            if resp.status_code not in _RETRY_STATUS or n == HTTP_RETRIES:
-                return resp
-            wait = _retry_after(resp.headers)
-            delay = min(MAX_RETRY_DELAY, wait if wait is not None else RETRY_BASE * 2 ** n * random.uniform(1, 1.25))
-            try:
-                body = (await resp.aread())[:300].decode("utf-8", "replace")
-            finally:
-                await resp.aclose()
-            ctx = attempt.current()
-            if ctx is not None:
-                ctx.emit("retrying", {"status": resp.status_code, "delay_s": round(delay, 3), "error": safe(body),
-                                      "retry": n + 1})
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    async def __aenter__(self) -> "RetryingTransport":
-        await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.inner.__aexit__(*exc)
 
 
 # ---------------------------------------------------------------------- usage and cost

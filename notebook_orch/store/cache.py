@@ -242,7 +242,9 @@ class RunCache:
         found = self._get(task_id, fp, ttl)
         if found[0]:
             return found
-        holder = self.store.lease_holder(fp)
+        # a prompt task's model requests cost money: its lease is taken at once (another process that looks at
+        # the same moment sees it), other tasks' leases are written with the run's next batch
+        holder = self.store.claim(fp) if task.prompt is not None and task.map_over is None else self.store.lease_holder(fp)
         if holder is not None and task.map_over is None:
             return None, _LeaseWait(self, task_id, fp, ttl, holder), f"being computed by {holder}"
         self.leases.append(fp)
@@ -281,7 +283,8 @@ class _LeaseWait:
             found = c._get(self.task_id, self.fp, self.ttl)
             if found[0]:
                 return True, found[1], f"{found[2]}, computed by {self.holder} while this run waited"
-            if c.store.lease_holder(self.fp) is None:
+            if c.store.lease_holder(self.fp, fresh=True) is None:   # the holder let go (done, or gave up)
+                c.store.reread()
                 found = c._get(self.task_id, self.fp, self.ttl)   # stored just before the lease went
                 if found[0]:
                     return found

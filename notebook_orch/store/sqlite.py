@@ -394,6 +394,10 @@ class Store:
         self.writer.add(source)
 
     # ------------------------------------------------------------------ results
+    def reread(self) -> None:
+        """Re-read the index now: another process has just stored something this one is about to look up."""
+        self._fresh_index(now_=True)
+
     def may_have(self, fingerprint: str) -> bool:
         """False when the fingerprint is surely not stored (an in-memory index, re-read at most every 0.1 s)."""
         if fingerprint in self.memory or fingerprint in self.pending:
@@ -401,9 +405,10 @@ class Store:
         index = self._fresh_index()
         return index is None or fingerprint in index
 
-    def _fresh_index(self) -> dict[str, tuple[int, float, str, bytes | None, bytes | None]] | None:
+    def _fresh_index(self, now_: bool = False) -> dict[str, tuple[int, float, str, bytes | None, bytes | None]] | None:
+        """The index of stored results, re-read from the file at most every 0.1 s (`now_`: re-read now)."""
         now = time.monotonic()
-        if self._index is None or now - self._checked > 0.1:
+        if self._index is None or now_ or now - self._checked > 0.1:
             self._checked = now
             try:
                 self._do(self._refresh_index, write=False)
@@ -579,8 +584,35 @@ class Store:
         self._do(lambda c: c.execute("UPDATE leases SET expires=? WHERE holder=?",
                                      (time.time() + LEASE_TTL, self.holder)), write=True)
 
-    def lease_holder(self, fingerprint: str) -> str | None:
-        """Who (another live process) is computing this fingerprint now, or None."""
+    def claim(self, fingerprint: str) -> str | None:
+        """Take the lease of `fingerprint` at once, in one transaction (two processes that start together cannot
+        both get it); returns the live process that holds it instead, or None when this one does now."""
+        def claim(c: sqlite3.Connection) -> str | None:
+            now = time.time()
+            row = c.execute("SELECT holder, host, pid, expires FROM leases WHERE fingerprint=?", (fingerprint,)).fetchone()
+            if row is not None and row[0] != self.holder and row[3] >= now and _alive(row[1], row[2]):
+                return str(row[0])
+            c.execute("INSERT OR REPLACE INTO leases (fingerprint, holder, host, pid, expires) VALUES (?,?,?,?,?)",
+                      (fingerprint, self.holder, socket.gethostname(), os.getpid(), now + LEASE_TTL))
+            return None
+        try:
+            return self._do(claim, write=True)
+        except _Unavailable:
+            return self.lease_holder(fingerprint)
+
+    def lease_holder(self, fingerprint: str, fresh: bool = False) -> str | None:
+        """Who (another live process) is computing this fingerprint now, or None. `fresh`: read the lease from the
+        file now (the index is re-read at most every 0.1 s: a lease taken since would be missed)."""
+        if fresh:
+            try:
+                row = self._do(lambda c: c.execute("SELECT holder, host, pid, expires FROM leases WHERE fingerprint=? "
+                                                   "AND holder != ?", (fingerprint, self.holder)).fetchone(), write=False)
+            except _Unavailable:
+                row = None
+            if row is None:
+                return None
+            holder, host, pid, expires = row
+            return holder if expires >= time.time() and _alive(host, pid) else None
         self._fresh_index()
         row = self._leases.get(fingerprint)
         if row is None:

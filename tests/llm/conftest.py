@@ -11,9 +11,10 @@ def _no_real_models(monkeypatch):
     monkeypatch.setattr(pydantic_ai.models, "ALLOW_MODEL_REQUESTS", False)
     for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    from notebook_orch.llm import _conversation, _models
-    monkeypatch.setattr(_models, "RETRY_BASE", 0.01)
-    monkeypatch.setattr(_conversation, "STREAM", None)
+    from notebook_orch import limits
+    from notebook_orch.llm import _errors
+    monkeypatch.setattr(_errors, "RETRY_BASE", 0.01)
+    limits._quotas.clear()            # what a provider said of its quota in one test is not the next test's
     yield
 
 

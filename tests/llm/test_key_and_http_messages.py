@@ -52,19 +52,19 @@ def test_an_agent_without_its_key_gets_a_note_when_defined_and_fails_at_run(ip, 
 
 
 def test_a_server_error_says_it_is_on_the_provider_side_with_the_reply_inline(server, monkeypatch):
-    from notebook_orch.llm import _models
-    monkeypatch.setattr(_models, "HTTP_RETRIES", 1)
+    from notebook_orch.llm import _errors
+    monkeypatch.setattr(_errors, "TRANSIENT_RETRIES", 1)
     server.script("local-model", lambda body: {"status": 500, "error": "the database is on fire"})
     err = _prompt_run(llm="openai:local-model", base_url=server.url).errors["p"]
     text = str(err)
     assert isinstance(err, ModelRequestError) and err.status == 500
-    assert "HTTP 500:" in text and "the database is on fire" in text
+    assert "HTTP 500" in text and "the database is on fire" in text
     assert "is above" not in text and "an error on the provider's side" in text
 
 
-def test_a_client_error_ends_with_the_reply_itself(server):
+def test_a_client_error_shows_the_reply_inline_then_the_fix(server):
     server.script("local-model", lambda body: {"status": 400, "error": "max_tokens is too large"})
     text = str(_prompt_run(llm="openai:local-model", base_url=server.url).errors["p"])
-    assert "HTTP 400:" in text and "is above" not in text
-    reply = text.split("HTTP 400: ", 1)[1]
-    assert reply.startswith("{") and reply.endswith("}") and "max_tokens is too large" in reply   # nothing after it
+    assert "HTTP 400 (not retried" in text and "is above" not in text
+    reply = text.split("way): ", 1)[1]
+    assert reply.startswith("max_tokens is too large; ")   # the provider's own message inline, then the fix

@@ -156,12 +156,10 @@ def test_tool_timeout_returns_an_error_to_the_model(server):
     assert "timed out" in [m for m in server.requests[1]["messages"] if m["role"] == "tool"][0]["content"]
 
 
-def test_streaming_sse(server, monkeypatch):
-    from notebook_orch.llm import _conversation
-    monkeypatch.setattr(_conversation, "STREAM", True)
+def test_streaming_sse(server):
     text = " ".join(f"word{i}" for i in range(40))
     server.script("local-model", lambda body: {"content": text, "chunk_delay": 0.02, "usage": (12, 40)})
-    wf = flow(server)
+    wf = flow(server, stream=True)
     wf.prompt("p", "stream please", agent="writer")
     run = wf.run()
     assert run.status == "succeeded", run.errors
@@ -175,11 +173,9 @@ def test_streaming_sse(server, monkeypatch):
     assert (usage["tokens_in"], usage["tokens_out"], usage["streamed"]) == (12, 40, True)
 
 
-def test_streaming_structured_output_through_the_agent_loop(server, monkeypatch):
-    from notebook_orch.llm import _conversation
-    monkeypatch.setattr(_conversation, "STREAM", True)
+def test_streaming_structured_output_through_the_agent_loop(server):
     server.script("local-model", lambda body: _output_call({"title": "streamed", "score": 3}))
-    wf = flow(server)
+    wf = flow(server, stream=True)
     wf.prompt("find", "Find", agent="writer", output_model=Finding)
     run = wf.run()
     assert run["find"] == Finding(title="streamed", score=3) and server.requests[0]["stream"] is True
@@ -201,8 +197,8 @@ def test_429_with_retry_after_is_retried_and_visible(server):
 
 
 def test_500_is_retried_then_fails_with_the_status(server, monkeypatch):
-    from notebook_orch.llm import _models
-    monkeypatch.setattr(_models, "HTTP_RETRIES", 1)
+    from notebook_orch.llm import _errors
+    monkeypatch.setattr(_errors, "TRANSIENT_RETRIES", 1)
     server.queue("local-model", [{"status": 500, "error": "boom"}, {"content": "recovered"}])
     wf = flow(server)
     wf.prompt("p", "hi", agent="writer")
@@ -275,7 +271,8 @@ def test_unreachable_server_is_a_clear_error(server):
     wf.prompt("p", "hi", agent="writer")
     run = wf.run()
     err = run.errors["p"]
-    assert isinstance(err, ModelRequestError) and "agent 'writer' (task 'p'): model request failed" in str(err)
+    assert isinstance(err, ModelRequestError) and str(err).startswith("agent 'writer' (task 'p'): could not reach")
+    assert f"is the server at http://127.0.0.1:{port}/v1 running?" in str(err)
     from notebook_orch.errors import UnknownNameError
     with pytest.raises(UnknownNameError, match="did you mean 'p'"):
         run.messages("pp")
