@@ -132,6 +132,8 @@ class ReplayMismatchError(OrchError):
     `task`, `run_id` (the recorded run), `diff` (unified diff of the recorded conversation against
     this one), `changed_words` (words removed / added) say what drifted."""
 
+    retryable = False   # the same request drifts the same way again: the task's retries are not spent on it
+
     def __init__(self, message: str, *, task: str, run_id: str, diff: str = "", changed_words: str = ""):
         self.task, self.run_id, self.diff, self.changed_words = task, run_id, diff, changed_words
         super().__init__(message)

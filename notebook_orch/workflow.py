@@ -391,13 +391,26 @@ class Workflow:
         ran = definitions(run)   # as defined when it started (a hierarchical run's tasks are assigned copies)
         times = Timings()
         times.feed(run.state.events)
+        people = _review_seconds(run) if getattr(run._sched, "desk", None) is not None else {}
         for task, status in run.statuses.items():
             if status == "succeeded" or status == "cached":
                 took = times.duration(task)
-                if took is not None:
-                    self._durations[task] = took
+                if took is not None:   # a person's time reviewing is not the task's: priorities learn the work
+                    self._durations[task] = max(0.0, took - people.get(task, 0.0))
                 if ran.get(task) is self.tasks.get(task):
                     self._stale.discard(task)
+
+
+def _review_seconds(run: Run) -> dict[str, float]:
+    """Task -> seconds its outputs waited for a person (`review` asked -> `review_answered`), for `_learn`."""
+    asked: dict[str, float] = {}
+    out: dict[str, float] = {}
+    for t, task, kind, *_ in run.state.events:
+        if kind == "review":
+            asked[task] = t
+        elif kind == "review_answered" and task in asked:
+            out[task] = out.get(task, 0.0) + t - asked.pop(task)
+    return out
 
 
 def _check_prompt_agents(graph: Graph, tasks: Mapping[str, Task]) -> None:

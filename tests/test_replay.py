@@ -72,6 +72,16 @@ def test_a_changed_prompt_fails_with_the_changed_words():
     assert "brief" in str(err) and "detailed" in str(err) and "fallthrough" in str(err)
 
 
+def test_a_mismatch_is_not_retried_under_the_tasks_retries():
+    model = Counting()
+    wf = _workflow(model)
+    recorded = wf.run()
+    wf.prompt("note", "Write a detailed note about green tea", agent="writer", retries=3)
+    run = wf.run(replay=recorded, cache=False)
+    assert isinstance(run.errors["note"], ReplayMismatchError)
+    assert run.metrics().loc["note", "attempts"] == 1 and model.calls == 2   # the same drift again would not help
+
+
 def test_fallthrough_sends_only_the_differing_request_to_the_live_model():
     model = Counting()
     wf = _workflow(model)

@@ -143,26 +143,13 @@ def _run(m: Any, args: Any) -> Run:
         opts["concurrency"] = args.concurrency
     if args.only:
         opts["only"] = _split(args.only)
-    if args.from_:
-        opts["from_"] = args.from_
     if args.no_cache:
         opts["cache"] = False
-    if args.mode:
-        opts["mode"] = args.mode
-    if args.manager:
-        opts["manager"] = args.manager
-    if args.executor:
-        opts["executor"] = args.executor
-    if args.dask:
-        opts["dask"] = args.dask
-    if args.reviews:
-        opts["reviews"] = args.reviews
-    if args.replay:
-        opts["replay"] = args.replay
-    if args.replay_mode:
-        opts["replay_mode"] = args.replay_mode
     if args.no_check_budget:
         opts["check_budget"] = False
+    for name in ("from_", "mode", "manager", "executor", "dask", "reviews", "replay", "replay_mode"):
+        if getattr(args, name):   # options named as run()'s keywords, given as they are
+            opts[name] = getattr(args, name)
     wf = m.wf
     _refuse_if_live(wf)
     wf.namespace = m.shell.user_ns
@@ -174,56 +161,6 @@ def _run(m: Any, args: Any) -> Run:
     return _start(m, lambda: wf.start(**opts), args.wait)
 
 
-# ---------------------------------------------------------------- review (notebook_orch.review)
-@command("approve")
-@magic_arguments(name="orch approve")
-@argument("task", metavar="TASK", help="the task waiting in review")
-@argument("--value", metavar="EXPR", help="an edit: a Python expression (a notebook name, a literal, JSON) replacing the output")
-def _approve(m: Any, args: Any) -> Any:
-    """Accept the output of a task waiting in review (--value: an edit, validated first); downstream starts."""
-    value = None
-    if args.value is not None:
-        value = _expression(m, args.value)
-    return _last_run(m).approve(args.task, value)
-
-
-@command("reject")
-@magic_arguments(name="orch reject")
-@argument("task", metavar="TASK", help="the task waiting in review")
-@argument("feedback", nargs="+", metavar="FEEDBACK", help='what is wrong (quote it: "Too long; cite sources")')
-def _reject(m: Any, args: Any) -> None:
-    """Refuse the output of a task waiting in review: a prompt is asked again with the feedback, another task fails."""
-    feedback = " ".join(args.feedback)
-    run = _last_run(m)
-    run.reject(args.task, feedback)
-    print(f"✓ rejected {args.task}: " + ("asked again with the feedback" if run.statuses.get(args.task) != "failed"
-                                          else "failed with the feedback as its error"))
-
-
-@command("reviews")
-@magic_arguments(name="orch reviews")
-def _reviews(m: Any, args: Any) -> Any:
-    """The reviews of the last run: task, status, asked_at, answered_at, feedback."""
-    return _last_run(m).reviews()
-
-
-def _expression(m: Any, text: str) -> Any:
-    """--value: a notebook name, a Python literal or JSON (never evaluated as arbitrary code)."""
-    import ast
-    import json
-    text = text.strip()
-    ns = m.shell.user_ns
-    if text.isidentifier() and text in ns:
-        return ns[text]
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        pass
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise OrchError(f"--value {text[:60]!r} is not a notebook name, a Python literal or JSON; e.g. "
-                        f"--value edited (a variable), --value \"'new text'\" or --value '{{\"title\": \"x\"}}'") from None
 def _forecast(m: Any, args: Any) -> Any:
     """What `%orch run` with these options would take and cost, calling no model: a Forecast (`.tasks`,
     `.summary`, `.gantt()`)."""
@@ -576,3 +513,4 @@ def _export(m: Any, args: Any) -> None:
 
 
 from . import history_commands as _history_commands  # noqa: E402,F401 - registers %orch compare / store
+from . import review_commands as _review_commands  # noqa: E402,F401 - registers %orch approve / reject / reviews

@@ -27,7 +27,6 @@ import httpx2
 from pydantic_ai.messages import ModelResponse
 
 from ..errors import DefinitionError
-from ..limits import provider_quota
 from ._errors import ModelRequestError, TruncatedAnswerError
 from ._safe import register_secret, safe
 from ._transport import RetryingTransport
@@ -186,7 +185,7 @@ def _http_client(where: str, digest: str) -> Any:
     from pydantic_ai._http import DEFAULT_HTTP_LIMITS
     transport = httpx2.AsyncHTTPTransport(limits=DEFAULT_HTTP_LIMITS, verify=ssl_context())  # one, shared
     return httpx2.AsyncClient(timeout=httpx2.Timeout(600, connect=5),
-                              transport=RetryingTransport(transport, where, provider_quota(where, digest)))
+                              transport=RetryingTransport(transport, where, digest))
 
 
 def _openai_client(base_url: str | None, key: str | None, http_client: Any) -> Any:

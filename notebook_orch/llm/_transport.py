@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx2
 
-from ..limits import ProviderQuota
+from ..limits import ProviderQuota, provider_quota
 from . import _errors
 from ._errors import (ModelRequestError, TruncatedAnswerError, connection_error, is_retryable_status, retry_after,
                       retry_delay)
@@ -82,10 +82,16 @@ REQUEST: ContextVar[Request | None] = ContextVar("notebook_orch_model_request", 
 class RetryingTransport(httpx2.AsyncBaseTransport):
     """httpx2 transport: windows, the provider's quota, retries by error class, whole answers (module docstring)."""
 
-    def __init__(self, inner: Any, where: str, quota: ProviderQuota):
+    def __init__(self, inner: Any, where: str, key_digest: str):
         self.inner = inner
         self.where = where        # base_url or provider name: what a connection error names
-        self.quota = quota
+        self.key = (where, key_digest)
+
+    @property
+    def quota(self) -> ProviderQuota:
+        """The process's one quota of this provider and key (looked up each time: the registry owns it, and a
+        model cached with its loop must not keep a quota the registry has since replaced)."""
+        return provider_quota(*self.key)
 
     async def handle_async_request(self, request: Any) -> Any:
         req = REQUEST.get()

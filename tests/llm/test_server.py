@@ -222,7 +222,7 @@ def test_reply_slower_than_the_timeout(server):
 
 
 def test_agent_concurrency_holds_at_the_server(server):
-    server.delay = 0.05
+    server.delay = 0.2          # long enough that a loaded machine still overlaps three requests
     wf = flow(server, max_concurrency=3)
     for i in range(12):
         wf.prompt(f"p{i}", f"question {i}", agent="writer")
