@@ -52,13 +52,23 @@ def free_name(name: str, taken: Any, suffix: str = "_step") -> str:
     return new
 
 
+def _shadows(tasks: Mapping[str, Any], ns: Mapping[str, Any], name: str) -> bool:
+    """Whether task `name` hides a notebook global of that name: not when the global is the task's own body
+    (`@wf.task def base(): ...` leaves `base` in the notebook, and `def scaled(base)` means the task)."""
+    if not is_user_global(ns, name):
+        return False
+    own = getattr(tasks.get(name), "fn", None)
+    value = ns[name]
+    return own is None or (value is not own and getattr(value, "__wrapped__", None) is not own)
+
+
 def notes(tasks: Mapping[str, Any], ns: Mapping[str, Any] | None, task: Any) -> list[str]:
     """What `task` (just added to `tasks`) shadows, one sentence each naming both sides and the fix."""
     if not ns:
         return []
     out = []
     tid = task.id
-    if is_user_global(ns, tid):
+    if _shadows(tasks, ns, tid):
         readers = [t.id for t in tasks.values() if t.id != tid and tid in t.params]
         if readers:
             what = _what(ns[tid])
@@ -68,7 +78,7 @@ def notes(tasks: Mapping[str, Any], ns: Mapping[str, Any] | None, task: Any) -> 
                 f"receive{'s' if len(readers) == 1 else ''} the task's output instead. Rename the task "
                 f"(e.g. {free_name(tid, tasks)!r}) or the {what.split(' ')[0]}.")
     for p in (task.params if task.fn is not None else ()):   # a prompt's {placeholder} names a task on purpose
-        if p != tid and p in tasks and is_user_global(ns, p):
+        if p != tid and p in tasks and _shadows(tasks, ns, p):
             what = _what(ns[p])
             out.append(
                 f"task {tid!r} reads {p!r}, which is both a task and a notebook {what}: it receives the output of "

@@ -45,6 +45,17 @@ def test_no_note_without_a_reader_a_namespace_or_for_modules():
         plain.add(Task(id="market_size", fn=lambda: 1))
 
 
+def test_no_note_when_the_global_is_the_tasks_own_function():
+    ns: dict = {}
+    exec("def base():\n    return [1, 2]\n\ndef scaled(base):\n    return [x * 2 for x in base]\n", ns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ShadowingWarning)
+        wf = Workflow("decorated", namespace=ns, store=False)
+        wf.task(ns["base"])          # `@wf.task def base()` in a notebook: the global `base` is the task's body
+        wf.task(ns["scaled"])        # reading `base` means the task: nothing is shadowed
+        assert wf.run()["scaled"] == [2, 4]
+
+
 def _plan():
     return Plan(tasks=[PlannedTask(id="market_size", description="Estimate the market", agent="analyst"),
                        PlannedTask(id="pitch", description="Write the pitch", depends_on=["market_size"],
