@@ -53,12 +53,16 @@ def free_name(name: str, taken: Any, suffix: str = "_step") -> str:
 
 
 def _shadows(tasks: Mapping[str, Any], ns: Mapping[str, Any], name: str) -> bool:
-    """Whether task `name` hides a notebook global of that name: not when the global is the task's own body
-    (`@wf.task def base(): ...` leaves `base` in the notebook, and `def scaled(base)` means the task)."""
+    """Whether task `name` hides a notebook global of that name: not when the global is that task or its own
+    body (`@wf.task def base(): ...` leaves the Task `base` in the notebook, `wf.task(base)` the function, and
+    `def scaled(base)` means the task)."""
     if not is_user_global(ns, name):
         return False
-    own = getattr(tasks.get(name), "fn", None)
+    task = tasks.get(name)
     value = ns[name]
+    if value is task or (getattr(value, "id", None) == name and type(value) is type(task)):
+        return False
+    own = getattr(task, "fn", None)
     return own is None or (value is not own and getattr(value, "__wrapped__", None) is not own)
 
 

@@ -54,6 +54,9 @@ def test_no_note_when_the_global_is_the_tasks_own_function():
         wf.task(ns["base"])          # `@wf.task def base()` in a notebook: the global `base` is the task's body
         wf.task(ns["scaled"])        # reading `base` means the task: nothing is shadowed
         assert wf.run()["scaled"] == [2, 4]
+        deco = Workflow("decorator", namespace=ns, store=False)
+        ns["base"] = deco.task(ns["base"])   # `@deco.task def base()`: the notebook holds the Task
+        deco.task(ns["scaled"])
 
 
 def _plan():
