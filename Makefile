@@ -55,7 +55,7 @@ COV := --cov=notebook_orch --cov-report=term --cov-report=xml:artifacts/coverage
 
 test: system-deps-test $(STAMP)
 	$(MAKE) --no-print-directory lint
-	@bash scripts/phoenix-venv.sh   # Arize Phoenix in its own venv: the OTLP receiver of tests/test_tracing.py
+	@$(QUIET) bash scripts/phoenix-venv.sh   # Arize Phoenix in its own venv (the OTLP receiver of tests/test_tracing.py); log: $(LOG)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(COV)
 
