@@ -599,7 +599,7 @@ class Scheduler:
                 except asyncio.TimeoutError:
                     raise AttemptError(f"timed out after {timeout:g} s (per-attempt timeout of task "
                                        f"{self.ids[i]!r})") from None
-            if lazy.is_lazy(value):   # an async def that returned a generator: its output is what it yields
+            if type(value) not in lazy.EAGER and lazy.is_lazy(value):   # an async def returned a generator
                 value = await lazy.collect(value)
             if self.checks[i]:
                 value = self._check_output(i, value)

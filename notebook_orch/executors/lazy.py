@@ -23,9 +23,13 @@ import inspect
 from types import AsyncGeneratorType, GeneratorType
 from typing import Any
 
-__all__ = ["collect", "is_async_gen", "is_lazy", "materialise"]
+__all__ = ["EAGER", "collect", "is_async_gen", "is_lazy", "materialise"]
 
 _LAZY_MODULES = frozenset({"builtins", "itertools"})
+# Types already found not to be one-shot iterators: the scheduler tests `type(output) not in EAGER` before
+# calling is_lazy, so the usual outputs (None, str, dict, DataFrame…) pay one set lookup per attempt.
+EAGER: set[type] = {type(None), str, int, float, bool, list, dict, tuple, bytes}
+_EAGER_MAX = 4096      # classes made on the fly stop being remembered here (the check still answers)
 
 
 def is_lazy(value: Any) -> bool:
@@ -34,7 +38,11 @@ def is_lazy(value: Any) -> bool:
     t = type(value)
     if t is GeneratorType or t is AsyncGeneratorType:
         return True
-    return t.__module__ in _LAZY_MODULES and hasattr(t, "__next__")
+    if t.__module__ in _LAZY_MODULES and hasattr(t, "__next__"):
+        return True
+    if len(EAGER) < _EAGER_MAX:
+        EAGER.add(t)
+    return False
 
 
 def is_async_gen(value: Any) -> bool:
