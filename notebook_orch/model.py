@@ -1,4 +1,7 @@
-"""The only definitions: Agent and Task as Pydantic models, validated on creation, never executed here."""
+"""The only definitions: Agent and Task as Pydantic models, validated on creation, never executed here.
+
+A little over 500 lines on purpose: the two models, their field validators and the small parsers
+their fields share (rates, TTLs, ids) are one vocabulary that every other module reads."""
 from __future__ import annotations
 
 import functools

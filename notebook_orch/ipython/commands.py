@@ -161,28 +161,6 @@ def _run(m: Any, args: Any) -> Run:
     return _start(m, lambda: wf.start(**opts), args.wait)
 
 
-def _forecast(m: Any, args: Any) -> Any:
-    """What `%orch run` with these options would take and cost, calling no model: a Forecast (`.tasks`,
-    `.summary`, `.gantt()`)."""
-    opts: dict[str, Any] = {}
-    for name, value in vars(args).items():   # the options of %orch run, by their run() names
-        if value is None or value is False or name in ("wait", "no_check_budget"):
-            continue
-        opts["cache" if name == "no_cache" else name] = (False if name == "no_cache"
-                                                         else _split(value) if name == "only" else value)
-    m.wf.namespace = m.shell.user_ns
-    return m.wf.forecast(**opts)
-
-
-# %orch forecast takes the options of %orch run (its parser is built from the same decorators), but those that
-# change nothing it predicts (--wait, --no-check-budget, --reviews, --replay)
-_forecast.has_arguments = True  # type: ignore[attr-defined]
-_forecast.decorators = [d for d in _run.decorators  # type: ignore[attr-defined]
-                        if not {"--wait", "--no-check-budget", "--reviews", "--replay", "--replay-mode"}
-                        & set(getattr(d, "args", ()))]
-command("forecast")(magic_arguments(name="orch forecast")(_forecast))
-
-
 @command("plan")
 @magic_arguments(name="orch plan")
 @argument("goal", nargs="+", metavar="GOAL", help="what the work should reach (quote it: \"Write a market research report\")")
@@ -514,3 +492,4 @@ def _export(m: Any, args: Any) -> None:
 
 from . import history_commands as _history_commands  # noqa: E402,F401 - registers %orch compare / store
 from . import review_commands as _review_commands  # noqa: E402,F401 - registers %orch approve / reject / reviews
+from . import forecast_commands as _forecast_commands  # noqa: E402,F401 - registers %orch forecast

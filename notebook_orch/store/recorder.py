@@ -15,6 +15,9 @@ Outputs are pickled after their task ended (within 10 ms on the loop, later on t
 downstream body that mutates its input in place before that may have the mutated value stored (or the pickling fails: then
 the output is kept in memory for the session, with the reason). Small JSON-able outputs of
 tasks that are not cached (`cache=False`) are kept in the events chunk itself, not as rows.
+
+Just over 500 lines on purpose: the loop's half and the writer thread's half build the same batch,
+and a store lost mid-run (`lost.py`) rewinds both, so they stay in one class.
 """
 from __future__ import annotations
 
